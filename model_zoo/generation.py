@@ -1,0 +1,96 @@
+"""Sampling text from either model, one token at a time, with a KV cache.
+
+Both TorchTransformer and CustomTransformer take `forward(idx, kv_cache=...)`, so one loop serves both: the
+prompt goes through once (prefill, filling the cache), then each new token costs one position's work.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+from model_zoo.kv_cache import KVCache
+
+
+def sample_next_token(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick the next token from last-position logits (B, V); returns (B, 1) ids.
+
+    temperature divides the logits (below 1 sharpens, 0 means always the most likely token); top_k keeps the
+    k most likely tokens; top_p keeps the smallest set whose probabilities add up to at least p (nucleus).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (so the first is always kept).
+        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model, prompt_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 0.8,
+    top_k: int | None = 50, top_p: float | None = None, seed: int | None = None, eos_id: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield new token ids one by one (so a chat can stream them); stops at max_new_tokens or eos_id.
+
+    The context is at most max_seq_len tokens (learned positions stop there): a longer prompt keeps its last
+    max_seq_len tokens, and once the cache is full the window slides and the cache is rebuilt each step.
+    """
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt must hold at least one token")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    model.eval()
+    device = model_device(model)
+    max_len = model.config.max_seq_len
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()  # a fresh non-deterministic seed
+    else:
+        generator.manual_seed(seed)
+
+    tokens = list(prompt_ids)
+    cache = None
+    for _ in range(max_new_tokens):
+        if not use_cache:
+            window = torch.tensor([tokens[-max_len:]], device=device)
+            logits, _ = model(window)
+        elif cache is not None and cache.length < max_len:
+            logits, _ = model(torch.tensor([[tokens[-1]]], device=device), kv_cache=cache)  # one new position
+        else:  # first step, or the window slid: (re)fill the cache from the last max_len tokens
+            cache = KVCache(model.config.n_blocks)
+            logits, _ = model(torch.tensor([tokens[-max_len:]], device=device), kv_cache=cache)
+        next_id = int(sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator))
+        tokens.append(next_id)
+        yield next_id
+        if eos_id is not None and next_id == eos_id:
+            return
+
+
+def generate(model, prompt_ids: Sequence[int], **kwargs) -> list[int]:
+    """Prompt plus generated ids, as one list. Keyword arguments as generate_tokens."""
+    return list(prompt_ids) + list(generate_tokens(model, prompt_ids, **kwargs))
+
+
+def model_device(model) -> torch.device:
+    """The device the model's weights are on (works for both implementations)."""
+    return next(iter(model.state_dict().values())).device

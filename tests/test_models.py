@@ -1,0 +1,317 @@
+"""The two implementations are one model: same weights give the same logits, loss and gradients."""
+
+import math
+
+import pytest
+import torch
+
+from model_zoo.config import ConfigError, ModelConfig, count_parameters, flops_per_token
+from model_zoo.custom_transformer import CustomTransformer, clip_grad_norm
+from model_zoo.generation import generate, generate_tokens, sample_next_token
+from model_zoo.hf_gpt2 import export_gpt2, import_gpt2
+from model_zoo.kv_cache import KVCache
+from model_zoo.torch_transformer import TorchTransformer
+
+TINY = ModelConfig(vocab_size=61, d_model=16, n_heads=2, n_blocks=2, d_ffn=40, max_seq_len=16)
+
+
+def twins(config=TINY, dtype=torch.float64, seed=0):
+    """A TorchTransformer and a CustomTransformer holding the same weights."""
+    torch.manual_seed(seed)
+    torch_model = TorchTransformer(config).to(dtype=dtype)
+    custom_model = CustomTransformer(config).to(dtype=dtype)
+    custom_model.load_state_dict(torch_model.state_dict())
+    return torch_model, custom_model
+
+
+def batch(config=TINY, B=3, T=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, config.vocab_size, (B, T), generator=g)
+    targets = torch.randint(0, config.vocab_size, (B, T), generator=g)
+    return idx, targets
+
+
+def test_same_parameter_names_and_shapes():
+    torch_model, custom_model = twins()
+    torch_sd, custom_sd = torch_model.state_dict(), custom_model.state_dict()
+    assert list(torch_sd) == list(custom_sd)
+    assert all(torch_sd[k].shape == custom_sd[k].shape for k in torch_sd)
+
+
+def test_custom_gradients_equal_autograd_float64():
+    torch_model, custom_model = twins()
+    idx, targets = batch()
+    torch_logits, torch_loss = torch_model(idx, targets)
+    custom_logits, custom_loss = custom_model(idx, targets)
+    assert torch.allclose(torch_logits, custom_logits, rtol=0, atol=1e-12)
+    assert abs(torch_loss.item() - custom_loss.item()) < 1e-12
+    torch_loss.backward()
+    custom_grads = custom_model.backward()
+    assert set(custom_grads) == set(custom_model.state_dict())
+    for name, param in torch_model.named_parameters():
+        rel = (custom_grads[name] - param.grad).abs().max() / param.grad.abs().max()
+        assert rel <= 1e-8, f"{name}: max relative error {rel:.2e}"
+
+
+def test_custom_gradients_match_finite_differences():
+    _, model = twins()
+    idx, targets = batch(B=2, T=8)
+    model.forward(idx, targets)
+    grads = {k: v.clone() for k, v in model.backward().items()}
+    g = torch.Generator().manual_seed(2)
+    eps = 1e-6
+    for name, param in model.named_parameters():
+        flat = param.data.view(-1)
+        for i in torch.randint(0, flat.numel(), (3,), generator=g).tolist():
+            original = flat[i].item()
+            flat[i] = original + eps
+            loss_plus = model.forward(idx, targets)[1].item()
+            flat[i] = original - eps
+            loss_minus = model.forward(idx, targets)[1].item()
+            flat[i] = original
+            numeric = (loss_plus - loss_minus) / (2 * eps)
+            analytic = grads[name].view(-1)[i].item()
+            assert abs(numeric - analytic) <= 1e-7 + 1e-5 * abs(analytic), f"{name}[{i}]: {numeric} vs {analytic}"
+
+
+def test_dropout_backward_matches_finite_differences():
+    """Dropout masks come from the global RNG: re-seeding before each forward gives the same masks."""
+    config = ModelConfig(**{**TINY.to_dict(), "dropout": 0.2})
+    model = CustomTransformer(config).to(dtype=torch.float64)
+    idx, targets = batch(config, B=2, T=8)
+
+    def loss_with_fixed_masks():
+        torch.manual_seed(123)
+        return model.forward(idx, targets)[1].item()
+
+    loss_with_fixed_masks()
+    grads = {k: v.clone() for k, v in model.backward().items()}
+    eps = 1e-6
+    for name in ("blocks.0.attn.qkv.weight", "blocks.1.mlp.fc.weight", "token_embedding.weight"):
+        flat = dict(model.named_parameters())[name].data.view(-1)
+        for i in (0, 7, 29):
+            original = flat[i].item()
+            flat[i] = original + eps
+            loss_plus = loss_with_fixed_masks()
+            flat[i] = original - eps
+            loss_minus = loss_with_fixed_masks()
+            flat[i] = original
+            numeric = (loss_plus - loss_minus) / (2 * eps)
+            assert abs(numeric - grads[name].view(-1)[i].item()) <= 1e-7 + 1e-5 * abs(numeric), name
+    model.eval()  # eval mode: no dropout, so two forwards agree
+    assert torch.equal(model.forward(idx)[0], model.forward(idx)[0])
+
+
+def test_float32_training_parity_with_adamw():
+    """Same initial weights, same 20 batches, each with its own AdamW (and clipping): same loss curve."""
+    config = ModelConfig(vocab_size=97, d_model=32, n_heads=4, n_blocks=2, d_ffn=64, max_seq_len=32)
+    torch_model, custom_model = twins(config, dtype=torch.float32)
+    torch_opt = torch_model.configure_optimizer(learning_rate=3e-3, weight_decay=0.1)
+    custom_opt = custom_model.configure_optimizer(learning_rate=3e-3, weight_decay=0.1)
+    custom_params = list(custom_model.named_parameters())
+    for step in range(20):
+        idx, _ = batch(config, B=4, T=32, seed=100 + step)
+        targets = (3 * idx + 1) % config.vocab_size  # a learnable rule, so the loss must fall
+        _, torch_loss = torch_model(idx, targets)
+        torch_opt.zero_grad()
+        torch_loss.backward()
+        torch_norm = torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
+        torch_opt.step()
+
+        _, custom_loss = custom_model(idx, targets)
+        custom_model.zero_grad()
+        custom_model.backward()
+        custom_norm = clip_grad_norm(custom_params, 1.0)
+        custom_opt.step()
+
+        rel = abs(torch_loss.item() - custom_loss.item()) / abs(torch_loss.item())
+        assert rel <= 1e-4, f"step {step}: torch {torch_loss.item():.6f} custom {custom_loss.item():.6f}"
+        assert abs(torch_norm.item() - custom_norm) <= 1e-4 * torch_norm.item()
+    assert custom_loss.item() < math.log(config.vocab_size) - 0.3, "20 AdamW steps should lower the loss"
+
+
+def test_gradient_accumulation_scaling():
+    """Two half-batches with loss_scale=1/2 give the gradient of the whole batch."""
+    _, model = twins()
+    idx, targets = batch(B=4, T=8)
+    model.forward(idx, targets)
+    whole = {k: v.clone() for k, v in model.backward().items()}
+    model.zero_grad()
+    for half in (slice(0, 2), slice(2, 4)):
+        model.forward(idx[half], targets[half])
+        model.backward(loss_scale=0.5)
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.grad, whole[name], rtol=1e-10, atol=1e-13), name
+
+
+@pytest.mark.parametrize("which", ["torch", "custom"])
+def test_causality(which):
+    torch_model, custom_model = twins()
+    model = torch_model if which == "torch" else custom_model
+    idx, _ = batch(B=2, T=12)
+    with torch.no_grad():
+        logits, _ = model(idx)
+        for t in (0, 5, 10):
+            changed = idx.clone()
+            changed[:, t + 1:] = (changed[:, t + 1:] + 7) % TINY.vocab_size
+            changed_logits, _ = model(changed)
+            assert torch.equal(logits[:, : t + 1], changed_logits[:, : t + 1]), f"position {t} saw the future"
+            assert not torch.allclose(logits[:, t + 1:], changed_logits[:, t + 1:])
+
+
+@pytest.mark.parametrize("which", ["torch", "custom"])
+def test_kv_cache_logits_equal_full_recomputation(which):
+    torch_model, custom_model = twins()
+    model = (torch_model if which == "torch" else custom_model).eval()
+    idx, _ = batch(B=2, T=12)
+    with torch.no_grad():
+        full_logits, _ = model(idx)
+        cache = KVCache(TINY.n_blocks)
+        prefill_logits, _ = model(idx[:, :5], kv_cache=cache)  # prompt of 5
+        step_logits = [prefill_logits]
+        for t in range(5, 12):
+            logits, _ = model(idx[:, t : t + 1], kv_cache=cache)  # one token at a time
+            step_logits.append(logits)
+        two_at_once, _ = model(idx[:, :2], kv_cache=KVCache(TINY.n_blocks))
+    cached = torch.cat(step_logits, dim=1)
+    assert torch.allclose(cached, full_logits, rtol=0, atol=1e-10)
+    assert torch.allclose(two_at_once, full_logits[:, :2], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("which", ["torch", "custom"])
+def test_generation_with_cache_equals_without_and_slides_past_max_len(which):
+    torch_model, custom_model = twins()
+    model = torch_model if which == "torch" else custom_model
+    prompt = [3, 14, 15, 9, 2]
+    kwargs = dict(max_new_tokens=30, temperature=0.9, top_k=20, top_p=0.95, seed=7)  # 35 > max_seq_len 16
+    with_cache = generate(model, prompt, use_cache=True, **kwargs)
+    without_cache = generate(model, prompt, use_cache=False, **kwargs)
+    assert with_cache == without_cache
+    assert len(with_cache) == len(prompt) + 30
+    assert generate(model, prompt, **kwargs) == with_cache, "same seed, same text"
+
+
+def test_generation_stops_at_eos_and_both_models_agree():
+    torch_model, custom_model = twins()
+    prompt = [1, 2, 3]
+    greedy_torch = generate(torch_model, prompt, max_new_tokens=10, temperature=0)
+    greedy_custom = generate(custom_model, prompt, max_new_tokens=10, temperature=0)
+    assert greedy_torch == greedy_custom
+    eos = greedy_torch[len(prompt) + 2]
+    stopped = list(generate_tokens(torch_model, prompt, max_new_tokens=10, temperature=0, eos_id=eos))
+    assert stopped[-1] == eos and len(stopped) <= 3
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]])
+    g = torch.Generator().manual_seed(0)
+    top2 = {int(sample_next_token(logits, 1.0, top_k=2, generator=g)) for _ in range(200)}
+    assert top2 == {3, 4}
+    # softmax of these logits: p(4) = 0.636, p(3) = 0.234; top_p=0.8 keeps exactly {4, 3}
+    nucleus = {int(sample_next_token(logits, 1.0, top_p=0.8, generator=g)) for _ in range(300)}
+    assert nucleus == {3, 4}
+    assert int(sample_next_token(logits, 0.0)) == 4
+    with pytest.raises(ValueError, match="top_p"):
+        sample_next_token(logits, 1.0, top_p=1.5)
+
+
+def test_parameter_count_matches_modules():
+    for config in (TINY, ModelConfig(vocab_size=4096, d_model=512, n_heads=8, n_blocks=7, d_ffn=2048)):
+        model = TorchTransformer(config)
+        assert count_parameters(config) == sum(p.numel() for p in model.parameters())
+        assert count_parameters(config) == sum(t.numel() for t in CustomTransformer(config).state_dict().values())
+
+
+def test_flops_formula_matches_torch_flop_counter():
+    """6N + 12LCT per token is exactly the matmul FLOPs torch counts for forward + backward.
+
+    The custom model spells attention out as matmuls, so the counter sees all of it. The twin's fused SDPA
+    kernel on CPU is not counted by FlopCounterMode, so for the twin we check the 6N part alone.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model_zoo.config import count_matmul_parameters
+
+    config = ModelConfig(vocab_size=128, d_model=32, n_heads=4, n_blocks=3, d_ffn=96, max_seq_len=24)
+    idx, targets = batch(config, B=2, T=24)
+    custom_model = CustomTransformer(config)
+    with FlopCounterMode(display=False) as counter:
+        custom_model(idx, targets)
+        custom_model.backward()
+    assert counter.get_total_flops() == flops_per_token(config) * idx.numel()
+    with FlopCounterMode(display=False) as counter:
+        custom_model(idx)
+    assert counter.get_total_flops() == flops_per_token(config, training=False) * idx.numel()
+
+    torch_model = TorchTransformer(config)
+    with FlopCounterMode(display=False) as counter:
+        _, loss = torch_model(idx, targets)
+        loss.backward()
+    assert counter.get_total_flops() == 6 * count_matmul_parameters(config) * idx.numel()
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"d_model": 30, "n_heads": 4}, "divisible"),
+        ({"n_blocks": 0}, "n_blocks must be positive"),
+        ({"vocab_size": -5}, "vocab_size must be positive"),
+        ({"d_ffn": 2.5}, "d_ffn must be an integer"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"n_layers": 4}, "unknown model config key"),
+    ],
+)
+def test_bad_config_values_raise_clear_errors(values, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_dict(values)
+
+
+def test_bf16_compute_path_tracks_fp32():
+    """bf16 matmuls with fp32 master weights (the CUDA path, runnable on CPU): close to the fp32 result."""
+    _, model = twins(dtype=torch.float32)
+    idx, targets = batch()
+    _, loss32 = model(idx, targets)
+    grads32 = {k: v.clone() for k, v in model.backward().items()}
+    model.zero_grad()
+    model.to(compute_dtype=torch.bfloat16)
+    logits, loss16 = model(idx, targets)
+    grads16 = model.backward()
+    assert logits.dtype == torch.float32 and model.state_dict()["ln_f.weight"].dtype == torch.float32
+    assert abs(loss16.item() - loss32.item()) < 0.02
+    for name in grads32:
+        cos = torch.nn.functional.cosine_similarity(grads16[name].flatten(), grads32[name].flatten(), dim=0)
+        assert cos > 0.98, f"{name}: cosine {cos:.3f}"
+
+
+def test_load_state_dict_rejects_mismatches():
+    _, model = twins()
+    sd = dict(model.state_dict())
+    sd["blocks.0.ln1.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="blocks.0.ln1.weight"):
+        model.load_state_dict(sd)
+    sd.pop("blocks.0.ln1.weight")
+    with pytest.raises(KeyError, match="missing"):
+        model.load_state_dict(sd)
+
+
+def test_hugging_face_round_trip(tmp_path):
+    torch_model, _ = twins(dtype=torch.float32)
+    export_gpt2(torch_model.state_dict(), TINY, tmp_path / "hf")
+    state_dict, config = import_gpt2(tmp_path / "hf")
+    assert config == TINY
+    for name, tensor in torch_model.state_dict().items():
+        assert torch.equal(state_dict[name], tensor), name
+
+
+def test_hugging_face_oracle_gives_same_logits(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="the oracle needs the [test] extra: transformers")
+    torch_model, custom_model = twins(dtype=torch.float32)
+    export_gpt2(torch_model.state_dict(), TINY, tmp_path / "hf")
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx, _ = batch()
+    with torch.no_grad():
+        hf_logits = hf_model(idx).logits
+        ours, _ = torch_model.eval()(idx)
+    custom, _ = custom_model.eval()(idx)
+    assert (hf_logits - ours).abs().max() <= 1e-5
+    assert (hf_logits - custom).abs().max() <= 1e-5
