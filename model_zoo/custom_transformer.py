@@ -127,6 +127,9 @@ class Linear(Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.x = x  # (B, T, in)
+        if self.compute_dtype is None:  # x W^T + b in one call (addmm), tokens flattened to rows
+            out_2d = torch.addmm(self.bias.data, x.reshape(-1, x.shape[-1]), self.weight.data.t())
+            return out_2d.view(*x.shape[:-1], -1)  # (B, T, out)
         return self.matmul(x, self.weight.data.t()) + self.bias.data  # (B, T, out)
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
@@ -146,11 +149,10 @@ class LayerNorm(Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise each token's C features to mean 0, variance 1, then scale and shift per feature.
-        mean = x.mean(-1, keepdim=True)  # (B, T, 1)
-        var = x.var(-1, unbiased=False, keepdim=True)  # (B, T, 1)
+        var, mean = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)  # each (B, T, 1)
         self.rstd = torch.rsqrt(var + self.eps)  # (B, T, 1): 1 / standard deviation
         self.x_hat = (x - mean) * self.rstd  # (B, T, C)
-        return self.x_hat * self.weight.data + self.bias.data
+        return torch.addcmul(self.bias.data, self.x_hat, self.weight.data)  # x_hat * w + b
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
         # y = x_hat * w + b  =>  dw = sum over tokens of dy * x_hat,  db = sum of dy,  d_x_hat = dy * w.
@@ -168,17 +170,23 @@ class LayerNorm(Module):
 class GELU(Module):
     """GPT-2's GELU, tanh approximation: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))."""
 
+    # This is the largest activation of the model (B, T, F), so both passes work in place on tensors they
+    # just made (never on x or on what forward saved): a chain of `_` ops, read left to right.
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.x = x  # (B, T, F)
-        self.tanh_u = torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))
-        return 0.5 * x * (1.0 + self.tanh_u)
+        u = (x * x).mul_(0.044715).add_(1.0).mul_(x).mul_(math.sqrt(2.0 / math.pi))  # sqrt(2/pi)(x + 0.044715x^3)
+        self.tanh_u = u.tanh_()
+        return (self.tanh_u + 1.0).mul_(x).mul_(0.5)  # 0.5 x (1 + tanh u)
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
         # d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx,
         # with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
         x, tanh_u = self.x, self.tanh_u
-        du_dx = math.sqrt(2.0 / math.pi) * (1.0 + 3 * 0.044715 * x**2)
-        return d_out * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u**2) * du_dx)
+        du_dx = (x * x).mul_(3 * 0.044715).add_(1.0).mul_(math.sqrt(2.0 / math.pi))
+        sech2_u = (tanh_u * tanh_u).neg_().add_(1.0)  # 1 - tanh^2 u
+        d_gelu = sech2_u.mul_(du_dx).mul_(x).add_(tanh_u).add_(1.0).mul_(0.5)  # the bracket above
+        return d_gelu.mul_(d_out)
 
 
 class CausalSelfAttention(Module):
@@ -200,10 +208,11 @@ class CausalSelfAttention(Module):
         if kv_cache is not None:
             past = kv_cache.length
             k, v = kv_cache.append(block_index, k, v)  # (B, H, past + T, D)
-        # Scores: how much query i attends to key j, scaled by 1/sqrt(D) so their variance does not grow with D.
-        scores = self.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(D))  # (B, H, T, past + T)
+        # Scores: how much query i attends to key j, scaled by 1/sqrt(D) so their variance does not grow with D
+        # (the scale is applied to q, the smaller tensor; the product is the same).
+        scores = self.matmul(q * (1.0 / math.sqrt(D)), k.transpose(-2, -1))  # (B, H, T, past + T)
         allowed = KVCache.causal_mask(T, past, device=x.device)  # (T, past + T): no peeking at the future
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores.masked_fill_(~allowed, float("-inf"))  # in place: scores is ours and saved nowhere
         att = torch.softmax(at_least_float32(scores), dim=-1).to(scores.dtype)  # (B, H, T, past + T); fp32 softmax
         att_dropped = self.attn_dropout(att)
         y = self.matmul(att_dropped, v)  # (B, H, T, D): each query's weighted average of values
@@ -222,13 +231,16 @@ class CausalSelfAttention(Module):
         # Softmax, row by row: p = softmax(s)  =>  ds = p * (dp - sum_j(dp_j * p_j)).
         # Masked entries have p = 0, so they get no gradient, as they should.
         att = self.att
-        d_scores = att * (d_att - (d_att * att).sum(-1, keepdim=True))  # (B, H, T, T)
-        d_scores = d_scores * (1.0 / math.sqrt(D))
-        # scores = q k^T  =>  dq = d_scores k,  dk = d_scores^T q
-        d_q = self.matmul(d_scores, self.k)  # (B, H, T, D)
-        d_k = self.matmul(d_scores.transpose(-2, -1), self.q)  # (B, H, T, D)
+        d_scores = d_att * att  # (B, H, T, T): p * dp, then minus p * sum_j(p_j dp_j), in place
+        d_scores.addcmul_(att, d_scores.sum(-1, keepdim=True), value=-1.0)
+        # scores = (q / sqrt(D)) k^T  =>  dq = d_scores k / sqrt(D),  dk = d_scores^T q / sqrt(D)
+        d_q = self.matmul(d_scores, self.k).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)
+        d_k = self.matmul(d_scores.transpose(-2, -1), self.q).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)
         # Undo the head split and put Q, K, V back side by side, as the fused qkv produced them.
-        d_qkv = torch.cat([t.transpose(1, 2).reshape(B, T, C) for t in (d_q, d_k, d_v)], dim=2)  # (B, T, 3C)
+        d_qkv = torch.empty(B, T, 3, H, D, dtype=d_y.dtype, device=d_y.device)
+        for i, d_part in enumerate((d_q, d_k, d_v)):
+            d_qkv[:, :, i] = d_part.transpose(1, 2)  # (B, T, H, D)
+        d_qkv = d_qkv.view(B, T, 3 * C)  # (B, T, 3C)
         return self.qkv.backward(d_qkv)  # (B, T, C)
 
 
@@ -315,12 +327,13 @@ class CustomTransformer(Module):
         x = self.ln_f(x)  # (B, T, C)
         self.final_hidden = x
         logits = self.matmul(x, self.token_embedding.weight.data.t())  # (B, T, V): the tied LM head
-        self.targets, loss = targets, None
+        self.logits, self.targets, loss = logits, targets, None
         if targets is not None:
-            # Cross-entropy: loss = mean over tokens of -log softmax(logits)[target], in at least fp32.
-            log_probs = torch.log_softmax(at_least_float32(logits), dim=-1)  # (B, T, V)
-            loss = -log_probs.gather(-1, targets.unsqueeze(-1)).mean()
-            self.log_probs = log_probs
+            # Cross-entropy: loss = mean over tokens of -log softmax(z)[y] = mean of logsumexp(z) - z[y],
+            # in at least fp32 (z: the logits of one token, y: its target).
+            logits_fp32 = at_least_float32(logits)
+            target_logits = logits_fp32.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+            loss = (torch.logsumexp(logits_fp32, dim=-1) - target_logits).mean()
         return logits, loss
 
     def backward(self, loss_scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -334,11 +347,9 @@ class CustomTransformer(Module):
             raise RuntimeError("backward() needs a forward() with targets first")
         B, T = self.targets.shape
         # loss = -(1/N) sum_i log softmax(z_i)[y_i]  =>  dz_i = (softmax(z_i) - onehot(y_i)) / N,  N = B * T
-        d_logits = self.log_probs.exp()  # (B, T, V): softmax probabilities
-        d_logits.scatter_add_(
-            -1, self.targets.unsqueeze(-1), torch.full_like(d_logits[..., :1], -1.0)
-        )  # subtract the one-hot
-        d_logits = (d_logits * (loss_scale / (B * T))).to(self.final_hidden.dtype)
+        d_logits = torch.softmax(at_least_float32(self.logits), dim=-1)  # (B, T, V)
+        d_logits.scatter_add_(-1, self.targets.unsqueeze(-1), torch.full_like(d_logits[..., :1], -1.0))  # - onehot
+        d_logits = d_logits.mul_(loss_scale / (B * T)).to(self.final_hidden.dtype)
         # logits = h E^T (tied head)  =>  dh = d_logits E,  dE += d_logits^T h. This is the embedding's first
         # gradient path; the lookup at the bottom of the model adds the second.
         V, C = self.config.vocab_size, self.config.d_model

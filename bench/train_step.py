@@ -1,0 +1,193 @@
+"""Training-step throughput: our two models against Hugging Face's GPT2LMHeadModel, in one process.
+
+    python -m bench.train_step                      # the issue's CPU setting (fp32, 2 threads)
+    python -m bench.train_step --device cuda --dtype bfloat16 --batch-size 32
+
+Every row runs a full training step (forward, backward, AdamW update) on the same batches with the same
+dimensions. Rows are measured in rounds (each row one step per round by default, rows interleaved) so a slow
+moment of a noisy machine is spread over all rows instead of landing on one; the median round is reported. Also prints
+the machine's measured matmul FLOP/s and each row's model-FLOPs utilisation (MFU, with the FLOPs formula of
+model_zoo.config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import psutil
+import torch
+
+from model_zoo.config import ModelConfig, count_parameters, flops_per_token
+from model_zoo.custom_transformer import CustomTransformer, clip_grad_norm
+from model_zoo.torch_transformer import TorchTransformer
+
+
+def measure_matmul_flops(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Achieved FLOP/s of a square matmul: the machine's practical peak for this dtype."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class PeakMemory:
+    """Peak memory during a block: CUDA allocator peak, or on CPU the process's resident set (sampled)."""
+
+    def __init__(self, device: str):
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.process, self.running = psutil.Process(), True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self.running = False
+            self.thread.join()
+
+
+def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bool, lr: float = 3e-4):
+    """name -> a function doing one training step on (idx, targets)."""
+    autocast = dtype == torch.bfloat16
+    rows = {}
+
+    def autograd_step(model, optimizer, hf: bool):
+        def step(idx, targets):
+            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+                loss = model(idx, labels=targets).loss if hf else model(idx, targets)[1]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    try:
+        import transformers
+
+        hf_config = transformers.GPT2Config(
+            vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
+            n_layer=config.n_blocks, n_head=config.n_heads, n_inner=config.d_ffn, activation_function="gelu_new",
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=config.layer_norm_eps,
+            bos_token_id=None, eos_token_id=None,
+        )
+        hf_config._attn_implementation = "sdpa"
+        hf_model = transformers.GPT2LMHeadModel(hf_config).to(device)
+        hf_opt = torch.optim.AdamW(hf_model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+        rows["transformers GPT2LMHeadModel (baseline)"] = autograd_step(hf_model, hf_opt, hf=True)
+    except ImportError:
+        print("transformers is not installed: no baseline row (pip install -e '.[test]')")
+
+    torch_model = TorchTransformer(config).to(device)
+    rows["torch twin, eager"] = autograd_step(torch_model, torch_model.configure_optimizer(lr, 0.1), hf=False)
+    if compile_:
+        compiled_model = TorchTransformer(config).to(device)
+        compiled_opt = compiled_model.configure_optimizer(lr, 0.1)
+        rows["torch twin, torch.compile"] = autograd_step(torch.compile(compiled_model), compiled_opt, hf=False)
+
+    custom_model = CustomTransformer(config).to(device=device, compute_dtype=torch.bfloat16 if autocast else None)
+    custom_opt = custom_model.configure_optimizer(lr, 0.1)
+    custom_params = list(custom_model.named_parameters())
+
+    def custom_step(idx, targets):
+        custom_model.forward(idx, targets)
+        custom_model.backward()
+        clip_grad_norm(custom_params, 1.0)
+        custom_opt.step()
+        custom_model.zero_grad()
+
+    rows["custom (hand-written backward)"] = custom_step
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--n-blocks", type=int, default=4)
+    parser.add_argument("--n-heads", type=int, default=4)
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--steps-per-round", type=int, default=1)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    config = ModelConfig(
+        vocab_size=args.vocab_size, d_model=args.d_model, n_heads=args.n_heads, n_blocks=args.n_blocks,
+        d_ffn=4 * args.d_model, max_seq_len=args.seq_len,
+    )
+    B, T = args.batch_size, args.seq_len
+    batches = [torch.randint(0, config.vocab_size, (B, T + 1), device=args.device) for _ in range(args.steps_per_round)]
+
+    peak = measure_matmul_flops(args.device, dtype)
+    print(f"device {args.device}, {torch.get_num_threads()} threads, {args.dtype}; measured matmul peak "
+          f"{peak / 1e9:,.1f} GFLOP/s")
+    print(f"model: {count_parameters(config):,} parameters, {flops_per_token(config):,} training FLOPs/token; "
+          f"batch {B} x {T}\n")
+
+    rows = make_rows(config, args.device, dtype, compile_=not args.no_compile)
+    round_seconds = {name: [] for name in rows}
+    peak_memory = {}
+    for name, step in rows.items():  # warm-up (and compilation) outside the timed rounds
+        with PeakMemory(args.device) as memory:
+            for _ in range(2):
+                step(batches[0][:, :-1], batches[0][:, 1:])
+            sync(args.device)
+        peak_memory[name] = memory.peak
+    for _ in range(args.rounds):
+        for name, step in rows.items():
+            sync(args.device)
+            start = time.perf_counter()
+            for window in batches:
+                step(window[:, :-1], window[:, 1:])
+            sync(args.device)
+            round_seconds[name].append(time.perf_counter() - start)
+
+    tokens_per_round = B * T * len(batches)
+    throughput = {name: tokens_per_round / statistics.median(s) for name, s in round_seconds.items()}
+    baseline = next(iter(throughput.values()))
+    eager = throughput["torch twin, eager"]
+    print(f"{'model':<42}{'tokens/s':>10}{'vs baseline':>13}{'vs eager':>10}{'MFU':>7}{'peak mem':>12}")
+    for name, tps in throughput.items():
+        mfu = tps * flops_per_token(config) / peak
+        memory = f"{peak_memory[name] / 2**20:,.0f} MiB"
+        print(f"{name:<42}{tps:>10,.0f}{tps / baseline:>12.2f}x{tps / eager:>9.2f}x{mfu:>7.0%}{memory:>12}")
+    mem_note = "CUDA allocator peak" if args.device.startswith("cuda") else "process resident-set peak while the row ran (cumulative: rows run in order)"
+    print(f"\npeak mem: {mem_note}")
+
+
+if __name__ == "__main__":
+    main()
