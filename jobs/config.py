@@ -1,0 +1,163 @@
+"""The experiment config: one YAML file with `data`, `model` and `training` sections.
+
+This is the one home of the schema. Every key has a type and a default; loading validates the whole file, and
+an unknown key, a wrong type or an impossible value is a one-line ConfigError naming the key. Any key can be
+overridden from the command line with a dotted name: `--training.learning_rate=1e-3`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from model_zoo.config import ConfigError, ModelConfig
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where text comes from, and how it becomes tokens (see jobs/data/)."""
+
+    dataset: Literal["tinystories", "fineweb-edu", "shakespeare", "local"] = "tinystories"
+    train_files: list[str] | None = None  # local: .txt, .jsonl or .parquet files (a path or a list)
+    val_files: list[str] | None = None  # local: optional; without them a hold-out fraction of train is used
+    text_field: str = "text"  # the column holding text in .jsonl / .parquet
+    separator: str | None = END_OF_TEXT  # .txt: a line holding this separates documents; null: blank lines do
+    val_fraction: float = Field(0.05, gt=0.0, lt=0.5)  # hold-out share where a dataset has no validation split
+    subset_size: int | None = Field(None, gt=0)  # use at most this many training documents
+    tokenizer: str = "bpe"  # "bpe": train a byte-level BPE here; "gpt2" (from the local HF cache) or a path
+    vocab_size: int = Field(4096, gt=0)  # for tokenizer: bpe
+    seed: int = 1337  # for the hold-out split
+    num_proc: int | None = Field(None, gt=0)  # worker processes for datasets' map
+    assets_dir: str = "assets"  # datasets, tokenizers, token shards and checkpoints live under here
+
+    @field_validator("train_files", "val_files", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def _local_needs_files(self) -> "DataConfig":
+        if self.dataset == "local" and not self.train_files:
+            raise ValueError("data.train_files is required when data.dataset is 'local'")
+        return self
+
+
+class TrainingConfig(_Section):
+    model_type: Literal["torch", "custom"] = "torch"
+    batch_size: int = Field(8, gt=0)  # sequences per micro-batch
+    gradient_accumulation_steps: int = Field(1, gt=0)  # micro-batches per optimizer step
+    max_steps: int | None = Field(None, gt=0)  # optimizer steps; when null, num_epochs decides
+    num_epochs: float = Field(1.0, gt=0)  # passes over the training tokens (an epoch = train tokens / tokens per step)
+    max_time_minutes: float | None = Field(None, gt=0)  # stop (and save) after this much training time
+    learning_rate: float = Field(3e-4, gt=0)
+    min_learning_rate: float = Field(3e-5, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)  # share of the steps spent warming up linearly from 0
+    lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)  # null: no clipping
+    eval_every: int = Field(100, gt=0)  # optimizer steps between validations
+    eval_batches: int = Field(20, gt=0)  # validation batches per evaluation
+    log_every: int = Field(1, gt=0)  # optimizer steps between logged metrics
+    checkpoint_every: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(3, ge=0)  # rotating window of step checkpoints, besides best and latest
+    sample_every: int | None = Field(None, gt=0)  # generate a sample every N steps (default: at each validation)
+    sample_prompt: str = "Once upon a time"
+    sample_length: int = Field(60, gt=0)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: mixed precision (CUDA), fp32 master weights
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile the torch model
+    seed: int = 1337
+    num_threads: int | None = Field(None, gt=0)  # CPU threads for torch (default: torch's choice)
+
+    @model_validator(mode="after")
+    def _lr_order(self) -> "TrainingConfig":
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"training.min_learning_rate ({self.min_learning_rate}) is above training.learning_rate "
+                f"({self.learning_rate})"
+            )
+        return self
+
+
+class ExperimentConfig(_Section):
+    experiment_name: str = Field(min_length=1)
+    registered_model_name: str | None = None  # default: experiment_name
+    data: DataConfig = DataConfig()
+    model: dict[str, Any] = {}
+    training: TrainingConfig = TrainingConfig()
+
+    @field_validator("model")
+    @classmethod
+    def _valid_model(cls, value: dict[str, Any]) -> dict[str, Any]:
+        ModelConfig.from_dict(value)  # raises ConfigError naming the key
+        return value
+
+    @property
+    def model_config_(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.model)
+
+    @property
+    def model_name(self) -> str:
+        return self.registered_model_name or self.experiment_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply dotted overrides ({'training.learning_rate': 1e-3}), validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or {})
+    return validate_config(raw, source=str(path) if path else "config")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        keys = dotted.replace("-", "_").split(".")
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override --{dotted}: {key} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def validate_config(raw: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in first and first["type"] != "missing" and not isinstance(first["input"], dict):
+            message += f" (got {first['input']!r})"
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {key}: {message}{more}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None

