@@ -23,26 +23,7 @@ import torch
 from model_zoo.config import ModelConfig, count_parameters, flops_per_token
 from model_zoo.custom_transformer import CustomTransformer, clip_grad_norm
 from model_zoo.torch_transformer import TorchTransformer
-
-
-def measure_matmul_flops(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Achieved FLOP/s of a square matmul: the machine's practical peak for this dtype."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from jobs.training.throughput import measure_matmul_flops, sync
 
 
 class PeakMemory:

@@ -11,9 +11,12 @@ import sys
 
 
 def _jobs() -> dict:
+    from jobs.evaluate import evaluate
+    from jobs.generate import chat, generate
     from jobs.prepare_data import prepare_data
+    from jobs.train import train
 
-    return {"prepare-data": prepare_data}
+    return {"prepare-data": prepare_data, "train": train, "evaluate": evaluate, "generate": generate, "chat": chat}
 
 
 def main(argv: list[str] | None = None) -> None:

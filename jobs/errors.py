@@ -8,4 +8,4 @@ class CheckpointError(ValueError):
     """A checkpoint or model reference that cannot be used; the message names it."""
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, ConnectionError, ValueError)

@@ -1,0 +1,87 @@
+"""`python -m jobs evaluate --model REF [--config X.yaml] [--text-file PATH] [--max-batches N] [--json]`
+
+Loss, perplexity and bits per byte of a trained model (REF: registry URI, run URI or checkpoint folder) on the
+configured validation split, or on any UTF-8 text file tokenized with the model's own tokenizer. Logged to
+MLflow as an evaluation run; `--json` prints one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import math
+from pathlib import Path
+
+import numpy as np
+
+from jobs.data.shards import open_tokens, validation_batches
+from jobs.serving.loading import load_model
+
+
+def evaluate(model: str, config: str | None = None, text_file: str | None = None, max_batches: int | None = None,
+             batch_size: int = 8, device: str = "auto", json: bool = False, log: bool = True, **overrides) -> None:
+    """Fire entry point (returns nothing, so fire prints nothing after the JSON line)."""
+    run_evaluation(model, config, text_file, max_batches, batch_size, device, json, log, **overrides)
+
+
+def run_evaluation(model: str, config: str | None = None, text_file: str | None = None,
+                   max_batches: int | None = None, batch_size: int = 8, device: str = "auto", json: bool = False,
+                   log: bool = True, **overrides) -> dict:
+    loaded = load_model(model, device)
+    T = loaded.runtime.config.max_seq_len
+    if text_file is not None:
+        path = Path(text_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"text file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        tokens = np.asarray(loaded.tokenizer.encode(text), dtype=np.int64)
+        n_bytes, source = len(text.encode("utf-8")), str(path)
+        if len(tokens) < T + 1:
+            T = max(1, len(tokens) - 1)
+    else:
+        from jobs.config import load_config
+        from jobs.data import prepare
+
+        experiment = load_config(config, overrides) if (config or overrides) else None
+        data_config = experiment.data if experiment else _data_config_from_state(loaded.state)
+        prepared = prepare.prepare(data_config)
+        if prepared.tokenizer.sha256 != loaded.tokenizer.sha256:
+            raise ValueError("the configured data was tokenized with another tokenizer than the model's")
+        tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
+        n_bytes = prepared.meta["text_bytes"]["validation"] * len(tokens) / prepared.meta["tokens"]["validation"]
+        source = f"{prepared.meta['source']} (validation)"
+    batches = list(validation_batches(tokens, batch_size, T, max_batches))
+    losses = [loaded.runtime.loss(b) for b in batches]
+    n_tokens = sum(b[:, 1:].numel() for b in batches)
+    loss = sum(l * b[:, 1:].numel() for l, b in zip(losses, batches)) / n_tokens
+    covered_bytes = n_bytes * n_tokens / max(len(tokens) - 1, 1)
+    result = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n_tokens,
+              "bits_per_byte": loss * n_tokens / math.log(2) / covered_bytes}
+    print(f"{source}: loss {loss:.4f}, perplexity {result['perplexity']:.2f}, bits/byte {result['bits_per_byte']:.4f} "
+          f"over {n_tokens:,} tokens")
+    if log:
+        _log_evaluation(loaded, model, source, result)
+    if json:
+        print(jsonlib.dumps(result))
+    return result
+
+
+def _data_config_from_state(state: dict):
+    from jobs.config import DataConfig
+
+    return DataConfig(**state["experiment"]["data"])
+
+
+def _log_evaluation(loaded, model_ref: str, source: str, result: dict) -> None:
+    import mlflow
+
+    from jobs import tracking
+
+    try:
+        experiment = loaded.state.get("experiment", {}).get("experiment_name", "evaluations")
+        tracking.setup(experiment)
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name="evaluate"):
+            mlflow.log_params({"model": model_ref, "eval_source": source[:500]})
+            mlflow.log_metrics({f"eval/{k}": v for k, v in result.items()})
+    except Exception as error:
+        print(f"tracking: evaluation not logged ({type(error).__name__}: {str(error)[:200]})")

@@ -1,0 +1,95 @@
+"""Load a trained model for generation from any of: a registry URI (`models:/<name>@champion`), a run URI
+(`runs:/<run_id>` or `runs:/<run_id>/model`), or a local checkpoint folder.
+
+Registry and run URIs are downloaded with MLflow into a local folder; the model itself is always rebuilt from
+a checkpoint folder (safetensors + json + tokenizer.json), never unpickled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from jobs.data.tokenizer import LoadedTokenizer, load_tokenizer
+from jobs.errors import CheckpointError
+from jobs.training.checkpoint import load_checkpoint
+from jobs.training.runtime import ModelRuntime, resolve_device
+from model_zoo.config import ModelConfig
+
+
+@dataclass
+class LoadedModel:
+    runtime: ModelRuntime
+    tokenizer: LoadedTokenizer
+    state: dict
+    folder: Path
+
+    @property
+    def model(self):
+        return self.runtime.model
+
+
+def resolve_checkpoint_folder(model: str) -> Path:
+    """A local checkpoint folder for a registry URI, run URI or path."""
+    if model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from jobs import tracking
+
+        mlflow.set_tracking_uri(tracking.tracking_uri())
+        uri = model
+        if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
+            uri = uri.rstrip("/") + "/model"  # runs:/<id> means the model logged by that run
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        except Exception as error:
+            raise CheckpointError(f"cannot load {model} from MLflow ({str(error).splitlines()[0][:200]})") from None
+        candidates = [local / "artifacts" / "checkpoint", local / "checkpoint", local]
+        for candidate in candidates:
+            if (candidate / "state.json").is_file():
+                return candidate
+        raise CheckpointError(f"{model} holds no checkpoint (looked in {local})")
+    return Path(model).expanduser()
+
+
+def load_model(model: str, device: str = "auto") -> LoadedModel:
+    folder = resolve_checkpoint_folder(model)
+    checkpoint = load_checkpoint(folder, with_optimizer=False)
+    state = checkpoint.state
+    config = ModelConfig.from_dict(state["model_config"])
+    runtime = ModelRuntime(state["model_type"], config, resolve_device(device))
+    try:
+        runtime.model.load_state_dict({k: v.to(runtime.device) for k, v in checkpoint.weights.items()})
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{folder}: weights do not fit the model in state.json ({str(error)[:200]})") from None
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    if state.get("tokenizer_sha256") and state["tokenizer_sha256"] != tokenizer.sha256:
+        raise CheckpointError(f"{folder}: tokenizer.json does not match the one the model was trained with")
+    runtime.model.eval()
+    return LoadedModel(runtime, tokenizer, state, folder)
+
+
+def complete(loaded: LoadedModel, prompt: str, max_length: int = 100, temperature: float = 0.8,
+             top_k: int | None = 50, top_p: float | None = None, seed: int | None = None):
+    """Yield the text pieces of a completion as tokens arrive (decoded incrementally, so UTF-8 stays whole)."""
+    from model_zoo.generation import generate_tokens
+
+    tokenizer = loaded.tokenizer
+    prompt_ids = tokenizer.encode(prompt) or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
+    if not prompt_ids:
+        raise ValueError("the prompt is empty and the tokenizer has no end-of-text token to start from")
+    ids: list[int] = []
+    emitted = ""
+    with torch.inference_mode():
+        for token in generate_tokens(loaded.model, prompt_ids, max_new_tokens=max_length, temperature=temperature,
+                                     top_k=top_k, top_p=top_p, seed=seed, eos_id=tokenizer.eot_id):
+            if token == tokenizer.eot_id:
+                break
+            ids.append(token)
+            text = tokenizer.decode(ids)
+            if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the next token
+                continue
+            yield text[len(emitted):]
+            emitted = text

@@ -1,0 +1,58 @@
+"""Registering a checkpoint in the MLflow model registry, with the aliases generate and chat load."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from jobs.tracking import CHAMPION
+
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
+    """Log `checkpoint` as the run's model and register a version. `champion` moves to it only if its
+    validation loss beats the current champion's; `models:/<name>/latest` (MLflow's own, which is why
+    `latest` cannot be an alias) always means the newest version. Returns the version."""
+    import torch
+
+    state = json.loads((checkpoint / "state.json").read_text())
+    val_loss = state.get("best_val_loss", math.inf)
+    example = pd.DataFrame({"prompt": ["Once upon a time"]})
+    signature = infer_signature(example, ["generated text"],
+                                params={"max_length": 100, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "seed": 0})
+    active = mlflow.active_run()
+    in_run = contextlib.nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id)
+    with in_run, tempfile.TemporaryDirectory() as tmp:
+        # The served model needs weights, state and tokenizer; the optimizer state stays with the run.
+        served = Path(tmp) / "checkpoint"
+        served.mkdir()
+        for name in ("model.safetensors", "state.json", "tokenizer.json"):
+            shutil.copyfile(checkpoint / name, served / name)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": str(served)},
+            signature=signature, registered_model_name=model_name,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                              "safetensors", "tokenizers", "transformer-fundamentals"],
+        )
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(model_name, version, "val_loss", f"{val_loss:.6f}")
+    client.set_model_version_tag(model_name, version, "model_type", state["model_type"])
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION)
+        champion_loss = float(champion.tags.get("val_loss", "inf"))
+    except Exception:  # no champion yet
+        champion_loss = math.inf
+    if val_loss <= champion_loss:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    return version

@@ -1,0 +1,269 @@
+"""`python -m jobs train --config configs/X.yaml [--model-type torch|custom] [--resume [PATH]] [--KEY=VALUE ...]`
+
+Prepares missing data, trains either model type, tracks everything in MLflow, keeps checkpoints, and
+registers the best one as a model version that generate and chat load by alias.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+
+from jobs import tracking
+from jobs.config import ExperimentConfig, load_config
+from jobs.data import prepare
+from jobs.data.shards import TrainWindows, open_tokens, validation_batches
+from jobs.errors import CheckpointError
+from jobs.training import checkpoint as ckpt
+from jobs.training.runtime import ModelRuntime, resolve_device
+from jobs.training.schedule import learning_rate
+from model_zoo.config import ConfigError, count_parameters, flops_per_token
+from model_zoo.generation import generate_tokens
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    steps: int
+    best_val_loss: float
+    checkpoint_dir: Path
+    losses: list[float]
+    tracking_seconds: float
+    train_seconds: float
+    stopped_by: str | None = None
+
+
+def train(config: str | None = None, model_type: str | None = None, resume: str | bool | None = None,
+          **overrides) -> None:
+    """Fire entry point; see run_training for the work."""
+    if model_type is not None:
+        overrides["training.model_type"] = model_type
+    cfg = load_config(config, overrides)
+    result = run_training(cfg, resume=resume)
+    print(f"done: {result.steps} steps, best val loss {result.best_val_loss:.4f}, run {result.run_id}, "
+          f"checkpoints in {result.checkpoint_dir}")
+
+
+def checkpoint_root(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.data.assets_dir) / "checkpoints" / cfg.experiment_name / cfg.training.model_type
+
+
+def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_after_steps: int | None = None) -> TrainResult:
+    """Train as the config says. stop_after_steps ends early as an interruption would (used by tests)."""
+    tc = cfg.training
+    device = resolve_device(tc.device)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    prepared = prepare.prepare(cfg.data)
+    tokenizer = prepared.tokenizer
+
+    model_values = dict(cfg.model)
+    model_values.setdefault("vocab_size", tokenizer.vocab_size)
+    if model_values["vocab_size"] < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size ({model_values['vocab_size']}) is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size} tokens")
+    cfg = cfg.model_copy(update={"model": model_values})
+    model_config = cfg.model_config_
+    T = model_config.max_seq_len
+
+    root = checkpoint_root(cfg)
+    resume_from = None
+    if resume:
+        resume_from = ckpt.load_checkpoint(root / "latest" if resume is True else resume)
+        if resume_from.state["model_type"] != tc.model_type:
+            raise CheckpointError(f"{resume_from.folder} holds a {resume_from.state['model_type']} model, not {tc.model_type}")
+
+    torch.manual_seed(tc.seed)
+    runtime = ModelRuntime(tc.model_type, model_config, device, tc.dtype, tc.compile)
+    runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
+    train_tokens = open_tokens(prepared.tokens_dir, "train", tokenizer)
+    val_tokens = open_tokens(prepared.tokens_dir, "validation", tokenizer)
+    loader = TrainWindows(train_tokens, tc.batch_size, T, seed=tc.seed)
+
+    tokens_per_step = tc.batch_size * T * tc.gradient_accumulation_steps
+    total_steps = tc.max_steps or max(1, math.ceil(tc.num_epochs * len(train_tokens) / tokens_per_step))
+    flops_token = flops_per_token(model_config, T)
+
+    start_step, best_val, run_id = 0, math.inf, None
+    if resume_from is not None:
+        runtime.model.load_state_dict({k: v.to(device) for k, v in resume_from.weights.items()})
+        runtime.load_optimizer_state(resume_from.optimizer, resume_from.state.get("optimizer_scalars", {}))
+        loader.load_state_dict(resume_from.state["loader"])
+        ckpt.restore_rng_state(resume_from.state["rng"])
+        start_step, best_val = resume_from.state["step"], resume_from.state.get("best_val_loss", math.inf)
+        run_id = resume_from.state.get("mlflow_run_id")
+
+    experiment_id = tracking.setup(cfg.experiment_name)
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                           run_name=None if run_id else f"{tc.model_type}-{time.strftime('%Y%m%d-%H%M%S')}",
+                           log_system_metrics=True)
+    run_id = run.info.run_id
+    logger = tracking.RunLogger(run_id, root / "metrics-fallback.jsonl")
+    if resume_from is None:
+        params = tracking.flatten("", cfg.to_dict())
+        params.update({
+            "n_parameters": count_parameters(model_config), "flops_per_token": flops_token,
+            "tokens_per_step": tokens_per_step, "total_steps": total_steps, "device": device,
+            "dataset_id": prepared.meta["dataset_id"], "dataset_source": prepared.meta["source"],
+            "tokenizer_sha256": tokenizer.sha256, "train_tokens": len(train_tokens), "val_tokens": len(val_tokens),
+            "git_commit": _git_commit(), "torch_version": torch.__version__, "mlflow_version": mlflow.__version__,
+            "python_version": platform.python_version(),
+        })
+        logger.safely("log params", mlflow.log_params, params)
+        logger.safely("log config", mlflow.log_dict, cfg.to_dict(), "config.yaml")
+        logger.safely("log tokenizer", mlflow.log_artifact, tokenizer.path, "tokenizer")
+
+    peak_flops = _peak_flops(device)
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signal.Signals(signum).name
+        print(f"\n{stop['signal']}: saving a checkpoint and ending the run after this step", file=sys.stderr)
+
+    previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def val_loss() -> float:
+        losses = [runtime.loss(w) for w in validation_batches(val_tokens, tc.batch_size, T, tc.eval_batches)]
+        return sum(losses) / len(losses)
+
+    def save(name: str, step: int) -> Path:
+        opt_tensors, opt_scalars = runtime.optimizer_state()
+        state = {
+            "step": step, "model_type": tc.model_type, "model_config": model_config.to_dict(),
+            "experiment": cfg.to_dict(), "best_val_loss": best_val, "loader": loader.state_dict(),
+            "optimizer_scalars": opt_scalars, "rng": ckpt.rng_state(), "mlflow_run_id": run_id,
+            "tokenizer_sha256": tokenizer.sha256, "eot_id": tokenizer.eot_id,
+            "text_bytes_per_token": prepared.meta["text_bytes"]["validation"] / prepared.meta["tokens"]["validation"],
+        }
+        return ckpt.save_checkpoint(root / name, runtime.model.state_dict(), opt_tensors, state, tokenizer.path)
+
+    losses: list[float] = []
+    step = start_step
+    train_start = time.perf_counter()
+    stopped_by = None
+    try:
+        progress = _progress(total_steps, start_step)
+        while step < total_steps:
+            step_start = time.perf_counter()
+            lr = learning_rate(step, total_steps, tc)
+            runtime.set_learning_rate(lr)
+            windows = [loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
+            loss, grad_norm = runtime.train_step(windows, tc.max_grad_norm)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped. The last good checkpoint is "
+                                       f"{root / 'latest'} (lower training.learning_rate or check the data)")
+            if device == "cuda":
+                torch.cuda.synchronize()
+            step += 1
+            losses.append(loss)
+            seconds = time.perf_counter() - step_start
+            tokens_per_sec = tokens_per_step / seconds
+            if step % tc.log_every == 0 or step == total_steps:
+                metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                           "train/tokens_per_sec": tokens_per_sec, "train/tokens_seen": step * tokens_per_step,
+                           "train/flops_seen": step * tokens_per_step * flops_token}
+                if peak_flops:
+                    metrics["train/mfu"] = tokens_per_sec * flops_token / peak_flops
+                logger.log_metrics(metrics, step)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
+
+            last = step == total_steps
+            out_of_time = tc.max_time_minutes is not None and time.perf_counter() - train_start > 60 * tc.max_time_minutes
+            if step % tc.eval_every == 0 or last or out_of_time:
+                current = val_loss()
+                bpb = current / math.log(2) * prepared.meta["tokens"]["validation"] / prepared.meta["text_bytes"]["validation"]
+                logger.log_metrics({"val/loss": current, "val/perplexity": math.exp(min(current, 50)),
+                                    "val/bits_per_byte": bpb}, step)
+                progress.write(f"step {step}: val loss {current:.4f} (perplexity {math.exp(min(current, 50)):.1f})")
+                if current < best_val:
+                    best_val = current
+                    save("best", step)
+                if tc.sample_every is None:
+                    _log_sample(runtime, tokenizer, tc, step, logger, progress)
+            if tc.sample_every is not None and step % tc.sample_every == 0:
+                _log_sample(runtime, tokenizer, tc, step, logger, progress)
+            if step % tc.checkpoint_every == 0 and not last:
+                save(f"step-{step:07d}", step)
+                ckpt.rotate(root, tc.keep_checkpoints)
+                save("latest", step)
+            if stop["signal"] or out_of_time or (stop_after_steps is not None and step - start_step >= stop_after_steps):
+                stopped_by = stop["signal"] or ("time limit" if out_of_time else "stop_after_steps")
+                break
+        progress.close()
+        save("latest", step)
+        logger.flush()
+        if step == total_steps or stopped_by == "time limit":
+            register_best(cfg, root, run_id, logger)
+        if best_val == math.inf:
+            best_val = val_loss()
+        mlflow.end_run(status="KILLED" if stop["signal"] else "FINISHED")
+    except BaseException:
+        logger.flush()
+        mlflow.end_run(status="FAILED")
+        raise
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+    train_seconds = time.perf_counter() - train_start
+    if logger.seconds_spent:
+        print(f"per-step tracking overhead: {logger.seconds_spent:.3f} s of {train_seconds:.1f} s of training "
+              f"({100 * logger.seconds_spent / train_seconds:.2f}%)")
+    return TrainResult(run_id, step, best_val, root, losses, logger.seconds_spent, train_seconds, stopped_by)
+
+
+def register_best(cfg: ExperimentConfig, root: Path, run_id: str, logger: tracking.RunLogger) -> None:
+    """Log the best checkpoint as an MLflow model and point the `champion` and `latest` aliases at it."""
+    from jobs.serving.registry import log_and_register
+
+    best = root / "best" if (root / "best").is_dir() else root / "latest"
+    logger.safely("register the model", log_and_register, best, cfg.model_name, run_id)
+
+
+def _log_sample(runtime, tokenizer, tc, step, logger, progress) -> None:
+    prompt_ids = tokenizer.encode(tc.sample_prompt)
+    if not prompt_ids:
+        return
+    ids = list(generate_tokens(runtime.model, prompt_ids, max_new_tokens=tc.sample_length, temperature=0.8,
+                               top_k=50, seed=step, eos_id=tokenizer.eot_id))
+    text = tc.sample_prompt + tokenizer.decode(ids)
+    progress.write(f"sample @ {step}: {text!r}")
+    logger.safely("log a sample", mlflow.log_text, text, f"samples/step-{step:07d}.txt")
+
+
+def _progress(total: int, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+
+
+def _peak_flops(device: str) -> float | None:
+    """Measured matmul FLOP/s of this device, for MFU (a 1024^3 matmul: well under a second)."""
+    from jobs.training.throughput import measure_matmul_flops
+
+    try:
+        return measure_matmul_flops(device, torch.float32 if device == "cpu" else torch.bfloat16, n=1024, repeats=3)
+    except Exception:
+        return None
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=os.path.dirname(__file__)).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"

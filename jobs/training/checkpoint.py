@@ -1,0 +1,94 @@
+"""Checkpoints: one folder each, nothing pickled, written atomically.
+
+    model.safetensors      the weights (same keys for both model types)
+    optimizer.safetensors  the optimizer's tensors (AdamW moments)
+    state.json             step, model type, configs, best validation loss, data position, optimizer scalars,
+                           MLflow run id, RNG states (as lists of bytes)
+    tokenizer.json         the tokenizer, so a checkpoint folder alone is enough to generate text
+
+A checkpoint is written into a temporary folder and renamed into place, so a crash mid-write never leaves a
+folder that looks whole; loading uses safetensors and json only, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from jobs.errors import CheckpointError
+
+REQUIRED_FILES = ("model.safetensors", "state.json", "tokenizer.json")
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    state: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+
+
+def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor],
+                    state: dict[str, Any], tokenizer_path: str | Path) -> Path:
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in optimizer.items()}, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():  # swap: the previous checkpoint stays whole until the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_checkpoint(folder: str | Path, with_optimizer: bool = True) -> Checkpoint:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint not found: {folder}")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder} is not a checkpoint: missing {', '.join(missing)}")
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        weights = load_file(str(folder / "model.safetensors"))
+        optimizer = load_file(str(folder / "optimizer.safetensors")) if with_optimizer else {}
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has no optimizer.safetensors: it can be served, not resumed") from None
+    except Exception as error:  # safetensors and json raise several types on a damaged file
+        raise CheckpointError(f"{folder}: damaged checkpoint ({str(error).splitlines()[0]})") from None
+    for key in ("step", "model_type", "model_config"):
+        if key not in state:
+            raise CheckpointError(f"{folder}/state.json has no {key!r}")
+    return Checkpoint(folder, state, weights, optimizer)
+
+
+def rng_state() -> dict[str, list[int]]:
+    state = {"torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def restore_rng_state(state: dict[str, list[int]]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def rotate(folder: Path, keep: int) -> None:
+    """Keep the newest `keep` step-N checkpoints (best and latest are separate folders)."""
+    steps = sorted(folder.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
