@@ -46,8 +46,8 @@ def setup(experiment_name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
-    if uri.startswith("sqlite:"):
-        artifact_location = (PROJECT_ROOT / "mlruns").as_uri()
+    if uri.startswith("sqlite:///"):  # artifacts beside the database file: <folder>/mlruns
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
     return mlflow.create_experiment(experiment_name, artifact_location=artifact_location)
 
 

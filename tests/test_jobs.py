@@ -1,0 +1,233 @@
+"""The jobs end to end on tiny configs: train (both model types), resume, NaN and signal stops, MLflow
+(embedded store and a real server), registry, evaluate, generate and chat."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, write_stories
+from jobs.config import validate_config
+from jobs.evaluate import run_evaluation
+from jobs.train import TrainingDiverged, run_training
+from jobs.training.checkpoint import load_checkpoint
+from model_zoo.config import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh embedded MLflow store (sqlite) for each test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def tiny(tmp_path, model_type="torch", **training):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    path = write_stories(corpus, n=200)
+    values = {
+        "experiment_name": f"tiny_{model_type}",
+        "data": {"dataset": "local", "train_files": [str(path)], "vocab_size": 300, "assets_dir": str(tmp_path / "assets")},
+        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 2, "d_ffn": 64, "max_seq_len": 32},
+        "training": {"model_type": model_type, "batch_size": 4, "max_steps": 12, "learning_rate": 3e-3,
+                     "min_learning_rate": 3e-4, "warmup_ratio": 0.1, "eval_every": 6, "eval_batches": 2,
+                     "checkpoint_every": 4, "sample_length": 8, "device": "cpu", **training},
+    }
+    return validate_config(values)
+
+
+@pytest.mark.parametrize("model_type", ["torch", "custom"])
+def test_train_tracks_in_embedded_store_and_registers_champion(tmp_path, store, model_type):
+    cfg = tiny(tmp_path, model_type)
+    result = run_training(cfg)
+    assert result.steps == 12 and math.isfinite(result.best_val_loss)
+    assert result.losses[-1] < result.losses[0], "the loss falls"
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert int(run.data.params["n_parameters"]) > 0 and int(run.data.params["flops_per_token"]) > 0
+    assert run.data.params["training.model_type"] == model_type
+    history = client.get_metric_history(result.run_id, "train/loss")
+    assert [m.step for m in history] == list(range(1, 13))
+    assert [m.value for m in history] == pytest.approx(result.losses)
+    for key in ("train/lr", "train/grad_norm", "train/tokens_per_sec", "train/flops_seen", "val/loss", "val/perplexity"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "tokenizer", "samples"} <= artifacts
+    champion = client.get_model_version_by_alias(cfg.model_name, "champion")
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion")
+    import pandas as pd
+
+    texts = model.predict(pd.DataFrame({"prompt": ["Once upon a time"]}), params={"max_length": 10, "seed": 0})
+    assert len(texts) == 1 and isinstance(texts[0], str) and str(champion.version) == "1"
+
+
+@pytest.mark.parametrize("model_type", ["torch", "custom"])
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, model_type):
+    whole = run_training(tiny(tmp_path / "a", model_type))
+    cfg = tiny(tmp_path / "b", model_type)
+    first = run_training(cfg, stop_after_steps=5)
+    assert first.stopped_by == "stop_after_steps" and first.steps == 5
+    second = run_training(cfg, resume=True)
+    assert second.run_id == first.run_id, "--resume continues the same tracked run"
+    assert first.losses + second.losses == pytest.approx(whole.losses, rel=1e-6, abs=0)
+    history = MlflowClient().get_metric_history(first.run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, 13))
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, store, monkeypatch):
+    from jobs.training.runtime import ModelRuntime
+
+    real_step = ModelRuntime.train_step
+    calls = {"n": 0}
+
+    def step_that_diverges(self, windows, max_grad_norm, no_sync=None):
+        calls["n"] += 1
+        loss, norm = real_step(self, windows, max_grad_norm, no_sync)
+        return (float("nan"), norm) if calls["n"] == 6 else (loss, norm)
+
+    monkeypatch.setattr(ModelRuntime, "train_step", step_that_diverges)
+    cfg = tiny(tmp_path)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 6"):
+        run_training(cfg)
+    latest = load_checkpoint(tmp_path / "assets/checkpoints/tiny_torch/torch/latest")
+    assert latest.state["step"] == 4, "the checkpoint from step 4 is intact"
+    runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("tiny_torch").experiment_id])
+    assert runs[0].info.status == "FAILED"
+
+
+def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store, monkeypatch):
+    from jobs.training.runtime import ModelRuntime
+
+    real_step = ModelRuntime.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, windows, max_grad_norm, no_sync=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, windows, max_grad_norm, no_sync)
+
+    monkeypatch.setattr(ModelRuntime, "train_step", step_then_signal)
+    result = run_training(tiny(tmp_path))
+    assert result.stopped_by == "SIGTERM" and result.steps == 3
+    assert load_checkpoint(tmp_path / "assets/checkpoints/tiny_torch/torch/latest").state["step"] == 3
+    assert MlflowClient().get_run(result.run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"training": {"learning_rate": "fast"}}, "training.learning_rate: Input should be a valid number"),
+        ({"training": {"batch_sise": 4}}, "training.batch_sise: unknown key"),
+        ({"training": {"lr_decay": "step"}}, "training.lr_decay"),
+        ({"training": {"min_learning_rate": 1.0}}, "min_learning_rate"),
+        ({"model": {"d_model": 30, "n_heads": 4}}, "divisible"),
+        ({"data": {"dataset": "local"}}, "data.train_files is required"),
+    ],
+)
+def test_config_errors_name_the_key(change, message):
+    values = {"experiment_name": "x", **change}
+    with pytest.raises(ConfigError, match=message) as info:
+        validate_config(values)
+    assert "\n" not in str(info.value)
+
+
+def test_evaluate_text_file_json_and_chat_over_stdin(tmp_path, store):
+    result = run_training(tiny(tmp_path, max_steps=6))
+    best = str(result.checkpoint_dir / "best")
+    text = tmp_path / "eval.txt"
+    text.write_text("Once upon a time, Tim had a ball. Tim was happy. " * 20)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "jobs", "evaluate", "--model", best, "--text-file", str(text), "--json"],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(last) == {"loss", "perplexity", "tokens", "bits_per_byte"}
+    assert last["perplexity"] == pytest.approx(math.exp(last["loss"]))
+    direct = run_evaluation(best, text_file=str(text), log=False)
+    assert direct["loss"] == pytest.approx(last["loss"])
+
+    chat = subprocess.run([sys.executable, "-m", "jobs", "chat", "--model", best, "--max-length", "8", "--seed", "1"],
+                          input="temp 0.5\ntopk 5\ntemp hot\nOnce upon a time\nquit\n", capture_output=True,
+                          text=True, env=env, timeout=120, cwd=tmp_path)
+    assert chat.returncode == 0, chat.stderr
+    assert "temperature=0.5" in chat.stdout and "top_k=5" in chat.stdout
+    assert "'temp' needs a non-negative number" in chat.stdout
+    assert "Model: Once upon a time" in chat.stdout
+
+    missing = subprocess.run([sys.executable, "-m", "jobs", "generate", "--model", str(tmp_path / "nope"), "--prompt", "x"],
+                             capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: checkpoint not found")
+
+
+def test_unreachable_tracking_server_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(ConnectionError, match="MLflow tracking server http://127.0.0.1:9 is unreachable"):
+        run_training(tiny(tmp_path))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    """A real `mlflow server` on 127.0.0.1: sqlite backend, served artifacts in a temp folder."""
+    port = _free_port()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",
+               "--artifacts-destination", str(server_dir / "artifacts"), "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(server_dir / "server.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail(f"mlflow server did not start: {(server_dir / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()
+
+
+def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server):
+    cfg = tiny(tmp_path, max_steps=6)
+    result = run_training(cfg)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(result.run_id)
+    assert run.data.params["experiment_name"] == "tiny_torch"
+    assert len(client.get_metric_history(result.run_id, "train/loss")) == 6
+    local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="config.yaml", dst_path=str(tmp_path / "dl"))
+    assert "experiment_name: tiny_torch" in Path(local).read_text()
+    from jobs.serving.loading import complete, load_model
+
+    loaded = load_model(f"models:/{cfg.model_name}@champion")
+    text = "".join(complete(loaded, "Once upon a time", max_length=10, seed=0))
+    assert isinstance(text, str) and loaded.state["step"] == 6
