@@ -11,12 +11,62 @@ import sys
 
 
 def _jobs() -> dict:
+    from jobs.compare import compare
     from jobs.evaluate import evaluate
     from jobs.generate import chat, generate
     from jobs.prepare_data import prepare_data
     from jobs.train import train
 
-    return {"prepare-data": prepare_data, "train": train, "evaluate": evaluate, "generate": generate, "chat": chat}
+    return {"prepare-data": prepare_data, "train": train, "evaluate": evaluate, "generate": generate, "chat": chat,
+            "compare": compare}
+
+
+def usage(job: str | None = None) -> str:
+    """The job's module docstring (its command line and options), or the list of jobs. Written here because
+    fire would read --help as a config override for jobs that take **overrides."""
+    import inspect
+
+    jobs = _jobs()
+    if job is None:
+        lines = ["usage: python -m jobs <job> [--config configs/X.yaml] [--section.key=value ...]", "", "jobs:"]
+        for name, function in jobs.items():
+            lines.append(f"  {name:<14}{inspect.getdoc(sys.modules[function.__module__]).splitlines()[0]}")
+        lines.append("\n`python -m jobs <job> --help` for one job's options.")
+        return "\n".join(lines)
+    function = jobs[job]
+    return f"{inspect.getdoc(sys.modules[function.__module__])}\n\noptions: {job}{inspect.signature(function)}"
+
+
+def check_invocation(argv: list[str]) -> None:
+    """A dry run of a command line: the job exists, its flags bind to the job's parameters (the rest are
+    config overrides), and the config it names loads and validates with those overrides. Nothing runs.
+    Used to check that every compose service's command is a real job invocation."""
+    import inspect
+
+    from jobs.config import load_config
+
+    jobs = _jobs()
+    if not argv or argv[0] not in jobs:
+        raise ValueError(f"unknown job {argv[0] if argv else ''!r} (jobs: {', '.join(jobs)})")
+    function, positional, flags = jobs[argv[0]], [], {}
+    rest = list(argv[1:])
+    while rest:
+        token = rest.pop(0)
+        if not token.startswith("--"):
+            positional.append(token)
+            continue
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            value = rest.pop(0) if rest and not rest[0].startswith("--") else True
+        flags[key] = value
+    parameters = inspect.signature(function).parameters
+    named = {k.replace("-", "_"): v for k, v in flags.items() if k.replace("-", "_") in parameters}
+    overrides = {k: v for k, v in flags.items() if k.replace("-", "_") not in parameters}
+    inspect.signature(function).bind(*positional, **named, **overrides)  # TypeError if they do not fit
+    if overrides and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        raise TypeError(f"{argv[0]} takes no flags {', '.join(overrides)}")
+    if "config" in named:
+        load_config(named["config"], overrides)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,8 +75,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from jobs.errors import USER_ERRORS
 
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if not argv or argv[0] in ("--help", "-h") or (argv[0] in _jobs() and ("--help" in argv or "-h" in argv)):
+        print(usage(argv[0] if argv and argv[0] in _jobs() else None))
+        return
     try:
-        fire.Fire(_jobs(), command=argv if argv is not None else sys.argv[1:], name="python -m jobs")
+        fire.Fire(_jobs(), command=argv, name="python -m jobs")
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -42,6 +43,11 @@ def setup(experiment_name: str) -> str:
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
+        # MLflow's client retries a failed request 7 times with growing pauses (minutes in all); during an
+        # outage the sender thread would sit in those. A few quick retries, then the next flush tries again.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return experiment.experiment_id
@@ -61,39 +67,71 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 
 class RunLogger:
-    """Logs metrics in batches, and never lets a tracking outage stop training.
+    """Logs metrics from a background thread, and never lets a tracking outage stop training.
 
-    Metrics are buffered and sent with one log_batch call every `flush_every` seconds. If the server does not
-    answer, a warning is printed, the metrics stay buffered (and are written to a local JSONL file) and are
-    sent when it answers again.
+    The training loop only appends metrics to a list (microseconds); a sender thread ships them to MLflow with
+    one log_batch call every FLUSH_SECONDS. If the store does not answer, a warning is printed once, the
+    metrics are appended to a local JSONL file (so nothing is lost even if the outage outlasts the run) and
+    kept for another try; when the store answers again they are sent.
+
+    Overhead, reported at the end of training: `seconds_spent` (the training thread's time in log_metrics)
+    and `sender_cpu_seconds` (CPU time of the sender thread, which competes for the same cores).
     """
 
-    def __init__(self, run_id: str, fallback_file: Path, flush_every: float = 5.0):
+    FLUSH_SECONDS = 5.0
+    MAX_KEPT = 100_000  # metrics kept in memory for retry during a long outage (the file keeps them all)
+
+    def __init__(self, run_id: str, fallback_file: Path):
         self.client = MlflowClient()
-        self.run_id, self.fallback_file, self.flush_every = run_id, fallback_file, flush_every
-        self.buffer: list[Metric] = []
-        self.last_flush = time.monotonic()
+        self.run_id, self.fallback_file = run_id, fallback_file
+        self.new: list[Metric] = []  # not yet tried
+        self.retry: list[Metric] = []  # tried, failed, already in the fallback file
+        self.lock, self.send_lock = threading.Lock(), threading.Lock()
+        self.wake, self.closed = threading.Event(), False
         self.failing = False
-        self.seconds_spent = 0.0  # time spent logging per-step metrics: the overhead we report
+        self.seconds_spent = 0.0
+        self.sender_cpu_seconds = 0.0
+        self.thread = threading.Thread(target=self._send_loop, name="mlflow-metrics", daemon=True)
+        self.thread.start()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         start = time.perf_counter()
         timestamp = int(time.time() * 1000)
-        self.buffer += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
-        if time.monotonic() - self.last_flush >= self.flush_every:
-            self.flush()
+        with self.lock:
+            self.new += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
         self.seconds_spent += time.perf_counter() - start
 
     def flush(self) -> None:
-        self.last_flush = time.monotonic()
-        if not self.buffer:
-            return
+        """Try to send everything now (the caller waits)."""
+        self._send()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+        self.thread.join(timeout=60)
+        self._send()
+
+    def _send_loop(self) -> None:
+        while not self.closed:
+            self.wake.wait(self.FLUSH_SECONDS)
+            self._send()
+
+    def _send(self) -> None:
+        with self.send_lock:
+            cpu_start = time.thread_time()
+            with self.lock:
+                new, self.new = self.new, []
+                batch, self.retry = self.retry + new, []
+            if batch:
+                self._send_batch(batch, new)
+            self.sender_cpu_seconds += time.thread_time() - cpu_start
+
+    def _send_batch(self, batch: list[Metric], new: list[Metric]) -> None:
         try:
-            for start in range(0, len(self.buffer), 1000):  # MLflow takes at most 1000 metrics a batch
-                self.client.log_batch(self.run_id, metrics=self.buffer[start : start + 1000], synchronous=True)
-            self.buffer = []
+            for start in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics a call
+                self.client.log_batch(self.run_id, metrics=batch[start : start + 1000], synchronous=True)
             if self.failing:
-                print("tracking: MLflow answers again; buffered metrics sent", file=sys.stderr)
+                print("tracking: MLflow answers again; kept metrics sent", file=sys.stderr)
             self.failing = False
         except Exception as error:  # any failure of the tracking store: keep training, keep the data
             if not self.failing:
@@ -102,11 +140,11 @@ class RunLogger:
             self.failing = True
             self.fallback_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.fallback_file, "a") as out:
-                for metric in self.buffer:
+                for metric in new:
                     out.write(json.dumps({"key": metric.key, "value": metric.value, "step": metric.step,
                                           "timestamp": metric.timestamp}) + "\n")
-            if len(self.buffer) > 200_000:  # bound memory on a long outage: the file holds them
-                self.buffer = self.buffer[-100_000:]
+            with self.lock:
+                self.retry = (batch + self.retry)[-self.MAX_KEPT :]
 
     def safely(self, what: str, fn, *args, **kwargs) -> Any:
         """Run a tracking call (artifact, param, tag); on failure warn and go on."""
@@ -116,6 +154,24 @@ class RunLogger:
             print(f"tracking: could not {what} ({type(error).__name__}: {str(error)[:200]}); training goes on",
                   file=sys.stderr)
             return None
+
+
+class NullLogger:
+    """What ranks other than 0 get in a distributed run: logging does nothing."""
+
+    seconds_spent = sender_cpu_seconds = 0.0
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def safely(self, what: str, fn, *args, **kwargs) -> None:
+        return None
 
 
 def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:

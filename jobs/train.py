@@ -25,8 +25,9 @@ from jobs.data import prepare
 from jobs.data.shards import TrainWindows, open_tokens, validation_batches
 from jobs.errors import CheckpointError
 from jobs.training import checkpoint as ckpt
+from jobs.training.distributed import Distributed
 from jobs.training.runtime import ModelRuntime, resolve_device
-from jobs.training.schedule import learning_rate
+from jobs.training.schedule import learning_rate, progress
 from model_zoo.config import ConfigError, count_parameters, flops_per_token
 from model_zoo.generation import generate_tokens
 
@@ -66,9 +67,24 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_a
     """Train as the config says. stop_after_steps ends early as an interruption would (used by tests)."""
     tc = cfg.training
     device = resolve_device(tc.device)
+    distributed = Distributed.from_env(device)
+    device = distributed.device(device)
+    try:
+        return _train(cfg, resume, stop_after_steps, device, distributed)
+    finally:
+        distributed.close()
+
+
+def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distributed: Distributed) -> TrainResult:
+    tc = cfg.training
+    main = distributed.is_main
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
+    if not main:  # rank 0 prepares missing data; the others wait, then find it ready
+        distributed.barrier()
     prepared = prepare.prepare(cfg.data)
+    if main:
+        distributed.barrier()
     tokenizer = prepared.tokenizer
 
     model_values = dict(cfg.model)
@@ -88,13 +104,14 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_a
             raise CheckpointError(f"{resume_from.folder} holds a {resume_from.state['model_type']} model, not {tc.model_type}")
 
     torch.manual_seed(tc.seed)
-    runtime = ModelRuntime(tc.model_type, model_config, device, tc.dtype, tc.compile)
+    runtime = ModelRuntime(tc.model_type, model_config, device, tc.dtype, tc.compile, distributed)
     runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
     train_tokens = open_tokens(prepared.tokens_dir, "train", tokenizer)
     val_tokens = open_tokens(prepared.tokens_dir, "validation", tokenizer)
-    loader = TrainWindows(train_tokens, tc.batch_size, T, seed=tc.seed)
+    loader = TrainWindows(train_tokens, tc.batch_size, T, seed=tc.seed, rank=distributed.rank,
+                          world_size=distributed.world_size)
 
-    tokens_per_step = tc.batch_size * T * tc.gradient_accumulation_steps
+    tokens_per_step = tc.batch_size * T * tc.gradient_accumulation_steps * distributed.world_size  # all ranks
     total_steps = tc.max_steps or max(1, math.ceil(tc.num_epochs * len(train_tokens) / tokens_per_step))
     flops_token = flops_per_token(model_config, T)
 
@@ -107,13 +124,16 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_a
         start_step, best_val = resume_from.state["step"], resume_from.state.get("best_val_loss", math.inf)
         run_id = resume_from.state.get("mlflow_run_id")
 
-    experiment_id = tracking.setup(cfg.experiment_name)
-    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                           run_name=None if run_id else f"{tc.model_type}-{time.strftime('%Y%m%d-%H%M%S')}",
-                           log_system_metrics=True)
-    run_id = run.info.run_id
-    logger = tracking.RunLogger(run_id, root / "metrics-fallback.jsonl")
-    if resume_from is None:
+    if main:
+        experiment_id = tracking.setup(cfg.experiment_name)
+        run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                               run_name=None if run_id else f"{tc.model_type}-{time.strftime('%Y%m%d-%H%M%S')}",
+                               log_system_metrics=True)
+        run_id = run.info.run_id
+        logger = tracking.RunLogger(run_id, root / "metrics-fallback.jsonl")
+    else:
+        logger = tracking.NullLogger()  # only rank 0 tracks
+    if resume_from is None and main:
         params = tracking.flatten("", cfg.to_dict())
         params.update({
             "n_parameters": count_parameters(model_config), "flops_per_token": flops_token,
@@ -121,7 +141,7 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_a
             "dataset_id": prepared.meta["dataset_id"], "dataset_source": prepared.meta["source"],
             "tokenizer_sha256": tokenizer.sha256, "train_tokens": len(train_tokens), "val_tokens": len(val_tokens),
             "git_commit": _git_commit(), "torch_version": torch.__version__, "mlflow_version": mlflow.__version__,
-            "python_version": platform.python_version(),
+            "python_version": platform.python_version(), "world_size": distributed.world_size,
         })
         logger.safely("log params", mlflow.log_params, params)
         logger.safely("log config", mlflow.log_dict, cfg.to_dict(), "config.yaml")
@@ -140,7 +160,9 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_a
         losses = [runtime.loss(w) for w in validation_batches(val_tokens, tc.batch_size, T, tc.eval_batches)]
         return sum(losses) / len(losses)
 
-    def save(name: str, step: int) -> Path:
+    def save(name: str, step: int) -> Path | None:
+        if not main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
+            return None
         opt_tensors, opt_scalars = runtime.optimizer_state()
         state = {
             "step": step, "model_type": tc.model_type, "model_config": model_config.to_dict(),
@@ -156,13 +178,15 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_a
     train_start = time.perf_counter()
     stopped_by = None
     try:
-        progress = _progress(total_steps, start_step)
+        bar = _progress_bar(total_steps, start_step) if main else None
         while step < total_steps:
             step_start = time.perf_counter()
-            lr = learning_rate(step, total_steps, tc)
+            budget = 60 * tc.max_time_minutes if tc.max_time_minutes else None
+            lr = learning_rate(progress(step + 1, total_steps, time.perf_counter() - train_start, budget), tc)
             runtime.set_learning_rate(lr)
             windows = [loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
             loss, grad_norm = runtime.train_step(windows, tc.max_grad_norm)
+            loss = distributed.mean(loss)  # the global batch's loss (each rank saw its own slice)
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped. The last good checkpoint is "
                                        f"{root / 'latest'} (lower training.learning_rate or check the data)")
@@ -179,8 +203,9 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_a
                 if peak_flops:
                     metrics["train/mfu"] = tokens_per_sec * flops_token / peak_flops
                 logger.log_metrics(metrics, step)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
 
             last = step == total_steps
             out_of_time = tc.max_time_minutes is not None and time.perf_counter() - train_start > 60 * tc.max_time_minutes
@@ -189,14 +214,14 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_a
                 bpb = current / math.log(2) * prepared.meta["tokens"]["validation"] / prepared.meta["text_bytes"]["validation"]
                 logger.log_metrics({"val/loss": current, "val/perplexity": math.exp(min(current, 50)),
                                     "val/bits_per_byte": bpb}, step)
-                progress.write(f"step {step}: val loss {current:.4f} (perplexity {math.exp(min(current, 50)):.1f})")
+                _say(bar, f"step {step}: val loss {current:.4f} (perplexity {math.exp(min(current, 50)):.1f})")
                 if current < best_val:
                     best_val = current
                     save("best", step)
-                if tc.sample_every is None:
-                    _log_sample(runtime, tokenizer, tc, step, logger, progress)
-            if tc.sample_every is not None and step % tc.sample_every == 0:
-                _log_sample(runtime, tokenizer, tc, step, logger, progress)
+                if tc.sample_every is None and main:
+                    _log_sample(runtime, tokenizer, tc, step, logger, bar)
+            if tc.sample_every is not None and step % tc.sample_every == 0 and main:
+                _log_sample(runtime, tokenizer, tc, step, logger, bar)
             if step % tc.checkpoint_every == 0 and not last:
                 save(f"step-{step:07d}", step)
                 ckpt.rotate(root, tc.keep_checkpoints)
@@ -204,26 +229,32 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_a
             if stop["signal"] or out_of_time or (stop_after_steps is not None and step - start_step >= stop_after_steps):
                 stopped_by = stop["signal"] or ("time limit" if out_of_time else "stop_after_steps")
                 break
-        progress.close()
+        if bar is not None:
+            bar.close()
         save("latest", step)
-        logger.flush()
-        if step == total_steps or stopped_by == "time limit":
+        logger.close()
+        if main and (step == total_steps or stopped_by == "time limit"):
             register_best(cfg, root, run_id, logger)
+            logger.safely("log figures", _log_figures, run_id, root / "figures")
         if best_val == math.inf:
             best_val = val_loss()
-        mlflow.end_run(status="KILLED" if stop["signal"] else "FINISHED")
+        if main:
+            logger.safely("end the run", mlflow.end_run, status="KILLED" if stop["signal"] else "FINISHED")
     except BaseException:
-        logger.flush()
-        mlflow.end_run(status="FAILED")
+        logger.close()
+        if main:
+            logger.safely("end the run", mlflow.end_run, status="FAILED")
         raise
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
     train_seconds = time.perf_counter() - train_start
-    if logger.seconds_spent:
-        print(f"per-step tracking overhead: {logger.seconds_spent:.3f} s of {train_seconds:.1f} s of training "
-              f"({100 * logger.seconds_spent / train_seconds:.2f}%)")
-    return TrainResult(run_id, step, best_val, root, losses, logger.seconds_spent, train_seconds, stopped_by)
+    if main:
+        print(f"tracking overhead: {logger.seconds_spent:.3f} s in the training loop + "
+              f"{logger.sender_cpu_seconds:.3f} s CPU in the sender thread, of {train_seconds:.1f} s of training "
+              f"({100 * (logger.seconds_spent + logger.sender_cpu_seconds) / train_seconds:.2f}%)")
+    return TrainResult(run_id, step, best_val, root, losses, logger.seconds_spent + logger.sender_cpu_seconds,
+                       train_seconds, stopped_by)
 
 
 def register_best(cfg: ExperimentConfig, root: Path, run_id: str, logger: tracking.RunLogger) -> None:
@@ -234,18 +265,31 @@ def register_best(cfg: ExperimentConfig, root: Path, run_id: str, logger: tracki
     logger.safely("register the model", log_and_register, best, cfg.model_name, run_id)
 
 
-def _log_sample(runtime, tokenizer, tc, step, logger, progress) -> None:
+def _log_sample(runtime, tokenizer, tc, step, logger, bar) -> None:
     prompt_ids = tokenizer.encode(tc.sample_prompt)
     if not prompt_ids:
         return
     ids = list(generate_tokens(runtime.model, prompt_ids, max_new_tokens=tc.sample_length, temperature=0.8,
                                top_k=50, seed=step, eos_id=tokenizer.eot_id))
     text = tc.sample_prompt + tokenizer.decode(ids)
-    progress.write(f"sample @ {step}: {text!r}")
+    _say(bar, f"sample @ {step}: {text!r}")
     logger.safely("log a sample", mlflow.log_text, text, f"samples/step-{step:07d}.txt")
 
 
-def _progress(total: int, start: int):
+def _log_figures(run_id: str, folder: Path) -> None:
+    """The run's loss (vs step and vs FLOPs), schedule and throughput figures, as artifacts."""
+    from jobs.compare import load_runs, plot
+
+    for path in plot(load_runs([run_id]), folder):
+        mlflow.log_artifact(str(path), "figures")
+
+
+def _say(bar, message: str) -> None:
+    if bar is not None:
+        bar.write(message)
+
+
+def _progress_bar(total: int, start: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)

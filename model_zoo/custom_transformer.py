@@ -231,8 +231,8 @@ class CausalSelfAttention(Module):
         # Softmax, row by row: p = softmax(s)  =>  ds = p * (dp - sum_j(dp_j * p_j)).
         # Masked entries have p = 0, so they get no gradient, as they should.
         att = self.att
-        d_scores = d_att * att  # (B, H, T, T): p * dp, then minus p * sum_j(p_j dp_j), in place
-        d_scores.addcmul_(att, d_scores.sum(-1, keepdim=True), value=-1.0)
+        d_scores = d_att.mul_(att)  # (B, H, T, T): p * dp (in place: d_att was made just above, saved nowhere)
+        d_scores.addcmul_(att, d_scores.sum(-1, keepdim=True), value=-1.0)  # minus p * sum_j(p_j dp_j)
         # scores = (q / sqrt(D)) k^T  =>  dq = d_scores k / sqrt(D),  dk = d_scores^T q / sqrt(D)
         d_q = self.matmul(d_scores, self.k).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)
         d_k = self.matmul(d_scores.transpose(-2, -1), self.q).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)

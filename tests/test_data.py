@@ -182,8 +182,9 @@ def test_train_windows_are_seeded_and_resumable():
     resumed = TrainWindows(tokens, batch_size=4, seq_len=16, seed=0)
     resumed.load_state_dict(state)
     assert all((a == resumed.next_batch()).all() for a in continued)
-    other_rank = TrainWindows(tokens, batch_size=4, seq_len=16, seed=3, rank=1)
-    assert not (other_rank.next_batch() == first[0]).all()
+    whole = TrainWindows(tokens, batch_size=8, seq_len=16, seed=3).next_batch()
+    ranks = [TrainWindows(tokens, batch_size=4, seq_len=16, seed=3, rank=r, world_size=2).next_batch() for r in (0, 1)]
+    assert (ranks[0] == whole[:4]).all() and (ranks[1] == whole[4:]).all(), "ranks split the global batch"
 
 
 def test_validation_batches_are_a_fixed_ordered_pass():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -95,9 +96,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, st
     real_step = ModelRuntime.train_step
     calls = {"n": 0}
 
-    def step_that_diverges(self, windows, max_grad_norm, no_sync=None):
+    def step_that_diverges(self, windows, max_grad_norm):
         calls["n"] += 1
-        loss, norm = real_step(self, windows, max_grad_norm, no_sync)
+        loss, norm = real_step(self, windows, max_grad_norm)
         return (float("nan"), norm) if calls["n"] == 6 else (loss, norm)
 
     monkeypatch.setattr(ModelRuntime, "train_step", step_that_diverges)
@@ -116,11 +117,11 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store, monkeypatc
     real_step = ModelRuntime.train_step
     calls = {"n": 0}
 
-    def step_then_signal(self, windows, max_grad_norm, no_sync=None):
+    def step_then_signal(self, windows, max_grad_norm):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_step(self, windows, max_grad_norm, no_sync)
+        return real_step(self, windows, max_grad_norm)
 
     monkeypatch.setattr(ModelRuntime, "train_step", step_then_signal)
     result = run_training(tiny(tmp_path))
@@ -211,16 +212,23 @@ def mlflow_server(tmp_path, monkeypatch):
             time.sleep(0.5)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    yield uri
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
+    yield Server(uri, process)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
     log.close()
+
+
+@dataclass
+class Server:
+    uri: str
+    process: subprocess.Popen
 
 
 def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server):
     cfg = tiny(tmp_path, max_steps=6)
     result = run_training(cfg)
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
     run = client.get_run(result.run_id)
     assert run.data.params["experiment_name"] == "tiny_torch"
     assert len(client.get_metric_history(result.run_id, "train/loss")) == 6
@@ -231,3 +239,25 @@ def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server):
     loaded = load_model(f"models:/{cfg.model_name}@champion")
     text = "".join(complete(loaded, "Once upon a time", max_length=10, seed=0))
     assert isinstance(text, str) and loaded.state["step"] == 6
+
+
+def test_tracking_outage_mid_run_does_not_stop_or_lose_training(tmp_path, mlflow_server, monkeypatch):
+    from jobs.training.runtime import ModelRuntime
+
+    real_step = ModelRuntime.train_step
+    calls = {"n": 0}
+
+    def step_with_outage(self, windows, max_grad_norm):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the server goes away mid-run
+            os.killpg(mlflow_server.process.pid, signal.SIGKILL)
+            mlflow_server.process.wait()
+        return real_step(self, windows, max_grad_norm)
+
+    monkeypatch.setattr(ModelRuntime, "train_step", step_with_outage)
+    monkeypatch.setattr("jobs.tracking.RunLogger.FLUSH_SECONDS", 0.05)  # send metrics about every step
+    result = run_training(tiny(tmp_path, max_steps=8))
+    assert result.steps == 8 and len(result.losses) == 8
+    assert load_checkpoint(tmp_path / "assets/checkpoints/tiny_torch/torch/latest").state["step"] == 8
+    kept = [json.loads(line) for line in (tmp_path / "assets/checkpoints/tiny_torch/torch/metrics-fallback.jsonl").read_text().splitlines()]
+    assert {m["step"] for m in kept if m["key"] == "train/loss"} >= {4, 5, 6, 7, 8}, "metrics after the outage are kept"

@@ -93,22 +93,25 @@ def open_tokens(folder: Path, split: str, tokenizer: LoadedTokenizer | None = No
 class TrainWindows:
     """Random (B, T+1) windows: input is [:, :-1], targets [:, 1:].
 
-    Batch number i is drawn from a generator seeded with (seed, i, rank), so the stream is reproducible,
-    resumes from a saved position with no replay, and ranks of a distributed run draw different windows.
+    Global batch number i (batch_size x world_size windows) is drawn from a generator seeded with (seed, i),
+    and rank r takes rows r*B .. (r+1)*B of it. So the stream is reproducible, resumes from a saved position
+    with no replay, and N ranks with batch B see exactly the windows one process with batch N*B would.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0):
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if len(tokens) < seq_len + 2:
             raise DataError(f"{len(tokens):,} training tokens are fewer than one window of {seq_len + 1}")
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
-        self.seed, self.rank = seed, rank
-        self.position = 0  # batches served so far
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.position = 0  # global batches served so far
 
     def next_batch(self) -> torch.Tensor:
-        rng = np.random.default_rng([self.seed, self.position, self.rank])
-        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
+        rng = np.random.default_rng([self.seed, self.position])
+        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size * self.world_size)
         self.position += 1
-        return _gather(self.tokens, starts, self.seq_len)
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return _gather(self.tokens, mine, self.seq_len)
 
     def state_dict(self) -> dict:
         return {"position": self.position, "seed": self.seed}

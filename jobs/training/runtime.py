@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from jobs.training.distributed import Distributed, average_gradients
 from model_zoo.config import ModelConfig
 from model_zoo.custom_transformer import CustomTransformer, clip_grad_norm
 from model_zoo.torch_transformer import TorchTransformer
@@ -26,16 +27,22 @@ def resolve_device(device: str) -> str:
 
 class ModelRuntime:
     def __init__(self, model_type: str, config: ModelConfig, device: str = "cpu", dtype: str = "float32",
-                 compile_model: bool = False):
+                 compile_model: bool = False, distributed: Distributed = Distributed()):
         if model_type not in ("torch", "custom"):
             raise ValueError(f"model type must be 'torch' or 'custom', got {model_type!r}")
-        self.model_type, self.config, self.device = model_type, config, device
+        self.model_type, self.config, self.device, self.distributed = model_type, config, device, distributed
         # bf16: mixed precision. Weights stay fp32; matmuls run in bf16 (autocast for the twin, compute_dtype
         # for the custom model); softmax, LayerNorm and the loss stay in fp32.
         self.bf16 = dtype == "bfloat16"
         if model_type == "torch":
             self.model = TorchTransformer(config).to(device)
-            self.forward_model = torch.compile(self.model) if compile_model else self.model
+            self.forward_model = self.model
+            if distributed.enabled:  # DDP all-reduces gradients during backward, bucket by bucket
+                from torch.nn.parallel import DistributedDataParallel
+
+                self.forward_model = DistributedDataParallel(self.model)
+            if compile_model:
+                self.forward_model = torch.compile(self.forward_model)
         else:
             self.model = CustomTransformer(config).to(device=device, compute_dtype=torch.bfloat16 if self.bf16 else None)
             self.forward_model = self.model
@@ -58,11 +65,12 @@ class ModelRuntime:
             return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, windows: list[torch.Tensor], max_grad_norm: float | None, no_sync=None) -> tuple[float, float]:
+    def train_step(self, windows: list[torch.Tensor], max_grad_norm: float | None) -> tuple[float, float]:
         """One optimizer step over micro-batches of (B, T+1) windows; returns (mean loss, grad norm).
 
         Each micro-batch's loss is scaled by 1 / len(windows), so the accumulated gradient is that of the
-        mean loss over all of them, as if they had been one big batch.
+        mean loss over all of them, as if they had been one big batch. With several ranks, gradients are
+        averaged over ranks once, after the last micro-batch (DDP's no_sync skips the earlier all-reduces).
         """
         self.model.train()
         scale = 1.0 / len(windows)
@@ -70,17 +78,19 @@ class ModelRuntime:
         for i, window in enumerate(windows):
             window = window.to(self.device, non_blocking=True)
             idx, targets = window[:, :-1], window[:, 1:]
-            last = i == len(windows) - 1
-            sync_context = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
-            with sync_context:
-                if self.model_type == "torch":
+            if self.model_type == "torch":
+                last = i == len(windows) - 1
+                sync = contextlib.nullcontext() if last or not self.distributed.enabled else self.forward_model.no_sync()
+                with sync:
                     with self.autocast():
                         _, loss = self.forward_model(idx, targets)
                     (loss * scale).backward()
-                else:
-                    _, loss = self.model.forward(idx, targets)
-                    self.model.backward(loss_scale=scale)
+            else:
+                _, loss = self.model.forward(idx, targets)
+                self.model.backward(loss_scale=scale)
             total_loss += loss.item() * scale
+        if self.model_type == "custom" and self.distributed.enabled:
+            average_gradients(self.model.named_parameters(), self.distributed.world_size)
         grad_norm = self._clip(max_grad_norm)
         self.optimizer.step()
         self._zero_grad()

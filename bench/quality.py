@@ -1,0 +1,133 @@
+"""Quality per compute: our torch twin against transformers' GPT2LMHeadModel, same data, same time budget.
+
+    python -m bench.quality --config configs/tinystories_cpu.yaml [--minutes 12]
+
+Both models get the same dimensions, tokenizer, data windows, AdamW settings (decay on matrices only),
+warmup + cosine schedule, gradient clipping and validation batches, in one process, one after the other. Each
+first times a few steps to size its schedule to the budget (a faster model gets more steps: that is the
+point), then trains until the schedule ends or the budget runs out, and is evaluated on the whole validation
+split. Prints both losses in nats/token and bits per byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from jobs.config import load_config
+from jobs.data import prepare
+from jobs.data.shards import TrainWindows, open_tokens, validation_batches
+from jobs.training.runtime import ModelRuntime
+from jobs.training.schedule import learning_rate, progress
+
+
+class HFRuntime:
+    """transformers' GPT-2 behind the same two calls the benchmark makes of ModelRuntime."""
+
+    def __init__(self, config, tc):
+        import transformers
+
+        hf_config = transformers.GPT2Config(
+            vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
+            n_layer=config.n_blocks, n_head=config.n_heads, n_inner=config.d_ffn, activation_function="gelu_new",
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+        )
+        hf_config._attn_implementation = "sdpa"
+        self.model = transformers.GPT2LMHeadModel(hf_config)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=tc.learning_rate, betas=(tc.beta1, tc.beta2))
+
+    def set_learning_rate(self, lr):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self, windows, max_grad_norm):
+        self.model.train()
+        (window,) = windows
+        loss = self._loss(window)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm or math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss), 0.0
+
+    def _loss(self, window):
+        # The same loss as ours over the same T predictions per window (GPT2LMHeadModel's own `labels=` path
+        # would shift inside the window and score only T - 1).
+        logits = self.model(window[:, :-1]).logits  # (B, T, V)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
+
+    @torch.no_grad()
+    def loss(self, window):
+        self.model.eval()
+        return float(self._loss(window))
+
+
+def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple[float, int, float]:
+    tc = cfg.training
+    loader = TrainWindows(tokens, tc.batch_size, T, seed=tc.seed)
+    probe, probe_steps = make_runtime(), 8
+    probe.train_step([loader.next_batch()], tc.max_grad_norm)  # warm-up, not timed
+    start = time.perf_counter()
+    for _ in range(probe_steps):  # timing probe on a throwaway copy of the model
+        probe.train_step([loader.next_batch()], tc.max_grad_norm)
+    seconds_per_step = (time.perf_counter() - start) / probe_steps
+    total_steps = int(minutes * 60 / seconds_per_step)
+    del probe
+    torch.manual_seed(tc.seed)
+    runtime = make_runtime()
+    loader = TrainWindows(tokens, tc.batch_size, T, seed=tc.seed)
+    start = time.perf_counter()
+    step = 0
+    while step < total_steps and time.perf_counter() - start < minutes * 60:
+        runtime.set_learning_rate(learning_rate(progress(step + 1, total_steps, time.perf_counter() - start, minutes * 60), tc))
+        runtime.train_step([loader.next_batch()], tc.max_grad_norm)
+        step += 1
+    elapsed = time.perf_counter() - start
+    losses = [runtime.loss(w) for w in validation_batches(val_tokens, tc.batch_size, T)]
+    return sum(losses) / len(losses), step, step * tc.batch_size * T / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/tinystories_cpu.yaml")
+    parser.add_argument("--minutes", type=float, default=12.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    prepared = prepare.prepare(cfg.data)
+    model_values = {**cfg.model, "vocab_size": prepared.tokenizer.vocab_size}
+    cfg = cfg.model_copy(update={"model": model_values})
+    config, T = cfg.model_config_, cfg.model_config_.max_seq_len
+    tokens = open_tokens(prepared.tokens_dir, "train", prepared.tokenizer)
+    val_tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
+    bytes_per_token = prepared.meta["text_bytes"]["validation"] / prepared.meta["tokens"]["validation"]
+
+    rows = []
+    for name, make in (("transformers GPT2LMHeadModel", lambda: HFRuntime(config, cfg.training)),
+                       ("ours: torch twin", lambda: _ours(config, cfg))):
+        loss, steps, tps = train_for(make, tokens, val_tokens, cfg, T, args.minutes)
+        rows.append((name, loss, loss / math.log(2) / bytes_per_token, steps, tps))
+        print(f"{name}: val loss {loss:.4f} after {steps} steps ({tps:,.0f} tokens/s)", flush=True)
+    print(f"\n{args.minutes:g} minutes each, {args.threads} threads, {args.config}")
+    print(f"{'model':<32}{'val loss':>10}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}")
+    for name, loss, bpb, steps, tps in rows:
+        print(f"{name:<32}{loss:>10.4f}{bpb:>11.4f}{steps:>8}{tps:>10,.0f}")
+
+
+def _ours(config, cfg):
+    runtime = ModelRuntime("torch", config, "cpu")
+    tc = cfg.training
+    runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
+    return runtime
+
+
+if __name__ == "__main__":
+    main()

