@@ -149,9 +149,10 @@ class LayerNorm(Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise each token's C features to mean 0, variance 1, then scale and shift per feature.
-        var, mean = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)  # each (B, T, 1)
+        x_centered = x - x.mean(-1, keepdim=True)  # (B, T, C)
+        var = (x_centered * x_centered).mean(-1, keepdim=True)  # (B, T, 1): biased variance, as LayerNorm uses
         self.rstd = torch.rsqrt(var + self.eps)  # (B, T, 1): 1 / standard deviation
-        self.x_hat = (x - mean) * self.rstd  # (B, T, C)
+        self.x_hat = x_centered.mul_(self.rstd)  # (B, T, C); in place: x_centered is ours and used up
         return torch.addcmul(self.bias.data, self.x_hat, self.weight.data)  # x_hat * w + b
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
@@ -170,23 +171,25 @@ class LayerNorm(Module):
 class GELU(Module):
     """GPT-2's GELU, tanh approximation: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))."""
 
-    # This is the largest activation of the model (B, T, F), so both passes work in place on tensors they
-    # just made (never on x or on what forward saved): a chain of `_` ops, read left to right.
+    # This is the largest activation of the model (B, T, F), so both passes work in place (chains of `_` ops,
+    # read left to right) on tensors they made themselves; x, which the MLP's fc layer also saved, is only read.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.x = x  # (B, T, F)
         u = (x * x).mul_(0.044715).add_(1.0).mul_(x).mul_(math.sqrt(2.0 / math.pi))  # sqrt(2/pi)(x + 0.044715x^3)
         self.tanh_u = u.tanh_()
-        return (self.tanh_u + 1.0).mul_(x).mul_(0.5)  # 0.5 x (1 + tanh u)
+        return torch.addcmul(x, x, self.tanh_u).mul_(0.5)  # 0.5 x (1 + tanh u)
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
-        # d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx,
-        # with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-        x, tanh_u = self.x, self.tanh_u
-        du_dx = (x * x).mul_(3 * 0.044715).add_(1.0).mul_(math.sqrt(2.0 / math.pi))
-        sech2_u = (tanh_u * tanh_u).neg_().add_(1.0)  # 1 - tanh^2 u
-        d_gelu = sech2_u.mul_(du_dx).mul_(x).add_(tanh_u).add_(1.0).mul_(0.5)  # the bracket above
-        return d_gelu.mul_(d_out)
+        # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   t = tanh u,
+        # with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2). Since 1 - t^2 = (1 - t)(1 + t), that is
+        #   0.5 (1 + t) (1 + x du/dx (1 - t))
+        x, t = self.x, self.tanh_u
+        x_du_dx = (x * x).mul_(3 * 0.044715).add_(1.0).mul_(math.sqrt(2.0 / math.pi)).mul_(x)
+        bracket = x_du_dx.addcmul_(x_du_dx, t, value=-1.0).add_(1.0)  # 1 + x du/dx (1 - t)
+        # t is not needed after this (one backward per forward), so (1 + t) is formed in place.
+        self.tanh_u = None
+        return bracket.mul_(t.add_(1.0)).mul_(0.5).mul_(d_out)
 
 
 class CausalSelfAttention(Module):
@@ -213,7 +216,11 @@ class CausalSelfAttention(Module):
         scores = self.matmul(q * (1.0 / math.sqrt(D)), k.transpose(-2, -1))  # (B, H, T, past + T)
         allowed = KVCache.causal_mask(T, past, device=x.device)  # (T, past + T): no peeking at the future
         scores.masked_fill_(~allowed, float("-inf"))  # in place: scores is ours and saved nowhere
-        att = torch.softmax(at_least_float32(scores), dim=-1).to(scores.dtype)  # (B, H, T, past + T); fp32 softmax
+        # Softmax over each row, in place and in at least fp32: exp(s - max) / sum(exp(s - max)). Subtracting
+        # the row's max changes nothing in the ratio but keeps exp from overflowing; masked entries become 0.
+        att = at_least_float32(scores)
+        att = att.sub_(att.amax(dim=-1, keepdim=True)).exp_()
+        att = att.div_(att.sum(dim=-1, keepdim=True)).to(scores.dtype)  # (B, H, T, past + T)
         att_dropped = self.attn_dropout(att)
         y = self.matmul(att_dropped, v)  # (B, H, T, D): each query's weighted average of values
         self.q, self.k, self.v, self.att, self.att_dropped = q, k, v, att, att_dropped
@@ -327,27 +334,28 @@ class CustomTransformer(Module):
         x = self.ln_f(x)  # (B, T, C)
         self.final_hidden = x
         logits = self.matmul(x, self.token_embedding.weight.data.t())  # (B, T, V): the tied LM head
-        self.logits, self.targets, loss = logits, targets, None
+        self.targets, self.log_probs, loss = targets, None, None
         if targets is not None:
-            # Cross-entropy: loss = mean over tokens of -log softmax(z)[y] = mean of logsumexp(z) - z[y],
-            # in at least fp32 (z: the logits of one token, y: its target).
-            logits_fp32 = at_least_float32(logits)
-            target_logits = logits_fp32.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
-            loss = (torch.logsumexp(logits_fp32, dim=-1) - target_logits).mean()
+            # Cross-entropy: loss = mean over tokens of -log softmax(z)[y], in at least fp32
+            # (z: the logits of one token, y: its target).
+            self.log_probs = torch.log_softmax(at_least_float32(logits), dim=-1)  # (B, T, V)
+            loss = -self.log_probs.gather(-1, targets.unsqueeze(-1)).mean()
         return logits, loss
 
     def backward(self, loss_scale: float = 1.0) -> dict[str, torch.Tensor]:
         """Gradients of the last forward's loss, accumulated (+=) into every parameter's .grad.
 
-        Like torch, gradients add up across calls until zero_grad(); loss_scale multiplies the loss first
-        (1 / accumulation steps when several micro-batches make one step). Returns {name: grad}, with the
-        keys of state_dict().
+        Like torch, gradients add up over forward/backward pairs until zero_grad() (one backward per forward,
+        as with torch's freed graph); loss_scale multiplies the loss first (1 / accumulation steps when several
+        micro-batches make one step). Returns {name: grad}, with the keys of state_dict().
         """
-        if self.targets is None:
-            raise RuntimeError("backward() needs a forward() with targets first")
+        if self.log_probs is None:
+            raise RuntimeError("backward() needs a new forward() with targets")
         B, T = self.targets.shape
         # loss = -(1/N) sum_i log softmax(z_i)[y_i]  =>  dz_i = (softmax(z_i) - onehot(y_i)) / N,  N = B * T
-        d_logits = torch.softmax(at_least_float32(self.logits), dim=-1)  # (B, T, V)
+        # The saved log-probabilities are needed only here, so they become the probabilities in place
+        # (exp_), which saves allocating the largest tensor of the model again; hence one backward per forward.
+        d_logits, self.log_probs = self.log_probs.exp_(), None  # (B, T, V): softmax probabilities
         d_logits.scatter_add_(-1, self.targets.unsqueeze(-1), torch.full_like(d_logits[..., :1], -1.0))  # - onehot
         d_logits = d_logits.mul_(loss_scale / (B * T)).to(self.final_hidden.dtype)
         # logits = h E^T (tied head)  =>  dh = d_logits E,  dE += d_logits^T h. This is the embedding's first
