@@ -2,11 +2,11 @@
 
     python -m bench.quality --config configs/tinystories_cpu.yaml [--minutes 12]
 
-Both models get the same dimensions, tokenizer, data windows, AdamW settings (decay on matrices only),
-warmup + cosine schedule, gradient clipping and validation batches, in one process, one after the other. Each
-first times a few steps to size its schedule to the budget (a faster model gets more steps: that is the
-point), then trains until the schedule ends or the budget runs out, and is evaluated on the whole validation
-split. Prints both losses in nats/token and bits per byte.
+Both models get the same dimensions, dropout, tokenizer, data windows, AdamW settings (decay on matrices
+only), warmup + cosine schedule, gradient clipping and validation batches, in one process, one after the
+other. Each trains until the budget is spent, its learning rate following elapsed time (as the train job does
+with training.max_time_minutes), so a faster model gets more steps: that is the point. Then each is evaluated
+on the whole validation split. Prints both losses in nats/token and bits per byte.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from jobs.config import load_config
 from jobs.data import prepare
 from jobs.data.shards import TrainWindows, open_tokens, validation_batches
 from jobs.training.runtime import ModelRuntime
-from jobs.training.schedule import learning_rate, progress
+from jobs.training.schedule import learning_rate
 
 
 class HFRuntime:
@@ -33,7 +33,8 @@ class HFRuntime:
         hf_config = transformers.GPT2Config(
             vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
             n_layer=config.n_blocks, n_head=config.n_heads, n_inner=config.d_ffn, activation_function="gelu_new",
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+            resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+            bos_token_id=None, eos_token_id=None,
         )
         hf_config._attn_implementation = "sdpa"
         self.model = transformers.GPT2LMHeadModel(hf_config)
@@ -55,7 +56,7 @@ class HFRuntime:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm or math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss), 0.0
+        return float(loss.detach()), 0.0
 
     def _loss(self, window):
         # The same loss as ours over the same T predictions per window (GPT2LMHeadModel's own `labels=` path
@@ -70,23 +71,16 @@ class HFRuntime:
 
 
 def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple[float, int, float]:
+    """Train until the time budget is spent, the LR schedule following elapsed time; then evaluate."""
     tc = cfg.training
-    loader = TrainWindows(tokens, tc.batch_size, T, seed=tc.seed)
-    probe, probe_steps = make_runtime(), 8
-    probe.train_step([loader.next_batch()], tc.max_grad_norm)  # warm-up, not timed
-    start = time.perf_counter()
-    for _ in range(probe_steps):  # timing probe on a throwaway copy of the model
-        probe.train_step([loader.next_batch()], tc.max_grad_norm)
-    seconds_per_step = (time.perf_counter() - start) / probe_steps
-    total_steps = int(minutes * 60 / seconds_per_step)
-    del probe
     torch.manual_seed(tc.seed)
     runtime = make_runtime()
     loader = TrainWindows(tokens, tc.batch_size, T, seed=tc.seed)
+    budget = minutes * 60
     start = time.perf_counter()
     step = 0
-    while step < total_steps and time.perf_counter() - start < minutes * 60:
-        runtime.set_learning_rate(learning_rate(progress(step + 1, total_steps, time.perf_counter() - start, minutes * 60), tc))
+    while (elapsed := time.perf_counter() - start) < budget:
+        runtime.set_learning_rate(learning_rate(elapsed / budget, tc))
         runtime.train_step([loader.next_batch()], tc.max_grad_norm)
         step += 1
     elapsed = time.perf_counter() - start
@@ -108,13 +102,12 @@ def main() -> None:
     config, T = cfg.model_config_, cfg.model_config_.max_seq_len
     tokens = open_tokens(prepared.tokens_dir, "train", prepared.tokenizer)
     val_tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
-    bytes_per_token = prepared.meta["text_bytes"]["validation"] / prepared.meta["tokens"]["validation"]
 
     rows = []
     for name, make in (("transformers GPT2LMHeadModel", lambda: HFRuntime(config, cfg.training)),
                        ("ours: torch twin", lambda: _ours(config, cfg))):
         loss, steps, tps = train_for(make, tokens, val_tokens, cfg, T, args.minutes)
-        rows.append((name, loss, loss / math.log(2) / bytes_per_token, steps, tps))
+        rows.append((name, loss, prepared.bits_per_byte(loss), steps, tps))
         print(f"{name}: val loss {loss:.4f} after {steps} steps ({tps:,.0f} tokens/s)", flush=True)
     print(f"\n{args.minutes:g} minutes each, {args.threads} threads, {args.config}")
     print(f"{'model':<32}{'val loss':>10}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs.data import prepare
 from jobs.data.shards import open_tokens, validation_batches
 from jobs.serving.loading import load_model
 
@@ -39,7 +40,6 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
             T = max(1, len(tokens) - 1)
     else:
         from jobs.config import load_config
-        from jobs.data import prepare
 
         experiment = load_config(config, overrides) if (config or overrides) else None
         data_config = experiment.data if experiment else _data_config_from_state(loaded.state)
@@ -55,7 +55,7 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
     loss = sum(l * b[:, 1:].numel() for l, b in zip(losses, batches)) / n_tokens
     covered_bytes = n_bytes * n_tokens / max(len(tokens) - 1, 1)
     result = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n_tokens,
-              "bits_per_byte": loss * n_tokens / math.log(2) / covered_bytes}
+              "bits_per_byte": prepare.bits_per_byte(loss, n_tokens, covered_bytes)}
     print(f"{source}: loss {loss:.4f}, perplexity {result['perplexity']:.2f}, bits/byte {result['bits_per_byte']:.4f} "
           f"over {n_tokens:,} tokens")
     if log:

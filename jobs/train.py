@@ -169,7 +169,6 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
             "experiment": cfg.to_dict(), "best_val_loss": best_val, "loader": loader.state_dict(),
             "optimizer_scalars": opt_scalars, "rng": ckpt.rng_state(), "mlflow_run_id": run_id,
             "tokenizer_sha256": tokenizer.sha256, "eot_id": tokenizer.eot_id,
-            "text_bytes_per_token": prepared.meta["text_bytes"]["validation"] / prepared.meta["tokens"]["validation"],
         }
         return ckpt.save_checkpoint(root / name, runtime.model.state_dict(), opt_tensors, state, tokenizer.path)
 
@@ -177,11 +176,11 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     step = start_step
     train_start = time.perf_counter()
     stopped_by = None
+    budget = 60 * tc.max_time_minutes if tc.max_time_minutes else None  # seconds
     try:
         bar = _progress_bar(total_steps, start_step) if main else None
         while step < total_steps:
             step_start = time.perf_counter()
-            budget = 60 * tc.max_time_minutes if tc.max_time_minutes else None
             lr = learning_rate(progress(step + 1, total_steps, time.perf_counter() - train_start, budget), tc)
             runtime.set_learning_rate(lr)
             windows = [loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
@@ -208,12 +207,11 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
 
             last = step == total_steps
-            out_of_time = tc.max_time_minutes is not None and time.perf_counter() - train_start > 60 * tc.max_time_minutes
+            out_of_time = budget is not None and time.perf_counter() - train_start > budget
             if step % tc.eval_every == 0 or last or out_of_time:
                 current = val_loss()
-                bpb = current / math.log(2) * prepared.meta["tokens"]["validation"] / prepared.meta["text_bytes"]["validation"]
                 logger.log_metrics({"val/loss": current, "val/perplexity": math.exp(min(current, 50)),
-                                    "val/bits_per_byte": bpb}, step)
+                                    "val/bits_per_byte": prepared.bits_per_byte(current)}, step)
                 _say(bar, f"step {step}: val loss {current:.4f} (perplexity {math.exp(min(current, 50)):.1f})")
                 if current < best_val:
                     best_val = current

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,15 @@ class PreparedData:
     tokenizer: LoadedTokenizer
     tokens_dir: Path
     meta: dict
+
+    def bits_per_byte(self, loss: float, split: str = "validation") -> float:
+        """Loss in nats per token -> bits per UTF-8 byte of the split's text, which no tokenizer choice moves."""
+        return bits_per_byte(loss, self.meta["tokens"][split], self.meta["text_bytes"][split])
+
+
+def bits_per_byte(loss: float, n_tokens: float, n_bytes: float) -> float:
+    """Mean loss (nats/token) over n_tokens tokens that encode n_bytes bytes of text, in bits per byte."""
+    return loss * n_tokens / math.log(2) / n_bytes
 
 
 def dataset_id(config: DataConfig) -> str:
