@@ -2,10 +2,10 @@
 
     python docs/make_pictures.py                 # needs Debian's chromium and tmux (apt-get install chromium tmux)
 
-Steps: trains the torch and the custom model on configs/cpu_demo.yaml (shortened with --steps) into a
+Steps: trains the torch and the custom model on configs/cpu_demo.yaml (--steps to shorten) into a
 dedicated MLflow store under assets/pictures/, runs `python -m jobs compare` on both (figures logged to MLflow),
 starts `mlflow server` on a free loopback port, and photographs with headless Chromium:
-  docs/mlflow_charts.png    the experiment's Chart view: both runs' train/loss and val/loss against step
+  docs/mlflow_charts.png    the experiment's Chart view: both runs' metrics (train/loss, lr, MFU, ...) by step
   docs/mlflow_compare.png   the compare run's loss figure (loss vs step and vs training FLOPs) in the UI
 Then drives `python -m jobs chat` in tmux and renders the screen to docs/chat.png.
 """
@@ -38,7 +38,7 @@ def run(*args: str, env: dict, **kwargs) -> str:
     return done.stdout
 
 
-def screenshot(url: str, out: Path, size: str = "1500,950", budget_ms: int = 20000) -> None:
+def screenshot(url: str, out: Path, size: str = "1600,1000", budget_ms: int = 60000) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("chromium not found: apt-get install -y --no-install-recommends chromium")
@@ -73,7 +73,7 @@ def render_terminal(text: str, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600, help="training steps per model (cpu_demo has 600)")
     args = parser.parse_args()
     store = REPO / "assets" / "pictures"
     shutil.rmtree(store, ignore_errors=True)
@@ -104,7 +104,8 @@ def main() -> None:
         experiment = mlflow.get_experiment_by_name("cpu_demo")
         runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
         compare_run = next(r for r in runs if r.info.run_name == "compare")
-        screenshot(f"{base}/#/experiments/{experiment.experiment_id}?compareRunsMode=CHART", DOCS / "mlflow_charts.png")
+        screenshot(f"{base}/#/experiments/{experiment.experiment_id}/runs?compareRunsMode=CHART",
+                   DOCS / "mlflow_charts.png")
         screenshot(f"{base}/#/experiments/{experiment.experiment_id}/runs/{compare_run.info.run_id}/artifacts/"
                    f"figures/loss.png", DOCS / "mlflow_compare.png")
     finally:
@@ -116,10 +117,12 @@ def main() -> None:
                     f"cd {REPO} && MLFLOW_TRACKING_URI={uri} {sys.executable} -m jobs chat "
                     f"--model models:/cpu_demo@champion --max-length 60 --seed 3"], check=True)
     time.sleep(12)
-    for line in ("ROMEO:", "temp 0.6", "JULIET:", "quit"):
+    for line in ("ROMEO:", "temp 0.6", "JULIET:"):
         subprocess.run(["tmux", "send-keys", "-t", session, line, "Enter"], check=True)
-        time.sleep(4)
+        time.sleep(5)
     screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+    subprocess.run(["tmux", "send-keys", "-t", session, "quit", "Enter"], check=True)
+    time.sleep(1)
     subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     render_terminal("$ python -m jobs chat --model models:/cpu_demo@champion --max-length 60 --seed 3\n" + screen,
                     DOCS / "chat.png")

@@ -54,7 +54,9 @@ def setup(experiment_name: str) -> str:
     artifact_location = None
     if uri.startswith("sqlite:///"):  # artifacts beside the database file: <folder>/mlruns
         artifact_location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
-    return mlflow.create_experiment(experiment_name, artifact_location=artifact_location)
+    # The tag opens the experiment in the UI's model-training view (runs, charts), not the GenAI overview.
+    return mlflow.create_experiment(experiment_name, artifact_location=artifact_location,
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
