@@ -267,8 +267,8 @@ def _log_sample(runtime, tokenizer, tc, step, logger, bar) -> None:
     prompt_ids = tokenizer.encode(tc.sample_prompt)
     if not prompt_ids:
         return
-    ids = list(generate_tokens(runtime.model, prompt_ids, max_new_tokens=tc.sample_length, temperature=0.8,
-                               top_k=50, seed=step, eos_id=tokenizer.eot_id))
+    ids = [i for i in generate_tokens(runtime.model, prompt_ids, max_new_tokens=tc.sample_length, temperature=0.8,
+                                      top_k=50, seed=step, eos_id=tokenizer.eot_id) if i != tokenizer.eot_id]
     text = tc.sample_prompt + tokenizer.decode(ids)
     _say(bar, f"sample @ {step}: {text!r}")
     logger.safely("log a sample", mlflow.log_text, text, f"samples/step-{step:07d}.txt")
