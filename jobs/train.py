@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from jobs import tracking
+from jobs import atomic, tracking
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import prepare
 from jobs.data.shards import TrainWindows, open_tokens, validation_batches
@@ -60,7 +60,17 @@ def train(config: str | None = None, model_type: str | None = None, resume: str 
 
 
 def checkpoint_root(cfg: ExperimentConfig) -> Path:
+    """Where an experiment's runs of one model type keep their checkpoints: <root>/<run name>/{best,latest,...},
+    and <root>/LATEST names the newest run folder (what a bare --resume continues)."""
     return Path(cfg.data.assets_dir) / "checkpoints" / cfg.experiment_name / cfg.training.model_type
+
+
+def latest_run_folder(cfg: ExperimentConfig) -> Path:
+    marker = checkpoint_root(cfg) / "LATEST"
+    if not marker.is_file():
+        raise CheckpointError(f"nothing to resume: no run of {cfg.experiment_name} ({cfg.training.model_type}) "
+                              f"under {checkpoint_root(cfg)}")
+    return checkpoint_root(cfg) / marker.read_text().strip()
 
 
 def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_after_steps: int | None = None) -> TrainResult:
@@ -96,10 +106,12 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     model_config = cfg.model_config_
     T = model_config.max_seq_len
 
-    root = checkpoint_root(cfg)
+    run_name = f"{tc.model_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root = checkpoint_root(cfg) / run_name  # this run's checkpoints; a resumed run keeps its folder
     resume_from = None
     if resume:
-        resume_from = ckpt.load_checkpoint(root / "latest" if resume is True else resume)
+        resume_from = ckpt.load_checkpoint(latest_run_folder(cfg) / "latest" if resume is True else resume)
+        root = resume_from.folder.parent
         if resume_from.state["model_type"] != tc.model_type:
             raise CheckpointError(f"{resume_from.folder} holds a {resume_from.state['model_type']} model, not {tc.model_type}")
 
@@ -127,8 +139,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     if main:
         experiment_id = tracking.setup(cfg.experiment_name)
         run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                               run_name=None if run_id else f"{tc.model_type}-{time.strftime('%Y%m%d-%H%M%S')}",
-                               log_system_metrics=True)
+                               run_name=None if run_id else run_name, log_system_metrics=True)
         run_id = run.info.run_id
         logger = tracking.RunLogger(run_id, root / "metrics-fallback.jsonl")
     else:
@@ -163,6 +174,9 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     def save(name: str, step: int) -> Path | None:
         if not main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
             return None
+        if not (checkpoint_root(cfg) / "LATEST").is_file() or latest_run_folder(cfg) != root:
+            root.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(checkpoint_root(cfg) / "LATEST", root.name)
         opt_tensors, opt_scalars = runtime.optimizer_state()
         state = {
             "step": step, "model_type": tc.model_type, "model_config": model_config.to_dict(),

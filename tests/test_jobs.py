@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, write_stories
 from jobs.config import validate_config
 from jobs.evaluate import run_evaluation
-from jobs.train import TrainingDiverged, run_training
+from jobs.train import TrainingDiverged, latest_run_folder, run_training
 from jobs.training.checkpoint import load_checkpoint
 from model_zoo.config import ConfigError
 
@@ -90,6 +90,16 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, m
     assert sorted(m.step for m in history) == list(range(1, 13))
 
 
+def test_each_run_keeps_its_own_checkpoints(tmp_path, store):
+    cfg = tiny(tmp_path, max_steps=4, eval_every=2, checkpoint_every=2)
+    first = run_training(cfg)
+    time.sleep(1.1)  # run folders are named by the second they start
+    second = run_training(cfg)
+    assert first.checkpoint_dir != second.checkpoint_dir
+    assert load_checkpoint(first.checkpoint_dir / "best").state["mlflow_run_id"] == first.run_id
+    assert latest_run_folder(cfg) == second.checkpoint_dir, "a bare --resume continues the newest run"
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, store, monkeypatch):
     from jobs.training.runtime import ModelRuntime
 
@@ -105,7 +115,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, st
     cfg = tiny(tmp_path)
     with pytest.raises(TrainingDiverged, match="loss is nan at step 6"):
         run_training(cfg)
-    latest = load_checkpoint(tmp_path / "assets/checkpoints/tiny_torch/torch/latest")
+    latest = load_checkpoint(latest_run_folder(cfg) / "latest")
     assert latest.state["step"] == 4, "the checkpoint from step 4 is intact"
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("tiny_torch").experiment_id])
     assert runs[0].info.status == "FAILED"
@@ -126,7 +136,7 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store, monkeypatc
     monkeypatch.setattr(ModelRuntime, "train_step", step_then_signal)
     result = run_training(tiny(tmp_path))
     assert result.stopped_by == "SIGTERM" and result.steps == 3
-    assert load_checkpoint(tmp_path / "assets/checkpoints/tiny_torch/torch/latest").state["step"] == 3
+    assert load_checkpoint(result.checkpoint_dir / "latest").state["step"] == 3
     assert MlflowClient().get_run(result.run_id).info.status == "KILLED"
 
 
@@ -258,6 +268,6 @@ def test_tracking_outage_mid_run_does_not_stop_or_lose_training(tmp_path, mlflow
     monkeypatch.setattr("jobs.tracking.RunLogger.FLUSH_SECONDS", 0.05)  # send metrics about every step
     result = run_training(tiny(tmp_path, max_steps=8))
     assert result.steps == 8 and len(result.losses) == 8
-    assert load_checkpoint(tmp_path / "assets/checkpoints/tiny_torch/torch/latest").state["step"] == 8
-    kept = [json.loads(line) for line in (tmp_path / "assets/checkpoints/tiny_torch/torch/metrics-fallback.jsonl").read_text().splitlines()]
+    assert load_checkpoint(result.checkpoint_dir / "latest").state["step"] == 8
+    kept = [json.loads(line) for line in (result.checkpoint_dir / "metrics-fallback.jsonl").read_text().splitlines()]
     assert {m["step"] for m in kept if m["key"] == "train/loss"} >= {4, 5, 6, 7, 8}, "metrics after the outage are kept"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from jobs import atomic
 from jobs.data.sources import DataError
 from jobs.data.tokenizer import LoadedTokenizer
 
@@ -55,9 +56,7 @@ def encode_split(documents, tokenizer: LoadedTokenizer, path: Path, batch_size: 
 
 
 def write_meta(folder: Path, meta: dict) -> None:
-    tmp = folder / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(folder / "meta.json")
+    atomic.write_text(folder / "meta.json", json.dumps(meta, indent=2) + "\n")
 
 
 def read_meta(folder: Path, tokenizer: LoadedTokenizer | None = None) -> dict | None:

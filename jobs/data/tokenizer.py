@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from jobs import atomic
 from jobs.config import END_OF_TEXT
 from jobs.data.sources import DataError
 
@@ -67,14 +68,14 @@ def save_tokenizer(tokenizer: Tokenizer, folder: Path, source: str) -> LoadedTok
     """Write tokenizer.json and manifest.json, each to a temporary name first, then renamed into place."""
     folder.mkdir(parents=True, exist_ok=True)
     text = tokenizer.to_str(pretty=True)
-    _atomic_write(folder / "tokenizer.json", text)
+    atomic.write_text(folder / "tokenizer.json", text)
     manifest = {
         "source": source,
         "vocab_size": tokenizer.get_vocab_size(),
         "special_tokens": SPECIAL_TOKENS,
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
-    _atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    atomic.write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return load_tokenizer(folder)
 
 
@@ -107,12 +108,6 @@ def _cached_gpt2() -> LoadedTokenizer:
         raise DataError("the GPT-2 tokenizer is not in the local Hugging Face cache; download it once with "
                         "`huggingface-cli download openai-community/gpt2 tokenizer.json` or use data.tokenizer: bpe")
     return load_tokenizer(cached)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------------------------------
