@@ -4,8 +4,9 @@
     python -m bench.train_step --device cuda --dtype bfloat16 --batch-size 32
 
 Every row runs a full training step (forward, backward, AdamW update) on the same batches with the same
-dimensions. Rows are measured in rounds (each row one step per round by default, rows interleaved) so a slow
-moment of a noisy machine is spread over all rows instead of landing on one; the median round is reported. Also prints
+dimensions. Rows are measured in rounds (each row one step per round by default, rows interleaved in a new
+seeded random order every round) so a slow moment of a noisy machine is spread over all rows instead of landing
+on one, and no row always runs right after the same other row; the median round is reported. Also prints
 the machine's measured matmul FLOP/s and each row's model-FLOPs utilisation (MFU, with the FLOPs formula of
 model_zoo.config).
 """
@@ -13,6 +14,7 @@ model_zoo.config).
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import threading
 import time
@@ -118,7 +120,7 @@ def main() -> None:
     parser.add_argument("--n-blocks", type=int, default=4)
     parser.add_argument("--n-heads", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--steps-per-round", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     args = parser.parse_args()
@@ -148,8 +150,13 @@ def main() -> None:
                 step(batches[0][:, :-1], batches[0][:, 1:])
             sync(args.device)
         peak_memory[name] = memory.peak
+    order, shuffle = list(rows), random.Random(0).shuffle
     for _ in range(args.rounds):
-        for name, step in rows.items():
+        # A new (seeded) order every round: a row's speed depends on what ran just before it (the allocator
+        # reuses memory the previous row freed), so no row should always follow the same other row.
+        shuffle(order)
+        for name in order:
+            step = rows[name]
             sync(args.device)
             start = time.perf_counter()
             for window in batches:
