@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from jobs.serving.loading import complete, load_model
+from model_zoo.config import count_parameters
 
 DEFAULT_MODEL = "models:/{name}@champion"
 
@@ -28,8 +29,13 @@ def generate(prompt: str, model: str | None = None, config: str | None = None, m
              temperature: float = 0.8, top_k: int = 50, top_p: float | None = None, seed: int | None = None,
              device: str = "auto") -> None:
     loaded = load_model(_resolve(model, config), device)
-    sys.stdout.write(prompt)
-    for piece in complete(loaded, str(prompt), max_length, temperature, top_k or None, top_p, seed):
+    _stream(loaded, str(prompt), str(prompt), max_length, temperature, top_k, top_p, seed)
+
+
+def _stream(loaded, prompt: str, prefix: str, max_length, temperature, top_k, top_p, seed) -> None:
+    """Print `prefix`, then the completion of `prompt` piece by piece as tokens arrive."""
+    sys.stdout.write(prefix)
+    for piece in complete(loaded, prompt, max_length, temperature, top_k or None, top_p, seed):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -40,7 +46,7 @@ def chat(model: str | None = None, config: str | None = None, max_length: int = 
     ref = _resolve(model, config)
     loaded = load_model(ref, device)
     state = loaded.state
-    n_params = sum(t.numel() for t in loaded.model.state_dict().values())
+    n_params = count_parameters(loaded.runtime.config)
     print(f"Model: {ref} ({state['model_type']}, {n_params:,} parameters, step {state['step']}, "
           f"best val loss {state.get('best_val_loss', float('nan')):.4f})")
     print("Commands: quit/exit/q to leave, temp X to set the temperature, topk X to set top-k (0: off)")
@@ -71,8 +77,4 @@ def chat(model: str | None = None, config: str | None = None, max_length: int = 
             except ValueError:
                 print(f"'{word}' needs a non-negative number, e.g. '{word} {'0.5' if word == 'temp' else '40'}'")
             continue
-        sys.stdout.write(f"Model: {line}")
-        for piece in complete(loaded, line, max_length, temperature, top_k or None, top_p, seed):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        _stream(loaded, line, f"Model: {line}", max_length, temperature, top_k, top_p, seed)

@@ -43,7 +43,6 @@ class TrainResult:
     best_val_loss: float
     checkpoint_dir: Path
     losses: list[float]
-    tracking_seconds: float
     train_seconds: float
     stopped_by: str | None = None
 
@@ -265,8 +264,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
         print(f"tracking overhead: {logger.seconds_spent:.3f} s in the training loop + "
               f"{logger.sender_cpu_seconds:.3f} s CPU in the sender thread, of {train_seconds:.1f} s of training "
               f"({100 * (logger.seconds_spent + logger.sender_cpu_seconds) / train_seconds:.2f}%)")
-    return TrainResult(run_id, step, best_val, root, losses, logger.seconds_spent + logger.sender_cpu_seconds,
-                       train_seconds, stopped_by)
+    return TrainResult(run_id, step, best_val, root, losses, train_seconds, stopped_by)
 
 
 def register_best(cfg: ExperimentConfig, root: Path, run_id: str, logger: tracking.RunLogger) -> None:

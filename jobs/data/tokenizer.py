@@ -13,7 +13,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -154,14 +154,3 @@ def analyze(documents: list[str], candidates: Iterable[int] = (1024, 2048, 4096,
     recommended = min(v for v, bpt in results.items() if bpt >= 0.9 * best)
     lines += ["", f"recommendation: vocab_size {recommended:,} (the smallest within 10% of the best compression)"]
     return "\n".join(lines), recommended
-
-
-def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
