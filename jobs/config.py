@@ -30,7 +30,8 @@ class DataConfig(_Section):
     train_files: list[str] | None = None  # local: .txt, .jsonl or .parquet files (a path or a list)
     val_files: list[str] | None = None  # local: optional; without them a hold-out fraction of train is used
     text_field: str = "text"  # the column holding text in .jsonl / .parquet
-    separator: str | None = END_OF_TEXT  # .txt: a line holding this separates documents; null: blank lines do
+    separator: str | None = END_OF_TEXT  # .txt: a line holding this separates documents (a file with none is
+    # one document, as written); null: blank lines separate documents
     val_fraction: float = Field(0.05, gt=0.0, lt=0.5)  # hold-out share where a dataset has no validation split
     subset_size: int | None = Field(None, gt=0)  # use at most this many training documents
     tokenizer: str = "bpe"  # "bpe": train a byte-level BPE here; "gpt2" (from the local HF cache) or a path

@@ -38,6 +38,29 @@ def test_txt_split_on_blank_lines(tmp_path):
     assert len(docs["train"]) == 10 and len(docs["validation"]) == 10
 
 
+def test_txt_without_separator_lines_is_one_document_as_written(tmp_path):
+    """Blank lines inside a file are text (paragraph breaks), not document boundaries, unless separator: null."""
+    stories = write_stories(tmp_path, n=10)
+    plain = write_stories(tmp_path, n=10, separator=None, seed=1)
+    config = local_config(tmp_path, train_files=[str(stories)], val_files=[str(plain)])
+    docs = sources.load_documents(config, prepare.cache_dir(config))
+    assert len(docs["train"]) == 10
+    assert list(docs["validation"]["text"]) == [plain.read_text().strip("\n")]
+    prepared = prepare.prepare(config)
+    tokenizer = prepared.tokenizer
+    valid_ids = shards.open_tokens(prepared.tokens_dir, "validation").tolist()
+    assert valid_ids.count(tokenizer.eot_id) == 1 and valid_ids[-1] == tokenizer.eot_id
+    assert tokenizer.decode(valid_ids[:-1]) == plain.read_text().strip("\n")
+
+
+def test_single_document_without_validation_files_names_the_ways_out(tmp_path):
+    plain = write_stories(tmp_path, n=10, separator=None)
+    config = local_config(tmp_path, train_files=[str(plain)])
+    with pytest.raises(DataError, match="1 document.*data.val_files.*separator: null") as info:
+        sources.load_documents(config, prepare.cache_dir(config))
+    assert "\n" not in str(info.value)
+
+
 def test_jsonl_and_parquet_sources(tmp_path):
     import datasets
 
@@ -160,6 +183,8 @@ def test_prepare_real_tinystories_through_the_cli(tmp_path, tinystories, capsys)
     assert "prepared:" in capsys.readouterr().out
     meta = json.loads(next(tmp_path.glob("tokens/*/*/meta.json")).read_text())
     assert meta["documents"]["train"] == 2823
+    assert meta["documents"]["validation"] == 1, "valid.txt has no separator lines: one text, blank lines kept"
+    assert meta["text_bytes"]["validation"] == len((tinystories / "valid.txt").read_bytes().strip(b"\n"))
     assert 550_000 < meta["tokens"]["train"] < 650_000, "about 592K tokens with a 4096 BPE"
 
 

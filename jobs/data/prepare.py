@@ -45,6 +45,7 @@ def dataset_id(config: DataConfig) -> str:
     identity: dict = {
         "source": sources.describe(config), "text_field": config.text_field, "separator": config.separator,
         "subset_size": config.subset_size, "val_fraction": config.val_fraction, "seed": config.seed,
+        "document_rules": sources.DOCUMENT_RULES_VERSION,
     }
     if config.dataset == "local":
         files = (config.train_files or []) + (config.val_files or [])

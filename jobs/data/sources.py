@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.config import DataConfig
 
 TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+# Part of every dataset's identity (prepare.dataset_id): bumped when the way files become documents changes, so
+# token files made under the old rule are not reused. 2: a .txt file without separator lines is one document.
+DOCUMENT_RULES_VERSION = 2
 
 
 class DataError(ValueError):
@@ -83,7 +87,9 @@ def load_documents(config: DataConfig, cache_dir: Path):
         raise DataError(f"dataset {describe(config)!r} has no training documents")
     if validation is None:
         if len(train) < 2:
-            raise DataError(f"dataset {describe(config)!r} has too few documents to hold out a validation split")
+            raise DataError(f"dataset {describe(config)!r} has {len(train)} document(s), too few to hold out a "
+                            f"validation split: give data.val_files, add {config.separator!r} lines between "
+                            f"documents, or set data.separator: null to split on blank lines")
         split = train.train_test_split(test_size=config.val_fraction, seed=config.seed, shuffle=True)
         train, validation = split["train"], split["test"]
     if len(validation) == 0:
@@ -122,8 +128,8 @@ def _load_hub(source: HubSource, config: DataConfig, cache_dir: Path):
 
 
 def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
-    """Local files through datasets' builders: .txt (documents split on a separator line or blank lines),
-    .jsonl (one JSON object a line, text in data.text_field) and .parquet."""
+    """Local files through datasets' builders: .txt (documents split on separator lines, see
+    _split_on_separator), .jsonl (one JSON object a line, text in data.text_field) and .parquet."""
     import datasets
 
     paths = [Path(f).expanduser() for f in files]
@@ -140,7 +146,6 @@ def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
     data_files = [str(p.resolve()) for p in paths]
     if builder == "text":
         # `document` keeps each file whole, so a separator line can split it; `paragraph` splits on blank lines.
-        # A file with no separator line at all (TinyStories' validation text) is split on blank lines.
         sample_by = "document" if config.separator else "paragraph"
         dataset = datasets.load_dataset("text", data_files=data_files, sample_by=sample_by, split="train",
                                         cache_dir=str(cache_dir))
@@ -159,11 +164,18 @@ def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
 
 
 def _split_on_separator(batch: dict, separator: str) -> dict:
-    """Each file's text into documents: on lines holding the separator, or on blank lines if it has none."""
+    """Each file's text into documents on lines holding the separator; a file with none is one document.
+
+    A file without separator lines is kept exactly as written (less leading and trailing newlines), blank lines
+    and all: TinyStories' validation text separates paragraphs and stories alike with blank lines, and cutting
+    it there would put an <|endoftext|> the text does not have at every paragraph and cut each paragraph off
+    from the story before it. data.separator: null splits on blank lines instead, for files whose paragraphs
+    really are independent documents.
+    """
     documents = []
     for text in batch["text"]:
         if not any(line.strip() == separator for line in text.split("\n")):
-            documents.extend(re.split(r"\n\s*\n", text))
+            documents.append(text.strip("\n"))
             continue
         current: list[str] = []
         for line in text.split("\n"):
