@@ -126,13 +126,14 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     total_steps = tc.max_steps or max(1, math.ceil(tc.num_epochs * len(train_tokens) / tokens_per_step))
     flops_token = flops_per_token(model_config, T)
 
-    start_step, best_val, run_id = 0, math.inf, None
+    start_step, best_val, run_id, elapsed = 0, math.inf, None, 0.0
     if resume_from is not None:
         runtime.model.load_state_dict({k: v.to(device) for k, v in resume_from.weights.items()})
         runtime.load_optimizer_state(resume_from.optimizer, resume_from.state.get("optimizer_scalars", {}))
         loader.load_state_dict(resume_from.state["loader"])
         ckpt.restore_rng_state(resume_from.state["rng"])
         start_step, best_val = resume_from.state["step"], resume_from.state.get("best_val_loss", math.inf)
+        elapsed = resume_from.state.get("train_seconds", 0.0)  # the time budget goes on from where it stopped
         run_id = resume_from.state.get("mlflow_run_id")
 
     if main:
@@ -181,24 +182,29 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
             "step": step, "model_type": tc.model_type, "model_config": model_config.to_dict(),
             "experiment": cfg.to_dict(), "best_val_loss": best_val, "loader": loader.state_dict(),
             "optimizer_scalars": opt_scalars, "rng": ckpt.rng_state(), "mlflow_run_id": run_id,
-            "tokenizer_sha256": tokenizer.sha256, "eot_id": tokenizer.eot_id,
+            "tokenizer_sha256": tokenizer.sha256, "eot_id": tokenizer.eot_id, "train_seconds": elapsed,
         }
         return ckpt.save_checkpoint(root / name, runtime.model.state_dict(), opt_tensors, state, tokenizer.path)
 
     losses: list[float] = []
     step = start_step
-    train_start = time.perf_counter()
+    resumed_seconds = elapsed
+    train_start = time.perf_counter() - elapsed  # so that now - train_start counts earlier sessions of this run too
     stopped_by = None
     budget = 60 * tc.max_time_minutes if tc.max_time_minutes else None  # seconds
     try:
-        bar = _progress_bar(total_steps, start_step) if main else None
+        bar = _progress_bar(total_steps, start_step, budget, elapsed) if main else None
         while step < total_steps:
             step_start = time.perf_counter()
-            lr = learning_rate(progress(step + 1, total_steps, time.perf_counter() - train_start, budget), tc)
+            lr = learning_rate(progress(step + 1, total_steps, elapsed, budget), tc)
             runtime.set_learning_rate(lr)
             windows = [loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
             loss, grad_norm = runtime.train_step(windows, tc.max_grad_norm)
-            loss = distributed.mean(loss)  # the global batch's loss (each rank saw its own slice)
+            # One all-reduce gives every rank the global batch's loss (each rank saw its own slice), the same clock
+            # (so the schedule and the time budget agree) and whether any rank was signalled: ranks that stopped
+            # at different steps would wait for each other forever.
+            loss, elapsed, signalled = distributed.mean(loss, time.perf_counter() - train_start,
+                                                        float(stop["signal"] is not None))
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped. The last good checkpoint is "
                                        f"{root / 'latest'} (lower training.learning_rate or check the data)")
@@ -215,12 +221,12 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
                 if peak_flops:
                     metrics["train/mfu"] = tokens_per_sec * flops_token / peak_flops
                 logger.log_metrics(metrics, step)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
+            if bar is not None:  # counts steps, or seconds of the time budget when there is one
+                bar.update(1 if budget is None else min(elapsed, budget) - bar.n)
+                bar.set_postfix(step=step, loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
 
             last = step == total_steps
-            out_of_time = budget is not None and time.perf_counter() - train_start > budget
+            out_of_time = budget is not None and elapsed > budget
             if step % tc.eval_every == 0 or last or out_of_time:
                 current = val_loss()
                 logger.log_metrics({"val/loss": current, "val/perplexity": math.exp(min(current, 50)),
@@ -237,8 +243,9 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
                 save(f"step-{step:07d}", step)
                 ckpt.rotate(root, tc.keep_checkpoints)
                 save("latest", step)
-            if stop["signal"] or out_of_time or (stop_after_steps is not None and step - start_step >= stop_after_steps):
-                stopped_by = stop["signal"] or ("time limit" if out_of_time else "stop_after_steps")
+            if signalled or out_of_time or (stop_after_steps is not None and step - start_step >= stop_after_steps):
+                stopped_by = ((stop["signal"] or "signal on another rank") if signalled
+                              else "time limit" if out_of_time else "stop_after_steps")
                 break
         if bar is not None:
             bar.close()
@@ -259,7 +266,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
-    train_seconds = time.perf_counter() - train_start
+    train_seconds = time.perf_counter() - train_start - resumed_seconds  # this session's
     if main:
         print(f"tracking overhead: {logger.seconds_spent:.3f} s in the training loop + "
               f"{logger.sender_cpu_seconds:.3f} s CPU in the sender thread, of {train_seconds:.1f} s of training "
@@ -299,10 +306,14 @@ def _say(bar, message: str) -> None:
         bar.write(message)
 
 
-def _progress_bar(total: int, start: int):
+def _progress_bar(total_steps: int, start_step: int, budget: float | None, start_seconds: float):
+    """Steps out of training.max_steps, or with max_time_minutes, seconds out of the budget that ends the run."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+    if budget is None:
+        return tqdm(total=total_steps, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
+    return tqdm(total=budget, initial=min(start_seconds, budget), desc="training", unit="s",
+                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s of the time budget [{elapsed}<{remaining}{postfix}]")
 
 
 def _peak_flops(device: str) -> float | None:

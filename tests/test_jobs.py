@@ -100,6 +100,42 @@ def test_each_run_keeps_its_own_checkpoints(tmp_path, store):
     assert latest_run_folder(cfg) == second.checkpoint_dir, "a bare --resume continues the newest run"
 
 
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """Training steps that take at least 0.1 s, so a time budget of a second or two holds a known few."""
+    from jobs.training.runtime import ModelRuntime
+
+    real_step = ModelRuntime.train_step
+
+    def slow_step(self, windows, max_grad_norm):
+        time.sleep(0.1)
+        return real_step(self, windows, max_grad_norm)
+
+    monkeypatch.setattr(ModelRuntime, "train_step", slow_step)
+
+
+def test_time_budget_ends_the_run_and_the_schedule_follows_elapsed_time(tmp_path, store, slow_steps):
+    cfg = tiny(tmp_path, max_steps=10_000, max_time_minutes=0.02, eval_every=1000)  # 1.2 s of ~0.1 s steps
+    result = run_training(cfg)
+    assert result.stopped_by == "time limit" and 4 <= result.steps < 100
+    lrs = [m.value for m in MlflowClient().get_metric_history(result.run_id, "train/lr")]
+    assert lrs[-1] < 0.3 * cfg.training.learning_rate, "the cosine reached its end with the budget, not max_steps"
+    assert MlflowClient().get_model_version_by_alias(cfg.model_name, "champion").run_id == result.run_id
+
+
+def test_resume_goes_on_with_the_time_budget(tmp_path, store, slow_steps):
+    cfg = tiny(tmp_path, max_steps=10_000, max_time_minutes=0.03, eval_every=1000)  # 1.8 s
+    first = run_training(cfg, stop_after_steps=6)
+    saved = load_checkpoint(first.checkpoint_dir / "latest").state["train_seconds"]
+    assert saved >= 0.5, "the checkpoint keeps the seconds trained"
+    second = run_training(cfg, resume=True)
+    assert second.stopped_by == "time limit"
+    lrs = {m.step: m.value for m in MlflowClient().get_metric_history(first.run_id, "train/lr")}
+    # restarting the clock would put step 7 back in warmup (progress 7/10,000 of a 10% warmup): about 2e-6
+    assert lrs[7] > 0.3 * cfg.training.learning_rate
+    assert second.steps <= 19, "the second session used what was left of 18 steps' budget, not a new one"
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, store, monkeypatch):
     from jobs.training.runtime import ModelRuntime
 

@@ -54,15 +54,15 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
-    def mean(self, value: float) -> float:
-        """The average of a number over all ranks (for logging the global loss)."""
+    def mean(self, *values: float) -> list[float]:
+        """The average of each number over all ranks, in one all-reduce."""
         if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64)
         if dist.get_backend() == "nccl":
             tensor = tensor.cuda()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return float(tensor) / self.world_size
+        return (tensor / self.world_size).tolist()
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():

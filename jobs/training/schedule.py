@@ -30,7 +30,8 @@ def learning_rate(progress: float, config: TrainingConfig) -> float:
 def progress(steps_done: int, total_steps: int, elapsed_seconds: float = 0.0,
              budget_seconds: float | None = None) -> float:
     """Fraction of the run done once `steps_done` steps have run: by steps, or by time if that is further.
-    (The time budget restarts on --resume; runs without a budget are exactly reproducible.)"""
+    (Checkpoints keep the seconds trained, so --resume goes on with the budget; runs without a budget are
+    exactly reproducible.)"""
     by_steps = steps_done / total_steps
     if budget_seconds is None:
         return by_steps
