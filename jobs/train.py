@@ -183,6 +183,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
             "experiment": cfg.to_dict(), "best_val_loss": best_val, "loader": loader.state_dict(),
             "optimizer_scalars": opt_scalars, "rng": ckpt.rng_state(), "mlflow_run_id": run_id,
             "tokenizer_sha256": tokenizer.sha256, "eot_id": tokenizer.eot_id, "train_seconds": elapsed,
+            "dataset_id": prepared.meta["dataset_id"],
         }
         return ckpt.save_checkpoint(root / name, runtime.model.state_dict(), opt_tensors, state, tokenizer.path)
 
@@ -275,7 +276,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
 
 
 def register_best(cfg: ExperimentConfig, root: Path, run_id: str, logger: tracking.RunLogger) -> None:
-    """Log the best checkpoint as an MLflow model and point the `champion` and `latest` aliases at it."""
+    """Log the best checkpoint as an MLflow model, a new version of cfg.model_name (champion if it is the best)."""
     from jobs.serving.registry import log_and_register
 
     best = root / "best" if (root / "best").is_dir() else root / "latest"

@@ -77,6 +77,32 @@ def test_train_tracks_in_embedded_store_and_registers_champion(tmp_path, store, 
     assert len(texts) == 1 and isinstance(texts[0], str) and str(champion.version) == "1"
 
 
+def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path, store, capsys):
+    import shutil
+
+    from jobs.serving.registry import log_and_register
+
+    cfg = tiny(tmp_path, max_steps=4, eval_every=2)
+    result = run_training(cfg)
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(cfg.model_name, "champion").version) == "1"
+
+    def register_copy(name: str, **state_changes) -> str:
+        copy = tmp_path / name
+        shutil.copytree(result.checkpoint_dir / "best", copy)
+        state = json.loads((copy / "state.json").read_text())
+        (copy / "state.json").write_text(json.dumps({**state, **state_changes}))
+        with mlflow.start_run() as run:
+            return log_and_register(copy, cfg.model_name, run.info.run_id)
+
+    other_data = register_copy("other", best_val_loss=0.01, dataset_id="local-0123456789")
+    assert str(client.get_model_version_by_alias(cfg.model_name, "champion").version) == "1", "losses on other data"
+    assert f"champion stays at version 1 of {cfg.model_name}" in capsys.readouterr().out
+    same_data_better = register_copy("better", best_val_loss=0.02)
+    assert (other_data, same_data_better) == ("2", "3")
+    assert str(client.get_model_version_by_alias(cfg.model_name, "champion").version) == "3"
+
+
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, model_type):
     whole = run_training(tiny(tmp_path / "a", model_type))

@@ -21,7 +21,7 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
     """Log `checkpoint` as the run's model and register a version. `champion` moves to it only if its
-    validation loss beats the current champion's; `models:/<name>/latest` (MLflow's own, which is why
+    validation loss beats the current champion's on the same validation data; `models:/<name>/latest` (MLflow's own, which is why
     `latest` cannot be an alias) always means the newest version. Returns the version."""
     import torch
 
@@ -48,11 +48,18 @@ def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
     version = str(info.registered_model_version)
     client.set_model_version_tag(model_name, version, "val_loss", f"{val_loss:.6f}")
     client.set_model_version_tag(model_name, version, "model_type", state["model_type"])
+    # Losses compare only on the same validation tokens: the same dataset (files, document rules) and tokenizer.
+    val_data = f"{state.get('dataset_id', 'unknown')}/{state.get('tokenizer_sha256', 'unknown')[:12]}"
+    client.set_model_version_tag(model_name, version, "val_data", val_data)
     try:
         champion = client.get_model_version_by_alias(model_name, CHAMPION)
-        champion_loss = float(champion.tags.get("val_loss", "inf"))
     except Exception:  # no champion yet
-        champion_loss = math.inf
-    if val_loss <= champion_loss:
+        champion = None
+    if champion is not None and champion.tags.get("val_data") != val_data:
+        print(f"champion stays at version {champion.version} of {model_name}: its validation loss was measured on "
+              f"other data ({champion.tags.get('val_data', 'not recorded')}; version {version}: {val_data}), so the "
+              f"two do not compare. To serve version {version}, set the alias on its page in the MLflow UI or call "
+              f"MlflowClient().set_registered_model_alias({model_name!r}, {CHAMPION!r}, {version!r})")
+    elif champion is None or val_loss <= float(champion.tags.get("val_loss", "inf")):
         client.set_registered_model_alias(model_name, CHAMPION, version)
     return version
