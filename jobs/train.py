@@ -314,7 +314,8 @@ def _progress_bar(total_steps: int, start_step: int, budget: float | None, start
     if budget is None:
         return tqdm(total=total_steps, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
     return tqdm(total=budget, initial=min(start_seconds, budget), desc="training", unit="s",
-                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s of the time budget [{elapsed}<{remaining}{postfix}]")
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s of the time budget [{elapsed}<{remaining}{postfix}]")
 
 
 def _peak_flops(device: str) -> float | None:

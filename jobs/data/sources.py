@@ -164,7 +164,8 @@ def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
 
 
 def _split_on_separator(batch: dict, separator: str) -> dict:
-    """Each file's text into documents on lines holding the separator; a file with none is one document.
+    """Each file's text into documents on lines holding the separator; a file with none is one document
+    (the loop below appends the text of its one run of lines).
 
     A file without separator lines is kept exactly as written (less leading and trailing newlines), blank lines
     and all: TinyStories' validation text separates paragraphs and stories alike with blank lines, and cutting
@@ -174,9 +175,6 @@ def _split_on_separator(batch: dict, separator: str) -> dict:
     """
     documents = []
     for text in batch["text"]:
-        if not any(line.strip() == separator for line in text.split("\n")):
-            documents.append(text.strip("\n"))
-            continue
         current: list[str] = []
         for line in text.split("\n"):
             if line.strip() == separator:

@@ -21,8 +21,8 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
     """Log `checkpoint` as the run's model and register a version. `champion` moves to it only if its
-    validation loss beats the current champion's on the same validation data; `models:/<name>/latest` (MLflow's own, which is why
-    `latest` cannot be an alias) always means the newest version. Returns the version."""
+    validation loss beats the current champion's on the same validation data; `models:/<name>/latest`
+    (MLflow's own, which is why `latest` cannot be an alias) always means the newest version. Returns the version."""
     import torch
 
     state = json.loads((checkpoint / "state.json").read_text())
