@@ -1,11 +1,19 @@
-"""`python -m jobs train --config configs/X.yaml [--model-type torch|custom] [--resume [PATH]] [--KEY=VALUE ...]`
+"""`python -m jobs train --config configs/X.yaml [--model-type torch|custom] [--resume [PATH|auto]] [--KEY=VALUE ...]`
 
 Prepares missing data, trains either model type, tracks everything in MLflow, keeps checkpoints, and
 registers the best one as a model version that generate and chat load by alias.
+
+--resume             continue the newest run of this experiment from its newest checkpoint (an error if none)
+--resume PATH        continue from the checkpoint folder PATH
+--resume auto        continue the newest run if it has a checkpoint, else start a fresh run: the command a
+                     restarted pod or container runs, with nothing to edit between the first start and a restart
+A run that already reached its end (training.max_steps, or the time budget) has nothing to resume: the job
+says so, trains nothing and registers nothing.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -36,6 +44,11 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+NOTHING_TO_DO = "nothing to do"
+SIGNAL_EXIT_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM,
+                      "signal on another rank": 128 + signal.SIGTERM}
+
+
 @dataclass
 class TrainResult:
     run_id: str
@@ -54,6 +67,21 @@ def train(config: str | None = None, model_type: str | None = None, resume: str 
         overrides["training.model_type"] = model_type
     cfg = load_config(config, overrides)
     result = run_training(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+        if result.stopped_by in SIGNAL_EXIT_STATUS:
+            sys.exit(SIGNAL_EXIT_STATUS[result.stopped_by])
+        return
+    if result.stopped_by == NOTHING_TO_DO:
+        print(f"nothing to do: the run in {result.checkpoint_dir} already reached its end at step {result.steps} "
+              f"(training.max_steps or training.max_time_minutes); to train it further, resume with a larger "
+              f"--training.max_steps=N or --training.max_time_minutes=M")
+        return
+    if result.stopped_by in SIGNAL_EXIT_STATUS:  # shells and schedulers read 128+N as "stopped by signal N"
+        config_flag = f" --config {config}" if config else ""
+        print(f"stopped by {result.stopped_by} at step {result.steps}; continue with:\n"
+              f"  python -m jobs train{config_flag} --model-type {cfg.training.model_type} "
+              f"--resume {result.checkpoint_dir / 'latest'}", file=sys.stderr)
+        sys.exit(SIGNAL_EXIT_STATUS[result.stopped_by])
     print(f"done: {result.steps} steps, best val loss {result.best_val_loss:.4f}, run {result.run_id}, "
           f"checkpoints in {result.checkpoint_dir}")
 
@@ -70,6 +98,34 @@ def latest_run_folder(cfg: ExperimentConfig) -> Path:
         raise CheckpointError(f"nothing to resume: no run of {cfg.experiment_name} ({cfg.training.model_type}) "
                               f"under {checkpoint_root(cfg)}")
     return checkpoint_root(cfg) / marker.read_text().strip()
+
+
+def newest_checkpoint(run_folder: Path) -> Path | None:
+    """The checkpoint of a run folder with the highest step (latest, best or step-N; each holds the full training
+    state), or None when the run saved none yet."""
+    found = []
+    for folder in run_folder.iterdir() if run_folder.is_dir() else []:
+        state = folder / "state.json"
+        if folder.is_dir() and not folder.name.endswith((".tmp", ".old")) and state.is_file():
+            try:
+                found.append((int(json.loads(state.read_text())["step"]), folder.name == "latest", folder))
+            except (ValueError, KeyError, TypeError):
+                found.append((-1, False, folder))  # damaged: load_checkpoint names the problem if it is chosen
+    return max(found, key=lambda f: f[:2])[2] if found else None
+
+
+def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Path | None:
+    """The folder that --resume names, or None for a fresh run (see the module docstring)."""
+    if not resume:
+        return None
+    if resume is True or resume == "auto":
+        marker = checkpoint_root(cfg) / "LATEST"
+        newest = newest_checkpoint(latest_run_folder(cfg)) if marker.is_file() else None
+        if newest is None and resume is True:
+            raise CheckpointError(f"nothing to resume: no checkpoint of {cfg.experiment_name} "
+                                  f"({cfg.training.model_type}) under {checkpoint_root(cfg)}")
+        return newest
+    return Path(resume)
 
 
 def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_after_steps: int | None = None) -> TrainResult:
@@ -108,8 +164,9 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     run_name = f"{tc.model_type}-{time.strftime('%Y%m%d-%H%M%S')}"
     root = checkpoint_root(cfg) / run_name  # this run's checkpoints; a resumed run keeps its folder
     resume_from = None
-    if resume:
-        resume_from = ckpt.load_checkpoint(latest_run_folder(cfg) / "latest" if resume is True else resume)
+    resume_folder = checkpoint_to_resume(cfg, resume)
+    if resume_folder is not None:
+        resume_from = ckpt.load_checkpoint(resume_folder)
         root = resume_from.folder.parent
         if resume_from.state["model_type"] != tc.model_type:
             raise CheckpointError(f"{resume_from.folder} holds a {resume_from.state['model_type']} model, not {tc.model_type}")
@@ -135,6 +192,9 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
         start_step, best_val = resume_from.state["step"], resume_from.state.get("best_val_loss", math.inf)
         elapsed = resume_from.state.get("train_seconds", 0.0)  # the time budget goes on from where it stopped
         run_id = resume_from.state.get("mlflow_run_id")
+        budget_left = not tc.max_time_minutes or elapsed < 60 * tc.max_time_minutes
+        if start_step >= total_steps or not budget_left:  # before MLflow: a finished run stays as it is
+            return TrainResult(run_id, start_step, best_val, root, [], 0.0, NOTHING_TO_DO)
 
     if main:
         experiment_id = tracking.setup(cfg.experiment_name)

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from jobs.train import run_training
+from jobs.training.checkpoint import load_checkpoint
 from test_jobs import store, tiny  # noqa: F401  (store is a fixture)
 
 pytestmark = pytest.mark.slow
@@ -39,3 +40,88 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, s
     assert len(ddp_losses) == 8
     assert ddp_losses == pytest.approx(single.losses, rel=2e-5)
     mlflow.set_tracking_uri(store)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pod_command(config_file) -> list[str]:
+    """The TrainJob's own command (k8s/train-trainjob), with torchrun run from this Python and $(CONFIG) filled."""
+    trainjob = yaml.safe_load((REPO / "k8s" / "train-trainjob" / "trainjob.yaml").read_text())
+    command = trainjob["spec"]["trainer"]["command"]
+    assert command[0] == "torchrun"
+    return [sys.executable, "-m", "torch.distributed.run"] + [str(config_file) if a == "$(CONFIG)" else a
+                                                                 for a in command[1:]]
+
+
+def _pod_env(tmp_path, store_uri: str) -> dict:
+    """What Kubeflow Trainer's torch-distributed runtime sets in a pod (here: one node of two processes)."""
+    return {**os.environ, "MLFLOW_TRACKING_URI": store_uri, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+            "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
+            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(_free_port())}
+
+
+def _loss_history(store_uri: str, experiment: str) -> tuple[list, list[float]]:
+    client = MlflowClient(tracking_uri=store_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    (run,) = runs  # a restart continues the same tracked run
+    history = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+    return runs, [m.step for m in history], [m.value for m in history]
+
+
+def test_a_restarted_pod_resumes_from_the_newest_checkpoint_and_trains_as_if_never_stopped(tmp_path, store):  # noqa: F811
+    """The same pod command started twice, as Kubernetes restarts a pod: the first start is stopped with SIGTERM
+    (what the kubelet sends on eviction) after it wrote a checkpoint; the second resumes from it (--resume auto),
+    and its losses equal those of a run that was never stopped."""
+    import signal
+    import time
+
+    steps = 150
+    runs = {}
+    for name in ("whole", "restarted"):
+        cfg = tiny(tmp_path / name, "torch", batch_size=2, max_steps=steps, eval_every=100, checkpoint_every=5)
+        config_file = tmp_path / f"{name}.yaml"
+        config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+        runs[name] = (cfg, config_file, f"sqlite:///{tmp_path / name / 'mlflow.db'}")
+
+    cfg, config_file, uri = runs["whole"]
+    done = subprocess.run(_pod_command(config_file), env=_pod_env(tmp_path, uri), capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, whole_steps, whole_losses = _loss_history(uri, cfg.experiment_name)
+    assert whole_steps == list(range(1, steps + 1))
+
+    cfg, config_file, uri = runs["restarted"]
+    runs_root = tmp_path / "restarted" / "assets" / "checkpoints" / cfg.experiment_name / "torch"
+    first = subprocess.Popen(_pod_command(config_file), env=_pod_env(tmp_path, uri), cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(runs_root.glob("*/latest/state.json")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGTERM)  # to torchrun, the container's first process, which passes it to the ranks
+    _, first_err = first.communicate(timeout=120)
+    assert first.returncode != 0, "a stopped pod must not look finished to its Job"
+    (latest,) = runs_root.glob("*/latest")
+    stopped_at = load_checkpoint(latest).state["step"]
+    assert 5 <= stopped_at < steps, f"stopped at step {stopped_at}: the test needs a run that stopped midway"
+    print(f"first start stopped at step {stopped_at} of {steps}")
+
+    second = subprocess.run(_pod_command(config_file), env=_pod_env(tmp_path, uri), capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    tracked, restarted_steps, restarted_losses = _loss_history(uri, cfg.experiment_name)
+    assert tracked[0].info.status == "FINISHED"
+    assert restarted_steps == list(range(1, steps + 1)), "every step logged exactly once across the restart"
+    assert restarted_losses[stopped_at:] == pytest.approx(whole_losses[stopped_at:], rel=1e-6, abs=0)
+    assert restarted_losses == pytest.approx(whole_losses, rel=1e-6, abs=0)
+
+    third = subprocess.run(_pod_command(config_file), env=_pod_env(tmp_path, uri), capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    assert third.returncode == 0 and "nothing to do" in third.stdout, third.stdout + third.stderr[-2000:]
+    versions = MlflowClient(tracking_uri=uri).search_model_versions(f"name='{cfg.model_name}'")
+    assert [int(v.version) for v in versions] == [1], "a start after the end registers nothing new"
