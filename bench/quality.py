@@ -71,7 +71,8 @@ class HFRuntime:
 
 
 def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple[float, int, float]:
-    """Train until the time budget is spent, the LR schedule following elapsed time; then evaluate."""
+    """Train until the time budget is spent (warmup in steps, decay following elapsed time, as the train job
+    does); then evaluate."""
     tc = cfg.training
     torch.manual_seed(tc.seed)
     runtime = make_runtime()
@@ -80,7 +81,7 @@ def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple
     start = time.perf_counter()
     step = 0
     while (elapsed := time.perf_counter() - start) < budget:
-        runtime.set_learning_rate(learning_rate(elapsed / budget, tc))
+        runtime.set_learning_rate(learning_rate(step + 1, tc.max_steps or 100_000, tc, elapsed, budget))
         runtime.train_step([loader.next_batch()], tc.max_grad_norm)
         step += 1
     elapsed = time.perf_counter() - start
@@ -123,4 +124,6 @@ def _ours(config, cfg):
 
 
 if __name__ == "__main__":
-    main()
+    from jobs.errors import exit_on_input_error
+
+    exit_on_input_error(main)

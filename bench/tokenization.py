@@ -80,4 +80,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jobs.errors import exit_on_input_error
+
+    exit_on_input_error(main)

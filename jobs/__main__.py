@@ -73,17 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     import fire
 
-    from jobs.errors import USER_ERRORS
+    from jobs.errors import exit_on_input_error
 
     argv = list(argv if argv is not None else sys.argv[1:])
     if not argv or argv[0] in ("--help", "-h") or (argv[0] in _jobs() and ("--help" in argv or "-h" in argv)):
         print(usage(argv[0] if argv and argv[0] in _jobs() else None))
         return
-    try:
-        fire.Fire(_jobs(), command=argv, name="python -m jobs")
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_input_error(fire.Fire, _jobs(), command=argv, name="python -m jobs")
 
 
 if __name__ == "__main__":

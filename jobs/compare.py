@@ -19,6 +19,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from jobs import tracking
+from jobs.cli import typed
+from jobs.errors import InputError
 
 CURVES = ["train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "train/flops_seen"]
 
@@ -36,9 +38,10 @@ class RunCurves:
         return values[-1] if values else None
 
 
+@typed
 def compare(*refs: str, out: str | None = None, log: bool = False) -> None:
     if not refs:
-        raise ValueError("name at least one experiment or run id: python -m jobs compare tinystories_cpu")
+        raise InputError("name at least one experiment or run id: python -m jobs compare tinystories_cpu")
     runs = load_runs(list(refs))
     print(summary_table(runs))
     folder = Path(out) if out else Path("assets") / "compare" / time.strftime("%Y%m%d-%H%M%S")
@@ -53,7 +56,7 @@ def compare(*refs: str, out: str | None = None, log: bool = False) -> None:
 
 
 def load_runs(refs: list[str]) -> list[RunCurves]:
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    tracking.connect()
     client = MlflowClient()
     found = []
     for ref in refs:
@@ -65,9 +68,9 @@ def load_runs(refs: list[str]) -> list[RunCurves]:
         try:
             found.append(client.get_run(ref))
         except Exception:
-            raise ValueError(f"{ref!r} is neither an experiment name nor a run id in {tracking.tracking_uri()}") from None
+            raise InputError(f"{ref!r} is neither an experiment name nor a run id in {tracking.tracking_uri()}") from None
     if not found:
-        raise ValueError(f"no training runs found for {', '.join(refs)}")
+        raise InputError(f"no training runs found for {', '.join(refs)}")
     runs = []
     for run in found:
         curves = {}

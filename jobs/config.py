@@ -8,6 +8,7 @@ overridden from the command line with a dotted name: `--training.learning_rate=1
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -51,6 +52,14 @@ class DataConfig(_Section):
             raise ValueError("data.train_files is required when data.dataset is 'local'")
         return self
 
+    @field_validator("assets_dir")
+    @classmethod
+    def _assets_is_a_folder(cls, value: str) -> str:
+        if Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
+            raise ValueError(f"{value} exists and is not a folder (data.assets_dir holds datasets, tokenizers and "
+                             f"checkpoints)")
+        return value
+
 
 class TrainingConfig(_Section):
     model_type: Literal["torch", "custom"] = "torch"
@@ -61,7 +70,8 @@ class TrainingConfig(_Section):
     max_time_minutes: float | None = Field(None, gt=0)  # stop (and save) after this much training time
     learning_rate: float = Field(3e-4, gt=0)
     min_learning_rate: float = Field(3e-5, ge=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)  # share of the steps spent warming up linearly from 0
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)  # share of max_steps spent warming up linearly from 0...
+    warmup_steps: int | None = Field(None, ge=0)  # ...or this many optimizer steps (wins over warmup_ratio)
     lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = Field(0.1, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -91,9 +101,26 @@ class TrainingConfig(_Section):
         return self
 
 
+# Experiment and registered model names become folder names under assets_dir and MLflow registry names: letters,
+# digits, '_', '-' and '.', starting with a letter or digit (no path separators, no '..' out of assets_dir).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+def _check_name(value: str | None) -> str | None:
+    if value is not None and (not re.fullmatch(NAME_PATTERN, value) or ".." in value):
+        raise ValueError(f"{value!r} is not a usable name: use letters, digits, '_', '-' and '.' (no '/' or '..'), "
+                         f"starting with a letter or digit, at most 100 characters")
+    return value
+
+
 class ExperimentConfig(_Section):
     experiment_name: str = Field(min_length=1)
     registered_model_name: str | None = None  # default: experiment_name
+
+    @field_validator("experiment_name", "registered_model_name")
+    @classmethod
+    def _usable_name(cls, value: str | None) -> str | None:
+        return _check_name(value)
     data: DataConfig = DataConfig()
     model: dict[str, Any] = {}
     training: TrainingConfig = TrainingConfig()
@@ -121,6 +148,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config {path} is a directory; name a YAML file in it, e.g. configs/cpu_demo.yaml")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
@@ -133,9 +162,15 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     return validate_config(raw, source=str(path) if path else "config")
 
 
+YAML_NULLS = {"null", "Null", "NULL", "~", "None"}  # fire passes `--key=null` on as the string 'null'
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted command-line overrides into the YAML's nesting; `null` means None, as it would in the YAML."""
     raw = copy.deepcopy(raw)
     for dotted, value in overrides.items():
+        if isinstance(value, str) and value in YAML_NULLS:
+            value = None
         keys = dotted.replace("-", "_").split(".")
         node = raw
         for key in keys[:-1]:

@@ -2,37 +2,51 @@
 
 Loss, perplexity and bits per byte of a trained model (REF: registry URI, run URI or checkpoint folder) on the
 configured validation split, or on any UTF-8 text file tokenized with the model's own tokenizer. Logged to
-MLflow as an evaluation run; `--json` prints one JSON object as the last line.
+MLflow as an evaluation run. With `--json`, standard output holds one JSON object and nothing else (every
+human-readable line goes to standard error), so `python -m jobs evaluate ... --json | jq .loss` works.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from jobs import tracking
 from jobs.data import prepare
 from jobs.data.shards import open_tokens, validation_batches
+from jobs.data.sources import check_utf8
+from jobs.cli import Device, Positive, typed
+from jobs.errors import InputError
 from jobs.serving.loading import load_model
 
 
-def evaluate(model: str, config: str | None = None, text_file: str | None = None, max_batches: int | None = None,
-             batch_size: int = 8, device: str = "auto", json: bool = False, log: bool = True, **overrides) -> None:
+@typed
+def evaluate(model: str, config: str | None = None, text_file: str | None = None, max_batches: Positive | None = None,
+             batch_size: Positive = 8, device: Device = "auto", json: bool = False, log: bool = True, **overrides) -> None:
     """Fire entry point (returns nothing, so fire prints nothing after the JSON line)."""
-    run_evaluation(model, config, text_file, max_batches, batch_size, device, json, log, **overrides)
+    with contextlib.redirect_stdout(sys.stderr) if json else contextlib.nullcontext():
+        result = run_evaluation(model, config, text_file, max_batches, batch_size, device, log, **overrides)
+    if json:
+        print(jsonlib.dumps(result))
 
 
 def run_evaluation(model: str, config: str | None = None, text_file: str | None = None,
-                   max_batches: int | None = None, batch_size: int = 8, device: str = "auto", json: bool = False,
-                   log: bool = True, **overrides) -> dict:
+                   max_batches: int | None = None, batch_size: int = 8, device: str = "auto", log: bool = True,
+                   **overrides) -> dict:
+    if log:
+        tracking.connect()  # a tracking server that does not answer fails now, in seconds, not after the work
     loaded = load_model(model, device)
     T = loaded.runtime.config.max_seq_len
     if text_file is not None:
         path = Path(text_file).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"text file not found: {path}")
+            raise InputError(f"--text-file: not found: {path}")
+        check_utf8(path)
         text = path.read_text(encoding="utf-8")
         tokens = np.asarray(loaded.tokenizer.encode(text), dtype=np.int64)
         n_bytes, source = len(text.encode("utf-8")), str(path)
@@ -45,7 +59,8 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
         data_config = experiment.data if experiment else _data_config_from_state(loaded.state)
         prepared = prepare.prepare(data_config)
         if prepared.tokenizer.sha256 != loaded.tokenizer.sha256:
-            raise ValueError("the configured data was tokenized with another tokenizer than the model's")
+            raise InputError(f"the configured data ({prepared.tokens_dir}) was tokenized with another tokenizer than "
+                             f"the model's ({loaded.folder / 'tokenizer.json'})")
         tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
         n_bytes = prepared.meta["text_bytes"]["validation"] * len(tokens) / prepared.meta["tokens"]["validation"]
         source = f"{prepared.meta['source']} (validation)"
@@ -60,8 +75,6 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
           f"over {n_tokens:,} tokens")
     if log:
         _log_evaluation(loaded, model, source, result)
-    if json:
-        print(jsonlib.dumps(result))
     return result
 
 
@@ -73,8 +86,6 @@ def _data_config_from_state(state: dict):
 
 def _log_evaluation(loaded, model_ref: str, source: str, result: dict) -> None:
     import mlflow
-
-    from jobs import tracking
 
     try:
         experiment = loaded.state.get("experiment", {}).get("experiment_name", "evaluations")

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import sys
 
+from pydantic import TypeAdapter, ValidationError
+
+from jobs.cli import Device, Positive, Temperature, TopK, TopP, typed
+from jobs.errors import InputError
 from jobs.serving.loading import complete, load_model
 from model_zoo.config import count_parameters
 
 DEFAULT_MODEL = "models:/{name}@champion"
+# chat's commands: the type a value must have, what it needs, an example
+SETTINGS = {"temp": (Temperature, "needs a finite number >= 0", "0.5"), "topk": (TopK, "needs a whole number >= 0", "40")}
 
 
 def _resolve(model: str | None, config: str | None) -> str:
@@ -22,12 +28,13 @@ def _resolve(model: str | None, config: str | None) -> str:
         from jobs.config import load_config
 
         return DEFAULT_MODEL.format(name=load_config(config).model_name)
-    raise ValueError("say which model: --model models:/<name>@champion, runs:/<id> or a checkpoint folder")
+    raise InputError("say which model: --model models:/<name>@champion, runs:/<id> or a checkpoint folder")
 
 
-def generate(prompt: str, model: str | None = None, config: str | None = None, max_length: int = 100,
-             temperature: float = 0.8, top_k: int = 50, top_p: float | None = None, seed: int | None = None,
-             device: str = "auto") -> None:
+@typed
+def generate(prompt: str, model: str | None = None, config: str | None = None, max_length: Positive = 100,
+             temperature: Temperature = 0.8, top_k: TopK = 50, top_p: TopP | None = None, seed: int | None = None,
+             device: Device = "auto") -> None:
     loaded = load_model(_resolve(model, config), device)
     _stream(loaded, str(prompt), str(prompt), max_length, temperature, top_k, top_p, seed)
 
@@ -41,8 +48,9 @@ def _stream(loaded, prompt: str, prefix: str, max_length, temperature, top_k, to
     sys.stdout.write("\n")
 
 
-def chat(model: str | None = None, config: str | None = None, max_length: int = 100, temperature: float = 0.8,
-         top_k: int = 50, top_p: float | None = None, seed: int | None = None, device: str = "auto") -> None:
+@typed
+def chat(model: str | None = None, config: str | None = None, max_length: Positive = 100, temperature: Temperature = 0.8,
+         top_k: TopK = 50, top_p: TopP | None = None, seed: int | None = None, device: Device = "auto") -> None:
     ref = _resolve(model, config)
     loaded = load_model(ref, device)
     state = loaded.state
@@ -57,6 +65,8 @@ def chat(model: str | None = None, config: str | None = None, max_length: int = 
         except EOFError:
             print()
             break
+        except UnicodeDecodeError as error:
+            raise InputError(f"stdin: not UTF-8 text (byte {error.start} of the line: {error.object[error.start:error.start + 4]!r})") from None
         command = line.strip()
         if command.lower() in ("quit", "exit", "q"):
             break
@@ -64,17 +74,17 @@ def chat(model: str | None = None, config: str | None = None, max_length: int = 
             continue
         word, _, value = command.partition(" ")
         if word.lower() in ("temp", "topk"):
-            try:
-                if word.lower() == "temp":
-                    temperature = float(value)
-                    if temperature < 0:
-                        raise ValueError
-                else:
-                    top_k = int(value)
-                    if top_k < 0:
-                        raise ValueError
-                print(f"Settings: temperature={temperature}, top_k={top_k}")
-            except ValueError:
-                print(f"'{word}' needs a non-negative number, e.g. '{word} {'0.5' if word == 'temp' else '40'}'")
+            setting = SETTINGS[word.lower()]
+            try:  # checked before it is applied: a rejected value leaves the setting as it was
+                checked = TypeAdapter(setting[0]).validate_python(value.strip())
+            except ValidationError as error:
+                print(f"'{word}' {setting[1]}, e.g. '{word} {setting[2]}' ({error.errors()[0]['msg']}); "
+                      f"unchanged: temperature={temperature}, top_k={top_k}")
+                continue
+            if word.lower() == "temp":
+                temperature = checked
+            else:
+                top_k = checked
+            print(f"Settings: temperature={temperature}, top_k={top_k}")
             continue
         _stream(loaded, line, f"Model: {line}", max_length, temperature, top_k, top_p, seed)

@@ -6,15 +6,18 @@ STEP is `all` (default: everything the config needs, reusing what exists), `down
 
 from __future__ import annotations
 
+from jobs.cli import typed
 from jobs.config import load_config
 from jobs.data import prepare
+from jobs.errors import InputError
 
 STEPS = ("all", "download", "train-tokenizer", "analyze", "pretokenize")
 
 
+@typed
 def prepare_data(step: str = "all", config: str | None = None, **overrides) -> None:
     if step not in STEPS:
-        raise ValueError(f"unknown prepare-data step {step!r} (choose from {', '.join(STEPS)})")
+        raise InputError(f"unknown prepare-data step {step!r} (choose from {', '.join(STEPS)})")
     data = load_config(config, overrides).data
     if step == "download":
         prepare.download(data)

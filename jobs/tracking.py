@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,29 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from jobs.errors import TrackingError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHAMPION = "champion"
 
 
+# Stores MLflow can use: a tracking server, a database (SQLAlchemy URLs), a file store (a path or file:).
+SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", ""}
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, or the embedded sqlite store in the project folder; a scheme MLflow cannot use is an
+    input error here, not a traceback deep inside MLflow."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
+    if scheme not in SCHEMES:
+        raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: unsupported scheme {scheme!r} (use http(s)://host:port for "
+                            f"a server, sqlite:///path/mlflow.db, or unset it for the embedded store)")
+    return uri
 
 
-def setup(experiment_name: str) -> str:
-    """Point MLflow at the store, check it answers, and return the experiment id (created if new)."""
+def connect() -> str:
+    """Point MLflow at the store and, for a server, check that it answers: within seconds, before any work."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
@@ -48,6 +62,12 @@ def setup(experiment_name: str) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    return uri
+
+
+def setup(experiment_name: str) -> str:
+    """Connect to the store and return the experiment id (created if new)."""
+    uri = connect()
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return experiment.experiment_id
@@ -64,35 +84,43 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
             response.read()
     except OSError as error:
-        raise ConnectionError(f"MLflow tracking server {uri} is unreachable ({error}); start it or unset "
-                              f"MLFLOW_TRACKING_URI to use the embedded store") from None
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({error}); start it or unset "
+                            f"MLFLOW_TRACKING_URI to use the embedded store") from None
 
 
 class RunLogger:
-    """Logs metrics from a background thread, and never lets a tracking outage stop training.
+    """Logs metrics from a background thread, and never lets a tracking outage stop training or lose a metric.
 
     The training loop only appends metrics to a list (microseconds); a sender thread ships them to MLflow with
-    one log_batch call every FLUSH_SECONDS. If the store does not answer, a warning is printed once, the
-    metrics are appended to a local JSONL file (so nothing is lost even if the outage outlasts the run) and
-    kept for another try; when the store answers again they are sent.
+    one log_batch call every FLUSH_SECONDS. If the store does not answer, a warning is printed once and the
+    metrics are appended to a journal file (fsynced) beside the checkpoints; every later send tries the journal
+    first, and when the store answers again the journal is sent and removed. Resending is harmless: a metric
+    keeps its timestamp, and MLflow stores an identical metric once.
 
-    Overhead, reported at the end of training: `seconds_spent` (the training thread's time in log_metrics)
-    and `sender_cpu_seconds` (CPU time of the sender thread, which competes for the same cores).
+    Checkpoints and metrics agree: `flush()` runs before each checkpoint is written, so the metrics of the steps
+    a checkpoint covers are sent or journalled before it exists. After a crash (even kill -9), the resumed run
+    replays the journal, and `resume_step` drops the metrics of steps that were logged before the crash but come
+    after the checkpoint: they are computed again, identically, and each step stays in the history once.
+
+    Overhead, reported at the end of training: `seconds_spent` (the training thread's time in log_metrics and
+    flush) and `sender_cpu_seconds` (CPU time of the sender thread, which competes for the same cores).
     """
 
     FLUSH_SECONDS = 5.0
-    MAX_KEPT = 100_000  # metrics kept in memory for retry during a long outage (the file keeps them all)
 
-    def __init__(self, run_id: str, fallback_file: Path):
+    def __init__(self, run_id: str, journal_file: Path, resume_step: int | None = None):
         self.client = MlflowClient()
-        self.run_id, self.fallback_file = run_id, fallback_file
-        self.new: list[Metric] = []  # not yet tried
-        self.retry: list[Metric] = []  # tried, failed, already in the fallback file
+        self.run_id, self.journal_file = run_id, journal_file
+        self.new: list[Metric] = []  # logged, not yet sent
         self.lock, self.send_lock = threading.Lock(), threading.Lock()
         self.wake, self.closed = threading.Event(), False
         self.failing = False
         self.seconds_spent = 0.0
         self.sender_cpu_seconds = 0.0
+        self.already_logged: set[tuple[str, int]] = set()
+        if resume_step is not None:
+            self._send()  # what the last session journalled
+            self.already_logged = self._logged_after(resume_step)
         self.thread = threading.Thread(target=self._send_loop, name="mlflow-metrics", daemon=True)
         self.thread.start()
 
@@ -100,18 +128,32 @@ class RunLogger:
         start = time.perf_counter()
         timestamp = int(time.time() * 1000)
         with self.lock:
-            self.new += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+            self.new += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()
+                         if (key, step) not in self.already_logged]
         self.seconds_spent += time.perf_counter() - start
 
     def flush(self) -> None:
-        """Try to send everything now (the caller waits)."""
+        """Send everything logged so far, or journal it, before returning (before a checkpoint is written)."""
+        start = time.perf_counter()
         self._send()
+        self.seconds_spent += time.perf_counter() - start
 
     def close(self) -> None:
         self.closed = True
         self.wake.set()
         self.thread.join(timeout=60)
         self._send()
+
+    def _logged_after(self, step: int) -> set[tuple[str, int]]:
+        """(key, step) of the metrics this run already holds for steps after `step`."""
+        try:
+            keys = self.client.get_run(self.run_id).data.metrics.keys()
+            return {(key, m.step) for key in keys for m in self.client.get_metric_history(self.run_id, key)
+                    if m.step > step}
+        except Exception as error:  # an outage: at worst a few steps appear twice
+            print(f"tracking: could not read the run's metric history ({type(error).__name__}); steps logged "
+                  f"after step {step} before the interruption may appear twice", file=sys.stderr)
+            return set()
 
     def _send_loop(self) -> None:
         while not self.closed:
@@ -123,30 +165,43 @@ class RunLogger:
             cpu_start = time.thread_time()
             with self.lock:
                 new, self.new = self.new, []
-                batch, self.retry = self.retry + new, []
-            if batch:
-                self._send_batch(batch, new)
+            pending = self._journalled() + new
+            if pending:
+                self._send_batch(pending, new)
             self.sender_cpu_seconds += time.thread_time() - cpu_start
 
-    def _send_batch(self, batch: list[Metric], new: list[Metric]) -> None:
+    def _journalled(self) -> list[Metric]:
+        if not self.journal_file.is_file():
+            return []
+        metrics = []
+        for line in self.journal_file.read_text().splitlines():
+            try:
+                m = json.loads(line)
+                metrics.append(Metric(m["key"], m["value"], m["timestamp"], m["step"]))
+            except (ValueError, KeyError, TypeError):  # a line cut short by a crash mid-write
+                continue
+        return metrics
+
+    def _send_batch(self, pending: list[Metric], new: list[Metric]) -> None:
         try:
-            for start in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics a call
-                self.client.log_batch(self.run_id, metrics=batch[start : start + 1000], synchronous=True)
+            for start in range(0, len(pending), 1000):  # MLflow takes at most 1000 metrics a call
+                self.client.log_batch(self.run_id, metrics=pending[start : start + 1000], synchronous=True)
+            self.journal_file.unlink(missing_ok=True)
             if self.failing:
-                print("tracking: MLflow answers again; kept metrics sent", file=sys.stderr)
+                print("tracking: MLflow answers again; journalled metrics sent", file=sys.stderr)
             self.failing = False
         except Exception as error:  # any failure of the tracking store: keep training, keep the data
             if not self.failing:
                 print(f"tracking: MLflow unavailable ({type(error).__name__}); training goes on, metrics are "
-                      f"kept and written to {self.fallback_file}", file=sys.stderr)
+                      f"journalled to {self.journal_file} and sent when it answers", file=sys.stderr)
             self.failing = True
-            self.fallback_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.fallback_file, "a") as out:
+            self.journal_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.journal_file, "a") as out:
                 for metric in new:
                     out.write(json.dumps({"key": metric.key, "value": metric.value, "step": metric.step,
                                           "timestamp": metric.timestamp}) + "\n")
-            with self.lock:
-                self.retry = (batch + self.retry)[-self.MAX_KEPT :]
+                out.flush()
+                os.fsync(out.fileno())
 
     def safely(self, what: str, fn, *args, **kwargs) -> Any:
         """Run a tracking call (artifact, param, tag); on failure warn and go on."""

@@ -23,19 +23,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import mlflow
 import torch
 
 from jobs import atomic, tracking
+from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import prepare
 from jobs.data.shards import TrainWindows, open_tokens, validation_batches
-from jobs.errors import CheckpointError
+from jobs.errors import CheckpointError, DataError
 from jobs.training import checkpoint as ckpt
 from jobs.training.distributed import Distributed
 from jobs.training.runtime import ModelRuntime, resolve_device
-from jobs.training.schedule import learning_rate, progress
+from jobs.training.schedule import learning_rate
 from model_zoo.config import ConfigError, count_parameters, flops_per_token
 from model_zoo.generation import generate_tokens
 
@@ -58,10 +60,12 @@ class TrainResult:
     losses: list[float]
     train_seconds: float
     stopped_by: str | None = None
+    model_version: str | None = None  # the registered version, when the run registered one
 
 
-def train(config: str | None = None, model_type: str | None = None, resume: str | bool | None = None,
-          **overrides) -> None:
+@typed
+def train(config: str | None = None, model_type: Literal["torch", "custom"] | None = None,
+          resume: str | bool | None = None, **overrides) -> None:
     """Fire entry point; see run_training for the work."""
     if model_type is not None:
         overrides["training.model_type"] = model_type
@@ -84,6 +88,24 @@ def train(config: str | None = None, model_type: str | None = None, resume: str 
         sys.exit(SIGNAL_EXIT_STATUS[result.stopped_by])
     print(f"done: {result.steps} steps, best val loss {result.best_val_loss:.4f}, run {result.run_id}, "
           f"checkpoints in {result.checkpoint_dir}")
+    print(next_steps(cfg, result))
+
+
+def next_steps(cfg: ExperimentConfig, result: TrainResult) -> str:
+    """What a person does after training: talk to the model, and look at the run."""
+    uri = tracking.tracking_uri()
+    ui = (f"open {uri}" if uri.startswith(("http://", "https://"))
+          else f"mlflow ui --backend-store-uri {uri}   # then http://127.0.0.1:5000")
+    model = f"models:/{cfg.model_name}@{tracking.CHAMPION}"
+    if result.model_version is None:
+        model = str(result.checkpoint_dir / "best")
+        registered = "not registered (see the tracking warnings above); the checkpoint serves directly"
+    else:
+        registered = f"registered as version {result.model_version} of {cfg.model_name!r} ({model} serves the best version)"
+    return (f"model: {registered}\n"
+            f"next:  python -m jobs chat --model {model}\n"
+            f"       python -m jobs generate --model {model} --prompt \"{cfg.training.sample_prompt}\"\n"
+            f"       {ui}")
 
 
 def checkpoint_root(cfg: ExperimentConfig) -> Path:
@@ -176,6 +198,9 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
     train_tokens = open_tokens(prepared.tokens_dir, "train", tokenizer)
     val_tokens = open_tokens(prepared.tokens_dir, "validation", tokenizer)
+    if len(val_tokens) < T + 1:  # found now, not at the first validation minutes into training
+        raise DataError(f"the validation split has {len(val_tokens):,} tokens, fewer than one window of "
+                        f"model.max_seq_len + 1 = {T + 1}: lower model.max_seq_len or give more validation text")
     loader = TrainWindows(train_tokens, tc.batch_size, T, seed=tc.seed, rank=distributed.rank,
                           world_size=distributed.world_size)
 
@@ -184,7 +209,8 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     flops_token = flops_per_token(model_config, T)
 
     start_step, best_val, run_id, elapsed = 0, math.inf, None, 0.0
-    if resume_from is not None:
+    if resume_from is not None:  # every check before MLflow is touched: a failed resume changes no tracked run
+        ckpt.check_weights_fit(resume_from.folder, resume_from.weights, runtime.model.state_dict())
         runtime.model.load_state_dict({k: v.to(device) for k, v in resume_from.weights.items()})
         runtime.load_optimizer_state(resume_from.optimizer, resume_from.state.get("optimizer_scalars", {}))
         loader.load_state_dict(resume_from.state["loader"])
@@ -201,7 +227,8 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
         run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
                                run_name=None if run_id else run_name, log_system_metrics=True)
         run_id = run.info.run_id
-        logger = tracking.RunLogger(run_id, root / "metrics-fallback.jsonl")
+        logger = tracking.RunLogger(run_id, root / "metrics-journal.jsonl",
+                                    resume_step=start_step if resume_from is not None else None)
     else:
         logger = tracking.NullLogger()  # only rank 0 tracks
     if resume_from is None and main:
@@ -237,6 +264,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
         if not (checkpoint_root(cfg) / "LATEST").is_file() or latest_run_folder(cfg) != root:
             root.mkdir(parents=True, exist_ok=True)
             atomic.write_text(checkpoint_root(cfg) / "LATEST", root.name)
+        logger.flush()  # the metrics of the steps this checkpoint covers are sent or journalled before it exists
         opt_tensors, opt_scalars = runtime.optimizer_state()
         state = {
             "step": step, "model_type": tc.model_type, "model_config": model_config.to_dict(),
@@ -251,13 +279,13 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     step = start_step
     resumed_seconds = elapsed
     train_start = time.perf_counter() - elapsed  # so that now - train_start counts earlier sessions of this run too
-    stopped_by = None
+    stopped_by, model_version = None, None
     budget = 60 * tc.max_time_minutes if tc.max_time_minutes else None  # seconds
     try:
         bar = _progress_bar(total_steps, start_step, budget, elapsed) if main else None
         while step < total_steps:
             step_start = time.perf_counter()
-            lr = learning_rate(progress(step + 1, total_steps, elapsed, budget), tc)
+            lr = learning_rate(step + 1, total_steps, tc, elapsed, budget)
             runtime.set_learning_rate(lr)
             windows = [loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
             loss, grad_norm = runtime.train_step(windows, tc.max_grad_norm)
@@ -267,8 +295,11 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
             loss, elapsed, signalled = distributed.mean(loss, time.perf_counter() - train_start,
                                                         float(stop["signal"] is not None))
             if not math.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped. The last good checkpoint is "
-                                       f"{root / 'latest'} (lower training.learning_rate or check the data)")
+                saved = newest_checkpoint(root)
+                raise TrainingDiverged(
+                    f"loss is {loss} at step {step + 1}; stopped. "
+                    + (f"The last good checkpoint is {saved}" if saved else "No checkpoint was saved before it")
+                    + " (lower training.learning_rate or check the data)")
             if device == "cuda":
                 torch.cuda.synchronize()
             step += 1
@@ -313,7 +344,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
         save("latest", step)
         logger.close()
         if main and (step == total_steps or stopped_by == "time limit"):
-            register_best(cfg, root, run_id, logger)
+            model_version = register_best(cfg, root, run_id, logger)
             logger.safely("log figures", _log_figures, run_id, root / "figures")
         if best_val == math.inf:
             best_val = val_loss()
@@ -332,15 +363,15 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
         print(f"tracking overhead: {logger.seconds_spent:.3f} s in the training loop + "
               f"{logger.sender_cpu_seconds:.3f} s CPU in the sender thread, of {train_seconds:.1f} s of training "
               f"({100 * (logger.seconds_spent + logger.sender_cpu_seconds) / train_seconds:.2f}%)")
-    return TrainResult(run_id, step, best_val, root, losses, train_seconds, stopped_by)
+    return TrainResult(run_id, step, best_val, root, losses, train_seconds, stopped_by, model_version)
 
 
-def register_best(cfg: ExperimentConfig, root: Path, run_id: str, logger: tracking.RunLogger) -> None:
+def register_best(cfg: ExperimentConfig, root: Path, run_id: str, logger: tracking.RunLogger) -> str | None:
     """Log the best checkpoint as an MLflow model, a new version of cfg.model_name (champion if it is the best)."""
     from jobs.serving.registry import log_and_register
 
     best = root / "best" if (root / "best").is_dir() else root / "latest"
-    logger.safely("register the model", log_and_register, best, cfg.model_name, run_id)
+    return logger.safely("register the model", log_and_register, best, cfg.model_name, run_id)
 
 
 def _log_sample(runtime, tokenizer, tc, step, logger, bar) -> None:

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 
-class ConfigError(ValueError):
+class InputError(Exception):
+    """Something the user gave is wrong: a config value, a file, a flag, a checkpoint. The message names it in one
+    line, and the command line prints just that line (exit status 2). The base of every such error; anything
+    else is a bug and keeps its traceback. (It lives here, the lowest layer, so the model code can raise it too.)"""
+
+
+class ConfigError(InputError):
     """A configuration value is wrong. The message names the key."""
 
 

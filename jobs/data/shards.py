@@ -64,16 +64,21 @@ def read_meta(folder: Path, tokenizer: LoadedTokenizer | None = None) -> dict | 
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        counts = {split: int(meta["tokens"][split]) for split in SPLITS}
+    except (ValueError, KeyError, TypeError) as error:  # bad JSON, a missing key, a wrong type
+        raise DataError(f"{meta_path} is damaged ({type(error).__name__}: {str(error)[:120]}); delete its folder "
+                        f"and run prepare-data again") from None
     if tokenizer is not None and meta.get("tokenizer_sha256") != tokenizer.sha256:
         raise DataError(
             f"{folder}: token files were made with tokenizer {meta.get('tokenizer_sha256', '?')[:12]}, "
             f"not {tokenizer.path} ({tokenizer.sha256[:12]}); delete the folder or use the matching tokenizer"
         )
-    itemsize = np.dtype(meta["dtype"]).itemsize
     for split in SPLITS:
         path = folder / f"{split}.bin"
-        if not path.is_file() or path.stat().st_size != meta["tokens"][split] * itemsize:
+        if not path.is_file() or path.stat().st_size != counts[split] * itemsize:
             return None
     return meta
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.config import DataConfig
+from model_zoo.config import InputError
 
 TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -25,7 +26,7 @@ TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": 
 DOCUMENT_RULES_VERSION = 2
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad data input: a missing file, an empty dataset, a missing text field... The message names it."""
 
 
@@ -87,9 +88,10 @@ def load_documents(config: DataConfig, cache_dir: Path):
         raise DataError(f"dataset {describe(config)!r} has no training documents")
     if validation is None:
         if len(train) < 2:
+            how = (f"add {config.separator!r} lines between documents, or set data.separator: null to split on "
+                   f"blank lines" if config.separator else "separate documents with blank lines")
             raise DataError(f"dataset {describe(config)!r} has {len(train)} document(s), too few to hold out a "
-                            f"validation split: give data.val_files, add {config.separator!r} lines between "
-                            f"documents, or set data.separator: null to split on blank lines")
+                            f"validation split: give data.val_files, or {how}")
         split = train.train_test_split(test_size=config.val_fraction, seed=config.seed, shuffle=True)
         train, validation = split["train"], split["test"]
     if len(validation) == 0:
@@ -135,7 +137,7 @@ def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
     paths = [Path(f).expanduser() for f in files]
     for path in paths:
         if not path.is_file():
-            raise DataError(f"data file not found: {path}")
+            raise DataError(f"data file not found: {path}{_where_to_get(path)}")
     kinds = {TEXT_SUFFIXES.get(p.suffix.lower()) for p in paths}
     if None in kinds:
         bad = next(p for p in paths if p.suffix.lower() not in TEXT_SUFFIXES)
@@ -145,6 +147,8 @@ def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
     builder = kinds.pop()
     data_files = [str(p.resolve()) for p in paths]
     if builder == "text":
+        for path in paths:
+            check_utf8(path)
         # `document` keeps each file whole, so a separator line can split it; `paragraph` splits on blank lines.
         sample_by = "document" if config.separator else "paragraph"
         dataset = datasets.load_dataset("text", data_files=data_files, sample_by=sample_by, split="train",
@@ -186,9 +190,45 @@ def _split_on_separator(batch: dict, separator: str) -> dict:
     return {"text": [d for d in documents if d.strip()]}
 
 
+def check_utf8(path: Path, chunk_bytes: int = 1 << 20) -> None:
+    """A clear error, naming the file and the byte offset, for a file that is not UTF-8 text (read in chunks, so a
+    large file costs no memory)."""
+    import codecs
+
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as stream:
+        while True:
+            chunk = stream.read(chunk_bytes)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous chunk's end
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}: not UTF-8 text (byte {offset - pending + error.start:,}: "
+                                f"{error.object[error.start:error.start + 4]!r}); give text files, or convert this "
+                                f"one to UTF-8") from None
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
+def _where_to_get(path: Path) -> str:
+    if "tinystories" not in str(path).lower():
+        return ""
+    return ("; for the TinyStories text use --data.dataset=tinystories (downloads it from the Hugging Face Hub) or "
+            "point --data.train_files and --data.val_files at local copies")
+
+
 def _text_column(dataset, field: str, where: str):
     if field not in dataset.column_names:
         raise DataError(f"{where}: no text field {field!r} (columns: {', '.join(dataset.column_names)}); "
                         f"set data.text_field")
+    dtype = getattr(dataset.features[field], "dtype", type(dataset.features[field]).__name__)
+    if dtype not in ("string", "large_string"):
+        raise DataError(f"{where}: field {field!r} holds {dtype}, not text; set data.text_field to a text column")
+    nulls = sum(value is None for batch in dataset.select_columns([field]).iter(batch_size=10_000)
+                for value in batch[field])
+    if nulls:
+        raise DataError(f"{where}: {nulls:,} of {len(dataset):,} rows have no text (null) in field {field!r}; "
+                        f"drop those rows or fill them")
     dataset = dataset.select_columns([field])
     return dataset.rename_column(field, "text") if field != "text" else dataset

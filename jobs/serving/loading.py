@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from jobs.data.tokenizer import LoadedTokenizer, load_tokenizer
-from jobs.errors import CheckpointError
-from jobs.training.checkpoint import load_checkpoint
+from jobs.errors import CheckpointError, InputError
+from jobs.training.checkpoint import check_weights_fit, load_checkpoint
 from jobs.training.runtime import ModelRuntime, resolve_device
-from model_zoo.config import ModelConfig
+from model_zoo.config import ConfigError, ModelConfig
 
 
 @dataclass
@@ -38,7 +38,7 @@ def resolve_checkpoint_folder(model: str) -> Path:
 
         from jobs import tracking
 
-        mlflow.set_tracking_uri(tracking.tracking_uri())
+        tracking.connect()  # a server that does not answer fails here, in seconds
         uri = model
         if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
             uri = uri.rstrip("/") + "/model"  # runs:/<id> means the model logged by that run
@@ -58,12 +58,13 @@ def load_model(model: str, device: str = "auto") -> LoadedModel:
     folder = resolve_checkpoint_folder(model)
     checkpoint = load_checkpoint(folder, with_optimizer=False)
     state = checkpoint.state
-    config = ModelConfig.from_dict(state["model_config"])
-    runtime = ModelRuntime(state["model_type"], config, resolve_device(device))
     try:
-        runtime.model.load_state_dict({k: v.to(runtime.device) for k, v in checkpoint.weights.items()})
-    except (KeyError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{folder}: weights do not fit the model in state.json ({str(error)[:200]})") from None
+        config = ModelConfig.from_dict(state["model_config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{folder / 'state.json'}: model_config: {error}") from None
+    runtime = ModelRuntime(state["model_type"], config, resolve_device(device))
+    check_weights_fit(folder, checkpoint.weights, runtime.model.state_dict())
+    runtime.model.load_state_dict({k: v.to(runtime.device) for k, v in checkpoint.weights.items()})
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     if state.get("tokenizer_sha256") and state["tokenizer_sha256"] != tokenizer.sha256:
         raise CheckpointError(f"{folder}: tokenizer.json does not match the one the model was trained with")
@@ -79,7 +80,7 @@ def complete(loaded: LoadedModel, prompt: str, max_length: int = 100, temperatur
     tokenizer = loaded.tokenizer
     prompt_ids = tokenizer.encode(prompt) or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
     if not prompt_ids:
-        raise ValueError("the prompt is empty and the tokenizer has no end-of-text token to start from")
+        raise InputError("the prompt is empty and the tokenizer has no end-of-text token to start from")
     ids: list[int] = []
     emitted = ""
     with torch.inference_mode():

@@ -40,7 +40,7 @@ def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
             shutil.copyfile(checkpoint / name, served / name)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": str(served)},
-            signature=signature, registered_model_name=model_name,
+            signature=signature, input_example=example, registered_model_name=model_name,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                               "safetensors", "tokenizers", "transformer-fundamentals"],
         )

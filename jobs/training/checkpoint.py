@@ -14,16 +14,68 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
 from jobs.errors import CheckpointError
 
 REQUIRED_FILES = ("model.safetensors", "state.json", "tokenizer.json")
+
+
+class ServingState(BaseModel):
+    """What state.json must hold for a checkpoint to be served (generate, chat, evaluate, the MLflow model)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    step: StrictInt = Field(ge=0)
+    model_type: Literal["torch", "custom"]
+    model_config_: dict[str, Any] = Field(alias="model_config")
+
+
+class LoaderState(BaseModel):
+    position: StrictInt = Field(ge=0)
+    seed: StrictInt
+
+
+class TrainingState(ServingState):
+    """...and what it must hold to be resumed: every field the train job reads back (see jobs/train.py: save)."""
+
+    best_val_loss: float
+    loader: LoaderState
+    optimizer_scalars: dict[str, Any]
+    rng: dict[str, list[int]]
+    mlflow_run_id: str | None
+    train_seconds: float = Field(ge=0)
+    tokenizer_sha256: str
+
+
+def _check_state(folder: Path, state: Any, schema: type[BaseModel]) -> None:
+    try:
+        schema.model_validate(state)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        got = f" (got {first['input']!r})" if first["type"] != "missing" else ""
+        raise CheckpointError(f"{folder / 'state.json'}: {key}: {first['msg']}{got}") from None
+
+
+def check_weights_fit(folder: Path, weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """The checkpoint's weights have exactly the keys and shapes of the model built from the config."""
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{folder}: weights do not fit the model: missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]} (a checkpoint of another architecture?)")
+    for key, tensor in expected.items():
+        if weights[key].shape != tensor.shape:
+            raise CheckpointError(f"{folder}: weights do not fit the model: {key} is {tuple(weights[key].shape)} in "
+                                  f"the checkpoint but {tuple(tensor.shape)} in the configured model (resume with "
+                                  f"the model settings it was trained with)")
 
 
 @dataclass
@@ -37,9 +89,8 @@ class Checkpoint:
 def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor],
                     state: dict[str, Any], tokenizer_path: str | Path) -> Path:
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{folder.name}.", suffix=".tmp"))  # unique per writer
     save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
     save_file({k: v.detach().to("cpu").contiguous() for k, v in optimizer.items()}, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
@@ -68,9 +119,7 @@ def load_checkpoint(folder: str | Path, with_optimizer: bool = True) -> Checkpoi
         raise CheckpointError(f"{folder} has no optimizer.safetensors: it can be served, not resumed") from None
     except Exception as error:  # safetensors and json raise several types on a damaged file
         raise CheckpointError(f"{folder}: damaged checkpoint ({str(error).splitlines()[0]})") from None
-    for key in ("step", "model_type", "model_config"):
-        if key not in state:
-            raise CheckpointError(f"{folder}/state.json has no {key!r}")
+    _check_state(folder, state, TrainingState if with_optimizer else ServingState)
     return Checkpoint(folder, state, weights, optimizer)
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 
 from jobs.training.distributed import Distributed, average_gradients
-from model_zoo.config import ModelConfig
+from model_zoo.config import ConfigError, ModelConfig
 from model_zoo.custom_transformer import CustomTransformer, clip_grad_norm
 from model_zoo.torch_transformer import TorchTransformer
 
@@ -21,7 +21,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("training.device is 'cuda' but no CUDA device is available")
+        raise ConfigError("training.device is 'cuda' but no CUDA device is available")
     return device
 
 
