@@ -66,7 +66,11 @@ def chat(model: str | None = None, config: str | None = None, max_length: Positi
             print()
             break
         except UnicodeDecodeError as error:
-            raise InputError(f"stdin: not UTF-8 text (byte {error.start} of the line: {error.object[error.start:error.start + 4]!r})") from None
+            raise InputError(f"stdin: not UTF-8 text ({error.object[error.start:error.start + 4]!r})") from None
+        try:  # where Python reads stdin with surrogateescape, undecodable bytes arrive as lone surrogates
+            line.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InputError(f"stdin: not UTF-8 text (character {error.start} of the line)") from None
         command = line.strip()
         if command.lower() in ("quit", "exit", "q"):
             break

@@ -55,9 +55,7 @@ def dataset_id(config: DataConfig) -> str:
 
 
 def _file_identity(path: Path) -> list:
-    path = path.expanduser()
-    if not path.is_file():
-        raise sources.DataError(f"data file not found: {path}")
+    path = sources.require_file(path)
     stat = path.stat()
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
@@ -101,6 +99,9 @@ def train_tokenizer(config: DataConfig, documents=None) -> LoadedTokenizer:
     tokenizer = train_bpe((t for batch in texts for t in batch), config.vocab_size, length=len(train))
     loaded = save_tokenizer(tokenizer, Path(location), source=sources.describe(config))
     print(f"tokenizer: saved {location} in {time.perf_counter() - start:.1f} s")
+    if loaded.vocab_size < config.vocab_size:
+        print(f"tokenizer: {loaded.vocab_size:,} tokens, not the {config.vocab_size:,} of data.vocab_size: the text "
+              f"has no more pairs to merge (the model's vocab_size follows the tokenizer)")
     return loaded
 
 

@@ -134,10 +134,7 @@ def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
     _split_on_separator), .jsonl (one JSON object a line, text in data.text_field) and .parquet."""
     import datasets
 
-    paths = [Path(f).expanduser() for f in files]
-    for path in paths:
-        if not path.is_file():
-            raise DataError(f"data file not found: {path}{_where_to_get(path)}")
+    paths = [require_file(Path(f)) for f in files]
     kinds = {TEXT_SUFFIXES.get(p.suffix.lower()) for p in paths}
     if None in kinds:
         bad = next(p for p in paths if p.suffix.lower() not in TEXT_SUFFIXES)
@@ -211,11 +208,16 @@ def check_utf8(path: Path, chunk_bytes: int = 1 << 20) -> None:
             offset += len(chunk)
 
 
-def _where_to_get(path: Path) -> str:
-    if "tinystories" not in str(path).lower():
-        return ""
-    return ("; for the TinyStories text use --data.dataset=tinystories (downloads it from the Hugging Face Hub) or "
-            "point --data.train_files and --data.val_files at local copies")
+def require_file(path: Path) -> Path:
+    """The data file, or an error that names it (and, for TinyStories, says where its text comes from)."""
+    path = path.expanduser()
+    if path.is_file():
+        return path
+    hint = ""
+    if "tinystories" in str(path).lower():
+        hint = ("; for the TinyStories text use --data.dataset=tinystories (downloads it from the Hugging Face Hub) "
+                "or point --data.train_files and --data.val_files at local copies")
+    raise DataError(f"data file not found: {path}{hint}")
 
 
 def _text_column(dataset, field: str, where: str):

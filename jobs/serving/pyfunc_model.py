@@ -6,6 +6,7 @@ returns the generated texts, so `mlflow models serve` works as well.
 """
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
@@ -15,7 +16,9 @@ class TransformerTextGenerator(PythonModel):
 
         self.loaded = load_model(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):
+    # The DataFrame hint says what the signature (given at logging) already says, and keeps MLflow's DataFrame
+    # payloads (`dataframe_records`); a list type hint would make MLflow accept only {"inputs": ...} requests.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
         from jobs.serving.loading import complete
 
         params = dict(params or {})

@@ -1,0 +1,222 @@
+"""Bad input, table-driven: each case is a command line, the exit status it must end with, and the words its one
+error line must hold. Commands run through the real entry point (`jobs.__main__.main`, what `python -m jobs`
+calls), in this process; the ones that need standard input or a fresh process run as `python -m jobs`."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, write_stories
+from jobs.__main__ import main as jobs_main
+
+pytestmark = pytest.mark.slow
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `python -m jobs ARGV`."""
+    try:
+        jobs_main([str(a) for a in argv])
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 1
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One small trained run and its files, shared by the cases (they only read it, or copy it first)."""
+    root = tmp_path_factory.mktemp("bad-input")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    stories = write_stories(corpus, n=200)
+    config = {
+        "experiment_name": "tiny_bad",
+        "data": {"dataset": "local", "train_files": [str(stories)], "vocab_size": 300, "assets_dir": str(root / "assets")},
+        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 2, "d_ffn": 64, "max_seq_len": 32},
+        "training": {"batch_size": 4, "max_steps": 6, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 3,
+                     "sample_length": 4, "device": "cpu"},
+    }
+    config_file = root / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "jobs", "train", "--config", str(config_file)], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_folder,) = (root / "assets" / "checkpoints" / "tiny_bad" / "torch").glob("torch-*")
+    files = {"root": root, "config": config_file, "store": store, "env": env, "best": run_folder / "best",
+             "latest": run_folder / "latest", "stories": stories}
+    (root / "binary.txt").write_bytes(b"Once upon a time\n" * 50 + b"\xff\xfe\x00\x01" + b"end\n")
+    (root / "nulls.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ["a story", None, "another"]) + "\n")
+    (root / "numbers.jsonl").write_text("\n".join(json.dumps({"text": n}) for n in [1, 2, 3]) + "\n")
+    (root / "empty.txt").write_text("")
+    (root / "one-paragraph.txt").write_text("Once upon a time there was one short story and nothing else.\n")
+    (root / "short-valid.txt").write_text("Tim had a ball.\n")
+    (root / "a-file").write_text("not a folder\n")
+    return files
+
+
+def _case(world, template):
+    """Fill {config}, {best}, {root}... in a command template with this world's paths."""
+    return [str(part).format(**{k: v for k, v in world.items() if isinstance(v, (str, Path))}) for part in template]
+
+
+# (command, exit status, words the one error line holds)
+CASES = [
+    # config and names
+    (["train", "--config", "{root}"], 2, ["is a directory"]),
+    (["train", "--config", "{config}", "--experiment_name=../../x"], 2, ["experiment_name", "not a usable name"]),
+    (["train", "--config", "{config}", "--experiment_name=a/b"], 2, ["experiment_name", "not a usable name"]),
+    (["train", "--config", "{config}", "--data.assets_dir={root}/a-file"], 2, ["data.assets_dir", "not a folder"]),
+    (["train", "--config", "{config}", "--model-type", "jax"], 2, ["--model-type"]),
+    (["prepare-data", "bogus", "--config", "{config}"], 2, ["unknown prepare-data step 'bogus'"]),
+    # data
+    (["prepare-data", "--config", "{config}", "--data.train_files={root}/binary.txt"], 2,
+     ["binary.txt", "not UTF-8 text", "byte 850"]),
+    (["prepare-data", "--config", "{config}", "--data.train_files={root}/nulls.jsonl"], 2, ["nulls.jsonl", "null"]),
+    (["prepare-data", "--config", "{config}", "--data.train_files={root}/numbers.jsonl"], 2,
+     ["numbers.jsonl", "holds int64, not text"]),
+    (["prepare-data", "--config", "{config}", "--data.val_files={root}/empty.txt"], 2, ["no validation documents"]),
+    (["prepare-data", "--config", "{config}", "--data.train_files={root}/one-paragraph.txt", "--data.separator=None"], 2,
+     ["1 document(s)", "separate documents with blank lines"]),
+    (["prepare-data", "--config", "{config}", "--data.train_files={root}/missing-tinystories.txt"], 2,
+     ["data file not found", "--data.dataset=tinystories"]),
+    (["train", "--config", "{config}", "--data.val_files={root}/short-valid.txt", "--experiment_name=short"], 2,
+     ["validation split has", "model.max_seq_len"]),
+    # checkpoints and resume
+    (["train", "--config", "{config}", "--resume", "{best}", "--model.d_model=64", "--model.d_ffn=128"], 2,
+     ["weights do not fit", "in the configured model"]),
+    (["train", "--config", "{config}", "--resume", "{root}/nowhere"], 2, ["checkpoint not found"]),
+    (["train", "--config", "{config}", "--experiment_name=never_trained", "--resume"], 2, ["nothing to resume"]),
+    # generate, chat, evaluate flags
+    (["generate", "--model", "{best}", "--prompt", "x", "--top-k", "abc"], 2, ["--top-k", "valid integer"]),
+    (["generate", "--model", "{best}", "--prompt", "x", "--top-k", "-5"], 2, ["--top-k", "greater than or equal to 0"]),
+    (["generate", "--model", "{best}", "--prompt", "x", "--temperature", "abc"], 2, ["--temperature", "valid number"]),
+    (["generate", "--model", "{best}", "--prompt", "x", "--temperature", "nan"], 2, ["--temperature", "finite"]),
+    (["generate", "--model", "{best}", "--prompt", "x", "--max-length", "2.5"], 2, ["--max-length", "fractional"]),
+    (["generate", "--model", "{best}", "--prompt", "x", "--device", "tpu"], 2, ["--device", "'auto', 'cpu' or 'cuda'"]),
+    (["generate", "--model", "{root}/nope", "--prompt", "x"], 2, ["checkpoint not found"]),
+    (["evaluate", "--model", "{best}", "--batch-size", "0", "--log=False"], 2, ["--batch-size", "greater than 0"]),
+    (["evaluate", "--model", "{best}", "--max-batches", "0", "--log=False"], 2, ["--max-batches", "greater than 0"]),
+    (["evaluate", "--model", "{best}", "--text-file", "{root}/binary.txt", "--log=False"], 2,
+     ["binary.txt", "not UTF-8 text", "byte 850"]),
+    (["evaluate", "--model", "{best}", "--text-file", "{root}/missing.txt", "--log=False"], 2, ["--text-file", "not found"]),
+    (["compare", "no_such_experiment"], 2, ["neither an experiment name nor a run id"]),
+]
+
+
+@pytest.mark.parametrize("template, status, words", CASES, ids=[" ".join(c[0][:2] + c[0][-1:]) for c in CASES])
+def test_bad_input_is_one_clear_line(world, template, status, words, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
+    monkeypatch.chdir(world["root"])
+    code, out, err = run(_case(world, template), capsys)
+    assert code == status, f"exit {code}\nstdout: {out[-1500:]}\nstderr: {err[-3000:]}"
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+
+
+def _corrupt_copy(world, name: str, change) -> Path:
+    folder = world["root"] / "corrupt" / name
+    shutil.copytree(world["latest"], folder)
+    state = json.loads((folder / "state.json").read_text())
+    change(state)
+    (folder / "state.json").write_text(json.dumps(state))
+    return folder
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("step-text", lambda s: s.update(step="fifteen"), ["state.json", "step", "fifteen"]),
+    ("no-loader", lambda s: s.pop("loader"), ["state.json", "loader", "Field required"]),
+    ("no-rng", lambda s: s.pop("rng"), ["state.json", "rng", "Field required"]),
+])
+def test_a_corrupt_checkpoint_is_refused_before_mlflow_and_the_run_stays_as_it_was(world, name, change, words, capsys,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
+    folder = _corrupt_copy(world, name, change)
+    run_id = json.loads((world["latest"] / "state.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=world["store"])
+    before = client.get_run(run_id).info
+    code, _, err = run(["train", "--config", world["config"], "--resume", folder], capsys)
+    assert code == 2 and all(w in err for w in words), err[-2000:]
+    after = client.get_run(run_id).info
+    assert (after.status, after.end_time) == (before.status, before.end_time) == ("FINISHED", before.end_time)
+
+
+def test_resuming_a_finished_run_says_so_and_registers_nothing(world, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
+    client = MlflowClient(tracking_uri=world["store"])
+    versions = len(client.search_model_versions("name='tiny_bad'"))
+    code, out, _ = run(["train", "--config", world["config"], "--resume"], capsys)
+    assert code == 0 and "nothing to do" in out and "--training.max_steps" in out
+    assert len(client.search_model_versions("name='tiny_bad'")) == versions
+
+
+def test_null_on_the_command_line_means_null(world, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
+    code, out, err = run(["prepare-data", "--config", world["config"], "--data.subset_size=null"], capsys)
+    assert code == 0, err[-2000:]
+    assert "prepared:" in out
+
+
+def test_a_vocab_larger_than_the_text_can_make_says_what_it_became(world, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
+    code, out, err = run(["prepare-data", "--config", world["config"], f"--data.assets_dir={tmp_path}",
+                          "--data.vocab_size=60000"], capsys)
+    assert code == 0, err[-2000:]
+    assert "not the 60,000 of data.vocab_size" in out
+
+
+def test_a_damaged_token_meta_json_is_named(world, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
+    assets = tmp_path / "assets"
+    assert run(["prepare-data", "--config", world["config"], f"--data.assets_dir={assets}"], capsys)[0] == 0
+    (meta,) = assets.glob("tokens/*/*/meta.json")
+    meta.write_text('{"dtype": "uint16", "tokens": {"train": "many"')
+    code, _, err = run(["prepare-data", "--config", world["config"], f"--data.assets_dir={assets}"], capsys)
+    assert code == 2 and f"{meta} is damaged" in err, err[-2000:]
+
+
+@pytest.mark.parametrize("job", [["generate", "--prompt", "x"], ["chat"], ["evaluate", "--log=True"]])
+def test_an_unreachable_tracking_server_fails_within_seconds(world, job, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    code, _, err = run([job[0], "--model", "models:/tiny_bad@champion", *job[1:]], capsys)
+    assert code == 2 and "MLflow tracking server http://127.0.0.1:9 is unreachable" in err, err[-2000:]
+    assert time.perf_counter() - start < 15
+
+
+def test_an_unsupported_tracking_scheme_is_named(world, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://example/mlflow")
+    code, _, err = run(["generate", "--model", "models:/tiny_bad@champion", "--prompt", "x"], capsys)
+    assert code == 2 and "unsupported scheme 'ftp'" in err, err
+
+
+def test_binary_bytes_on_chats_stdin_are_one_clear_line(world):
+    done = subprocess.run([sys.executable, "-m", "jobs", "chat", "--model", str(world["best"]), "--max-length", "4"],
+                          input=b"Once upon\n\xff\xfe\x00binary\n", capture_output=True, env=world["env"], timeout=120,
+                          cwd=world["root"])
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "error: stdin: not UTF-8 text" in err and "Traceback" not in err, err[-2000:]
+
+
+def test_an_internal_bug_keeps_its_traceback(world, capsys, monkeypatch):
+    """Only input problems are one line: a bug (here a ValueError from inside the job) is not caught."""
+    import jobs.generate
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not a bad input")
+
+    monkeypatch.setattr(jobs.generate, "load_model", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        jobs_main(["generate", "--model", str(world["best"]), "--prompt", "x"])
