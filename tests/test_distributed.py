@@ -106,6 +106,7 @@ def test_a_restarted_pod_resumes_from_the_newest_checkpoint_and_trains_as_if_nev
     first.send_signal(signal.SIGTERM)  # to torchrun, the container's first process, which passes it to the ranks
     _, first_err = first.communicate(timeout=120)
     assert first.returncode != 0, "a stopped pod must not look finished to its Job"
+    assert "stopped by SIGTERM" in first_err and "--resume " in first_err, first_err[-2000:]
     (latest,) = runs_root.glob("*/latest")
     stopped_at = load_checkpoint(latest).state["step"]
     assert 5 <= stopped_at < steps, f"stopped at step {stopped_at}: the test needs a run that stopped midway"

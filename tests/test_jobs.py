@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import yaml
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -340,3 +341,67 @@ def test_tracking_outage_mid_run_does_not_stop_or_lose_training(tmp_path, mlflow
     assert load_checkpoint(result.checkpoint_dir / "latest").state["step"] == 8
     kept = [json.loads(line) for line in (result.checkpoint_dir / "metrics-journal.jsonl").read_text().splitlines()]
     assert {m["step"] for m in kept if m["key"] == "train/loss"} >= {4, 5, 6, 7, 8}, "metrics after the outage are kept"
+
+
+def test_kill_9_then_resume_keeps_every_step_exactly_once(tmp_path, store):
+    """A checkpoint does not count until the metrics of the steps it covers are sent (or journalled): after
+    kill -9 and --resume, the run's train/loss history holds every step exactly once, with the losses of a run
+    that never stopped."""
+    steps = 120
+    whole = run_training(tiny(tmp_path / "whole", max_steps=steps, eval_every=60, checkpoint_every=10))
+    cfg = tiny(tmp_path / "killed", max_steps=steps, eval_every=60, checkpoint_every=10)
+    config_file = tmp_path / "killed.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(REPO)}
+    runs_root = Path(cfg.data.assets_dir) / "checkpoints" / cfg.experiment_name / "torch"
+    process = subprocess.Popen([sys.executable, "-m", "jobs", "train", "--config", str(config_file)], env=env,
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        states = list(runs_root.glob("*/latest/state.json"))
+        if states and json.loads(states[0].read_text())["step"] >= 30:
+            break
+        time.sleep(0.01)
+    process.kill()  # SIGKILL: no handler runs, nothing is flushed on the way out
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
+    stopped_at = load_checkpoint(next(runs_root.glob("*/latest"))).state["step"]
+    assert 30 <= stopped_at < steps
+
+    resumed = run_training(cfg, resume=True)
+    history = MlflowClient().get_metric_history(resumed.run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, steps + 1)), "every step exactly once"
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(whole.losses, rel=1e-6, abs=0)
+
+
+def test_nan_before_any_checkpoint_says_none_was_saved(tmp_path, store, monkeypatch):
+    from jobs.training.runtime import ModelRuntime
+
+    real_step = ModelRuntime.train_step
+
+    def diverges_at_once(self, windows, max_grad_norm):
+        loss, norm = real_step(self, windows, max_grad_norm)
+        return float("inf"), norm
+
+    monkeypatch.setattr(ModelRuntime, "train_step", diverges_at_once)
+    with pytest.raises(TrainingDiverged, match="loss is inf at step 1; stopped. No checkpoint was saved before it"):
+        run_training(tiny(tmp_path))
+
+
+def test_atomic_writes_of_one_file_from_many_writers_never_collide(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobs import atomic
+
+    target = tmp_path / "LATEST"
+    texts = [f"writer-{i}\n" * 1000 for i in range(8)]
+
+    def write_many(text):
+        for _ in range(50):
+            atomic.write_text(target, text)
+            assert target.read_text() in texts, "a reader sees one whole version"
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write_many, texts))
+    assert target.read_text() in texts
+    assert [p.name for p in tmp_path.iterdir()] == ["LATEST"], "no temporary file is left behind"
