@@ -1,12 +1,16 @@
-"""Quality per compute: our torch twin against transformers' GPT2LMHeadModel, same data, same time budget.
+"""Quality per compute: our GPT-2 and Llama twins against transformers' GPT2LMHeadModel and LlamaForCausalLM,
+same data, same time budget, in one process.
 
-    python -m bench.quality --config configs/tinystories_cpu.yaml [--minutes 12]
+    python -m bench.quality                      # configs/tinystories_cpu.yaml and tinystories_llama_cpu.yaml, 12 min each
+    python -m bench.quality --configs configs/tinystories_cpu.yaml --minutes 2
 
-Both models get the same dimensions, dropout, tokenizer, data windows, AdamW settings (decay on matrices
-only), warmup + cosine schedule, gradient clipping and validation batches, in one process, one after the
-other. Each trains until the budget is spent, its learning rate following elapsed time (as the train job does
-with training.max_time_minutes), so a faster model gets more steps: that is the point. Then each is evaluated
-on the whole validation split. Prints both losses in nats/token and bits per byte.
+For each config, ours (the torch twin) and transformers' model of the same architecture get the same
+dimensions, dropout, tokenizer, data windows, AdamW settings (decay on matrices only), warmup + cosine
+schedule, gradient clipping and validation batches, one after the other. Each trains until the budget is spent
+(warmup in steps, decay following elapsed time, as the train job does with training.max_time_minutes), so a
+faster model gets more steps: that is the point. Then each is evaluated on the whole validation split. Prints
+losses in nats/token and bits per byte. (transformers' Llama has attention dropout only: with dropout > 0 it
+drops less than ours, which also drops the embeddings and the residual branches.)
 """
 
 from __future__ import annotations
@@ -22,22 +26,30 @@ from jobs.data import prepare
 from jobs.data.shards import TrainWindows, open_tokens, validation_batches
 from jobs.training.runtime import ModelRuntime
 from jobs.training.schedule import learning_rate
+from model_zoo.config import count_parameters
 
 
 class HFRuntime:
-    """transformers' GPT-2 behind the same two calls the benchmark makes of ModelRuntime."""
+    """A transformers causal LM behind the same two calls the benchmark makes of ModelRuntime."""
 
     def __init__(self, config, tc):
         import transformers
 
-        hf_config = transformers.GPT2Config(
-            vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
-            n_layer=config.n_blocks, n_head=config.n_heads, n_inner=config.d_ffn, activation_function="gelu_new",
-            resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-            bos_token_id=None, eos_token_id=None,
-        )
-        hf_config._attn_implementation = "sdpa"
-        self.model = transformers.GPT2LMHeadModel(hf_config)
+        if config.architecture == "llama":
+            from model_zoo.hf_llama import hf_config_dict
+
+            hf_config = transformers.LlamaConfig(**hf_config_dict(config))
+            hf_config._attn_implementation = "sdpa"
+            self.model = transformers.LlamaForCausalLM(hf_config)
+        else:
+            hf_config = transformers.GPT2Config(
+                vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
+                n_layer=config.n_blocks, n_head=config.n_heads, n_inner=config.d_ffn,
+                activation_function="gelu_new", resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+                attn_pdrop=config.dropout, bos_token_id=None, eos_token_id=None,
+            )
+            hf_config._attn_implementation = "sdpa"
+            self.model = transformers.GPT2LMHeadModel(hf_config)
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -59,7 +71,7 @@ class HFRuntime:
         return float(loss.detach()), 0.0
 
     def _loss(self, window):
-        # The same loss as ours over the same T predictions per window (GPT2LMHeadModel's own `labels=` path
+        # The same loss as ours over the same T predictions per window (the models' own `labels=` path
         # would shift inside the window and score only T - 1).
         logits = self.model(window[:, :-1]).logits  # (B, T, V)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
@@ -91,29 +103,30 @@ def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/tinystories_cpu.yaml")
+    parser.add_argument("--configs", nargs="+",
+                        default=["configs/tinystories_cpu.yaml", "configs/tinystories_llama_cpu.yaml"])
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
-    prepared = prepare.prepare(cfg.data)
-    model_values = {**cfg.model, "vocab_size": prepared.tokenizer.vocab_size}
-    cfg = cfg.model_copy(update={"model": model_values})
-    config, T = cfg.model_config_, cfg.model_config_.max_seq_len
-    tokens = open_tokens(prepared.tokens_dir, "train", prepared.tokenizer)
-    val_tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
-
     rows = []
-    for name, make in (("transformers GPT2LMHeadModel", lambda: HFRuntime(config, cfg.training)),
-                       ("ours: torch twin", lambda: _ours(config, cfg))):
-        loss, steps, tps = train_for(make, tokens, val_tokens, cfg, T, args.minutes)
-        rows.append((name, loss, prepared.bits_per_byte(loss), steps, tps))
-        print(f"{name}: val loss {loss:.4f} after {steps} steps ({tps:,.0f} tokens/s)", flush=True)
-    print(f"\n{args.minutes:g} minutes each, {args.threads} threads, {args.config}")
-    print(f"{'model':<32}{'val loss':>10}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}")
-    for name, loss, bpb, steps, tps in rows:
-        print(f"{name:<32}{loss:>10.4f}{bpb:>11.4f}{steps:>8}{tps:>10,.0f}")
+    for config_file in args.configs:
+        cfg = load_config(config_file)
+        prepared = prepare.prepare(cfg.data)
+        cfg = cfg.model_copy(update={"model": {**cfg.model, "vocab_size": prepared.tokenizer.vocab_size}})
+        config, T = cfg.model_config_, cfg.model_config_.max_seq_len
+        tokens = open_tokens(prepared.tokens_dir, "train", prepared.tokenizer)
+        val_tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
+        baseline = "LlamaForCausalLM" if config.architecture == "llama" else "GPT2LMHeadModel"
+        for name, make in ((f"transformers {baseline}", lambda: HFRuntime(config, cfg.training)),
+                           (f"ours: {config.architecture} torch twin", lambda: _ours(config, cfg))):
+            loss, steps, tps = train_for(make, tokens, val_tokens, cfg, T, args.minutes)
+            rows.append((name, count_parameters(config), loss, prepared.bits_per_byte(loss), steps, tps))
+            print(f"{name}: val loss {loss:.4f} after {steps} steps ({tps:,.0f} tokens/s)", flush=True)
+    print(f"\n{args.minutes:g} minutes each, {args.threads} threads, {', '.join(args.configs)}")
+    print(f"{'model':<36}{'params':>11}{'val loss':>10}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}")
+    for name, n_params, loss, bpb, steps, tps in rows:
+        print(f"{name:<36}{n_params:>11,}{loss:>10.4f}{bpb:>11.4f}{steps:>8}{tps:>10,.0f}")
 
 
 def _ours(config, cfg):

@@ -23,8 +23,8 @@ import psutil
 import torch
 
 from model_zoo.config import ModelConfig, count_parameters, flops_per_token
-from model_zoo.custom_transformer import CustomTransformer, clip_grad_norm
-from model_zoo.torch_transformer import TorchTransformer
+from model_zoo.build import build_model
+from model_zoo.custom_transformer import clip_grad_norm
 from jobs.training.throughput import measure_matmul_flops, sync
 
 
@@ -56,6 +56,26 @@ class PeakMemory:
             self.thread.join()
 
 
+def hf_baseline(config: ModelConfig):
+    """(name, model): transformers' model of the same architecture and dimensions, dropout off."""
+    import transformers
+
+    if config.architecture == "llama":
+        from model_zoo.hf_llama import hf_config_dict
+
+        hf_config = transformers.LlamaConfig(**{**hf_config_dict(config), "attention_dropout": 0.0})
+        hf_config._attn_implementation = "sdpa"
+        return "LlamaForCausalLM", transformers.LlamaForCausalLM(hf_config)
+    hf_config = transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
+        n_layer=config.n_blocks, n_head=config.n_heads, n_inner=config.d_ffn, activation_function="gelu_new",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=config.layer_norm_eps,
+        bos_token_id=None, eos_token_id=None,
+    )
+    hf_config._attn_implementation = "sdpa"
+    return "GPT2LMHeadModel", transformers.GPT2LMHeadModel(hf_config)
+
+
 def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bool, lr: float = 3e-4):
     """name -> a function doing one training step on (idx, targets)."""
     autocast = dtype == torch.bfloat16
@@ -72,29 +92,21 @@ def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bo
         return step
 
     try:
-        import transformers
-
-        hf_config = transformers.GPT2Config(
-            vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
-            n_layer=config.n_blocks, n_head=config.n_heads, n_inner=config.d_ffn, activation_function="gelu_new",
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=config.layer_norm_eps,
-            bos_token_id=None, eos_token_id=None,
-        )
-        hf_config._attn_implementation = "sdpa"
-        hf_model = transformers.GPT2LMHeadModel(hf_config).to(device)
+        name, hf_model = hf_baseline(config)
+        hf_model = hf_model.to(device)
         hf_opt = torch.optim.AdamW(hf_model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-        rows["transformers GPT2LMHeadModel (baseline)"] = autograd_step(hf_model, hf_opt, hf=True)
+        rows[f"transformers {name} (baseline)"] = autograd_step(hf_model, hf_opt, hf=True)
     except ImportError:
         print("transformers is not installed: no baseline row (pip install -e '.[test]')")
 
-    torch_model = TorchTransformer(config).to(device)
+    torch_model = build_model(config, "torch").to(device)
     rows["torch twin, eager"] = autograd_step(torch_model, torch_model.configure_optimizer(lr, 0.1), hf=False)
     if compile_:
-        compiled_model = TorchTransformer(config).to(device)
+        compiled_model = build_model(config, "torch").to(device)
         compiled_opt = compiled_model.configure_optimizer(lr, 0.1)
         rows["torch twin, torch.compile"] = autograd_step(torch.compile(compiled_model), compiled_opt, hf=False)
 
-    custom_model = CustomTransformer(config).to(device=device, compute_dtype=torch.bfloat16 if autocast else None)
+    custom_model = build_model(config, "custom").to(device=device, compute_dtype=torch.bfloat16 if autocast else None)
     custom_opt = custom_model.configure_optimizer(lr, 0.1)
     custom_params = list(custom_model.named_parameters())
 
@@ -123,14 +135,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--steps-per-round", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    parser.add_argument("--architecture", default="gpt2", choices=["gpt2", "llama"],
+                        help="llama: n_kv_heads = n_heads / 2, d_ffn = 8/3 d_model (rounded to 8), no biases")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
+    llama = {"architecture": "llama", "n_kv_heads": max(1, args.n_heads // 2)} if args.architecture == "llama" else {}
+    d_ffn = 8 * round(8 * args.d_model / 3 / 8) if llama else 4 * args.d_model
     config = ModelConfig(
         vocab_size=args.vocab_size, d_model=args.d_model, n_heads=args.n_heads, n_blocks=args.n_blocks,
-        d_ffn=4 * args.d_model, max_seq_len=args.seq_len,
+        d_ffn=d_ffn, max_seq_len=args.seq_len, **llama,
     )
     B, T = args.batch_size, args.seq_len
     batches = [torch.randint(0, config.vocab_size, (B, T + 1), device=args.device) for _ in range(args.steps_per_round)]

@@ -38,10 +38,18 @@ def run(*args: str, env: dict, **kwargs) -> str:
     return done.stdout
 
 
+def tools() -> dict[str, str]:
+    """Chromium and tmux, found before minutes of training rather than after."""
+    found = {"chromium": shutil.which("chromium") or shutil.which("chromium-browser"), "tmux": shutil.which("tmux")}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise SystemExit(f"{' and '.join(missing)} not found: apt-get install -y --no-install-recommends "
+                         f"{' '.join(missing)}")
+    return found
+
+
 def screenshot(url: str, out: Path, size: str = "1600,1000", budget_ms: int = 60000) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        raise SystemExit("chromium not found: apt-get install -y --no-install-recommends chromium")
+    chromium = tools()["chromium"]
     profile = out.parent / f".chromium-{out.stem}"
     subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
                     f"--virtual-time-budget={budget_ms}", f"--screenshot={out}", url],
@@ -75,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600, help="training steps per model (cpu_demo has 600)")
     args = parser.parse_args()
+    tools()
     store = REPO / "assets" / "pictures"
     shutil.rmtree(store, ignore_errors=True)
     store.mkdir(parents=True)

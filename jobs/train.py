@@ -81,10 +81,9 @@ def train(config: str | None = None, model_type: Literal["torch", "custom"] | No
               f"--training.max_steps=N or --training.max_time_minutes=M")
         return
     if result.stopped_by in SIGNAL_EXIT_STATUS:  # shells and schedulers read 128+N as "stopped by signal N"
-        config_flag = f" --config {config}" if config else ""
+        flags = ([f"--config {config}"] if config else []) + [f"--{key}={value}" for key, value in overrides.items()]
         print(f"stopped by {result.stopped_by} at step {result.steps}; continue with:\n"
-              f"  python -m jobs train{config_flag} --model-type {cfg.training.model_type} "
-              f"--resume {result.checkpoint_dir / 'latest'}", file=sys.stderr)
+              f"  python -m jobs train {' '.join(flags)} --resume {result.checkpoint_dir / 'latest'}", file=sys.stderr)
         sys.exit(SIGNAL_EXIT_STATUS[result.stopped_by])
     print(f"done: {result.steps} steps, best val loss {result.best_val_loss:.4f}, run {result.run_id}, "
           f"checkpoints in {result.checkpoint_dir}")
@@ -234,6 +233,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     if resume_from is None and main:
         params = tracking.flatten("", cfg.to_dict())
         params.update({
+            "architecture": model_config.architecture,
             "n_parameters": count_parameters(model_config), "flops_per_token": flops_token,
             "tokens_per_step": tokens_per_step, "total_steps": total_steps, "device": device,
             "dataset_id": prepared.meta["dataset_id"], "dataset_source": prepared.meta["source"],

@@ -121,23 +121,25 @@ class Dropout(Module):
 
 
 class Linear(Module):
-    def __init__(self, in_features: int, out_features: int):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
         self.weight = Parameter.of(torch.zeros(out_features, in_features))  # (out, in), as nn.Linear
-        self.bias = Parameter.of(torch.zeros(out_features))
+        self.bias = Parameter.of(torch.zeros(out_features)) if bias else None  # Llama's projections have none
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.x = x  # (B, T, in)
-        if self.compute_dtype is None:  # x W^T + b in one call (addmm), tokens flattened to rows
+        if self.compute_dtype is None and self.bias is not None:  # x W^T + b in one call (addmm), rows = tokens
             out_2d = torch.addmm(self.bias.data, x.reshape(-1, x.shape[-1]), self.weight.data.t())
             return out_2d.view(*x.shape[:-1], -1)  # (B, T, out)
-        return self.matmul(x, self.weight.data.t()) + self.bias.data  # (B, T, out)
+        out = self.matmul(x, self.weight.data.t())  # (B, T, out)
+        return out if self.bias is None else out + self.bias.data
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
         # y = x W^T + b  =>  dx = dy W,  dW = dy^T x (summed over every token),  db = dy summed over tokens
         d_out_2d = d_out.reshape(-1, d_out.shape[-1])  # (B*T, out)
         x_2d = self.x.reshape(-1, self.x.shape[-1])  # (B*T, in)
         self.weight.grad += self.matmul(d_out_2d.t(), x_2d)  # (out, in)
-        self.bias.grad += d_out_2d.sum(0)
+        if self.bias is not None:
+            self.bias.grad += d_out_2d.sum(0)
         return self.matmul(d_out, self.weight.data)  # (B, T, in)
 
 
@@ -190,6 +192,30 @@ class GELU(Module):
         # t is not needed after this (one backward per forward), so (1 + t) is formed in place.
         self.tanh_u = None
         return bracket.mul_(t.add_(1.0)).mul_(0.5).mul_(d_out)
+
+
+class CrossEntropyLoss(Module):
+    """loss = mean over tokens of -log softmax(z)[y], in at least fp32 (z: the logits of one token, y: its target)."""
+
+    log_probs: torch.Tensor | None = None
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+        self.targets, self.log_probs = targets, None
+        if targets is None:
+            return None
+        self.log_probs = torch.log_softmax(at_least_float32(logits), dim=-1)  # (B, T, V)
+        return -self.log_probs.gather(-1, targets.unsqueeze(-1)).mean()
+
+    def backward(self, loss_scale: float = 1.0) -> torch.Tensor:
+        if self.log_probs is None:
+            raise RuntimeError("backward() needs a new forward() with targets")
+        B, T = self.targets.shape
+        # loss = -(1/N) sum_i log softmax(z_i)[y_i]  =>  dz_i = (softmax(z_i) - onehot(y_i)) / N,  N = B * T
+        # The saved log-probabilities are needed only here, so they become the probabilities in place
+        # (exp_), which saves allocating the largest tensor of the model again; hence one backward per forward.
+        d_logits, self.log_probs = self.log_probs.exp_(), None  # (B, T, V): softmax probabilities
+        d_logits.scatter_add_(-1, self.targets.unsqueeze(-1), torch.full_like(d_logits[..., :1], -1.0))  # - onehot
+        return d_logits.mul_(loss_scale / (B * T))  # (B, T, V)
 
 
 class CausalSelfAttention(Module):
@@ -291,7 +317,58 @@ class Block(Module):
 # The model
 
 
-class CustomTransformer(Module):
+class CustomModel(Module):
+    """What both hand-written models (CustomTransformer here, CustomLlama in custom_llama.py) offer besides
+    forward and backward: the nn.Module-like surface the jobs use."""
+
+    def zero_grad(self) -> None:
+        for _, param in self.named_parameters():
+            param.grad.zero_()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: param.data for name, param in self.named_parameters()}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        params = dict(self.named_parameters())
+        missing, unexpected = sorted(set(params) - set(state_dict)), sorted(set(state_dict) - set(params))
+        if missing or unexpected:
+            raise KeyError(f"state_dict does not match the model: missing {missing}, unexpected {unexpected}")
+        for name, param in params.items():
+            value = state_dict[name]
+            if tuple(value.shape) != tuple(param.data.shape):
+                raise ValueError(f"{name}: checkpoint shape {tuple(value.shape)} != model shape {tuple(param.data.shape)}")
+            param.data.copy_(value)
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        compute_dtype: torch.dtype | None = None,
+    ) -> "CustomModel":
+        """Move and cast weights and gradients (dtype: the master weights' dtype). compute_dtype, e.g.
+        torch.bfloat16 on CUDA, runs the matmuls in that dtype while weights, softmax, LayerNorm and loss stay
+        in the weights' dtype."""
+        for _, param in self.named_parameters():
+            param.data = param.data.to(device=device, dtype=dtype)
+            param.grad = param.grad.to(device=device, dtype=dtype)
+        for module in self.modules():
+            module.compute_dtype = compute_dtype
+        return self
+
+    def train(self, mode: bool = True) -> "CustomModel":
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self) -> "CustomModel":
+        return self.train(False)
+
+    def configure_optimizer(
+        self, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
+    ) -> "AdamW":
+        """The same rule as the torch twins' configure_optimizer: decay matrices, not vectors."""
+        return AdamW(list(self.named_parameters()), learning_rate, weight_decay, betas, eps)
+
+
+class CustomTransformer(CustomModel):
     def __init__(self, config: ModelConfig):
         self.config = config
         self.token_embedding = Embedding(config.vocab_size, config.d_model)
@@ -300,6 +377,7 @@ class CustomTransformer(Module):
         self.blocks = [Block(config) for _ in range(config.n_blocks)]
         self.ln_f = LayerNorm(config.d_model, config.layer_norm_eps)
         # The LM head has no weight of its own: it is the token embedding, transposed (weight tying, as GPT-2).
+        self.cross_entropy = CrossEntropyLoss()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -334,12 +412,7 @@ class CustomTransformer(Module):
         x = self.ln_f(x)  # (B, T, C)
         self.final_hidden = x
         logits = self.matmul(x, self.token_embedding.weight.data.t())  # (B, T, V): the tied LM head
-        self.targets, self.log_probs, loss = targets, None, None
-        if targets is not None:
-            # Cross-entropy: loss = mean over tokens of -log softmax(z)[y], in at least fp32
-            # (z: the logits of one token, y: its target).
-            self.log_probs = torch.log_softmax(at_least_float32(logits), dim=-1)  # (B, T, V)
-            loss = -self.log_probs.gather(-1, targets.unsqueeze(-1)).mean()
+        loss = self.cross_entropy(logits, targets)
         return logits, loss
 
     def backward(self, loss_scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -349,15 +422,7 @@ class CustomTransformer(Module):
         as with torch's freed graph); loss_scale multiplies the loss first (1 / accumulation steps when several
         micro-batches make one step). Returns {name: grad}, with the keys of state_dict().
         """
-        if self.log_probs is None:
-            raise RuntimeError("backward() needs a new forward() with targets")
-        B, T = self.targets.shape
-        # loss = -(1/N) sum_i log softmax(z_i)[y_i]  =>  dz_i = (softmax(z_i) - onehot(y_i)) / N,  N = B * T
-        # The saved log-probabilities are needed only here, so they become the probabilities in place
-        # (exp_), which saves allocating the largest tensor of the model again; hence one backward per forward.
-        d_logits, self.log_probs = self.log_probs.exp_(), None  # (B, T, V): softmax probabilities
-        d_logits.scatter_add_(-1, self.targets.unsqueeze(-1), torch.full_like(d_logits[..., :1], -1.0))  # - onehot
-        d_logits = d_logits.mul_(loss_scale / (B * T)).to(self.final_hidden.dtype)
+        d_logits = self.cross_entropy.backward(loss_scale).to(self.final_hidden.dtype)  # (B, T, V)
         # logits = h E^T (tied head)  =>  dh = d_logits E,  dE += d_logits^T h. This is the embedding's first
         # gradient path; the lookup at the bottom of the model adds the second.
         V, C = self.config.vocab_size, self.config.d_model
@@ -373,54 +438,6 @@ class CustomTransformer(Module):
         self.token_embedding.backward(d_x)
         self.position_embedding.backward(d_x.sum(0))  # (T, C): every sequence of the batch shares positions
         return {name: param.grad for name, param in self.named_parameters()}
-
-    # --- the nn.Module-like surface ----------------------------------------------------------------------
-
-    def zero_grad(self) -> None:
-        for _, param in self.named_parameters():
-            param.grad.zero_()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: param.data for name, param in self.named_parameters()}
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        params = dict(self.named_parameters())
-        missing, unexpected = sorted(set(params) - set(state_dict)), sorted(set(state_dict) - set(params))
-        if missing or unexpected:
-            raise KeyError(f"state_dict does not match the model: missing {missing}, unexpected {unexpected}")
-        for name, param in params.items():
-            value = state_dict[name]
-            if tuple(value.shape) != tuple(param.data.shape):
-                raise ValueError(f"{name}: checkpoint shape {tuple(value.shape)} != model shape {tuple(param.data.shape)}")
-            param.data.copy_(value)
-
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-        compute_dtype: torch.dtype | None = None,
-    ) -> "CustomTransformer":
-        """Move and cast weights and gradients (dtype: the master weights' dtype). compute_dtype, e.g.
-        torch.bfloat16 on CUDA, runs the matmuls in that dtype while weights, softmax, LayerNorm and loss stay
-        in the weights' dtype."""
-        for _, param in self.named_parameters():
-            param.data = param.data.to(device=device, dtype=dtype)
-            param.grad = param.grad.to(device=device, dtype=dtype)
-        for module in self.modules():
-            module.compute_dtype = compute_dtype
-        return self
-
-    def train(self, mode: bool = True) -> "CustomTransformer":
-        for module in self.modules():
-            module.training = mode
-        return self
-
-    def eval(self) -> "CustomTransformer":
-        return self.train(False)
-
-    def configure_optimizer(
-        self, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
-    ) -> "AdamW":
-        """The same rule as TorchTransformer.configure_optimizer: decay matrices, not vectors."""
-        return AdamW(list(self.named_parameters()), learning_rate, weight_decay, betas, eps)
 
 
 # ------------------------------------------------------------------------------------------------------------

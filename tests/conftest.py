@@ -13,6 +13,17 @@ SHARED_TINYSTORIES = REPO.parent / "shared" / "data" / "tinystories"
 
 
 @pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh embedded MLflow store (sqlite) for each test."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture
 def tinystories() -> Path:
     """The real TinyStories text beside the checkout (../shared/data); CI always has it, a user's clone may not."""
     if not (SHARED_TINYSTORIES / "train.txt").is_file():
@@ -37,3 +48,86 @@ def write_stories(folder: Path, n: int = 60, separator: str | None = "<|endoftex
     path = folder / f"stories-{seed}.txt"
     path.write_text(sep.join(stories) + "\n")
     return path
+
+
+# --- proofs shared by the two architectures' model tests (test_models.py, test_llama.py) ---------------------
+
+def random_batch(vocab_size: int, B: int = 3, T: int = 12, seed: int = 1):
+    """(idx, targets), int64 (B, T), from a seeded generator."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, vocab_size, (B, T), generator=g), torch.randint(0, vocab_size, (B, T), generator=g))
+
+
+def assert_gradients_match_finite_differences(model, idx, targets, samples: int = 3, eps: float = 1e-6) -> None:
+    """Three random entries of every parameter: (L(w + eps) - L(w - eps)) / 2 eps equals the hand-written
+    gradient (float64 model)."""
+    import torch
+
+    model.forward(idx, targets)
+    grads = {k: v.clone() for k, v in model.backward().items()}
+    g = torch.Generator().manual_seed(2)
+    for name, param in model.named_parameters():
+        flat = param.data.view(-1)
+        for i in torch.randint(0, flat.numel(), (samples,), generator=g).tolist():
+            original = flat[i].item()
+            flat[i] = original + eps
+            loss_plus = model.forward(idx, targets)[1].item()
+            flat[i] = original - eps
+            loss_minus = model.forward(idx, targets)[1].item()
+            flat[i] = original
+            numeric = (loss_plus - loss_minus) / (2 * eps)
+            analytic = grads[name].view(-1)[i].item()
+            assert abs(numeric - analytic) <= 1e-7 + 1e-5 * abs(analytic), f"{name}[{i}]: {numeric} vs {analytic}"
+
+
+def assert_same_adamw_training(torch_model, custom_model, vocab_size: int, T: int, steps: int = 20) -> list[float]:
+    """Each model with its own AdamW and clipping on the same batches: the same losses and gradient norms, step
+    for step (float32, to 1e-4). Returns the loss curve."""
+    import torch
+
+    from model_zoo.custom_transformer import clip_grad_norm
+
+    torch_opt = torch_model.configure_optimizer(learning_rate=3e-3, weight_decay=0.1)
+    custom_opt = custom_model.configure_optimizer(learning_rate=3e-3, weight_decay=0.1)
+    custom_params = list(custom_model.named_parameters())
+    losses = []
+    for step in range(steps):
+        idx, _ = random_batch(vocab_size, B=4, T=T, seed=100 + step)
+        targets = (3 * idx + 1) % vocab_size  # a learnable rule, so the loss must fall
+        _, torch_loss = torch_model(idx, targets)
+        torch_opt.zero_grad()
+        torch_loss.backward()
+        torch_norm = torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
+        torch_opt.step()
+
+        _, custom_loss = custom_model(idx, targets)
+        custom_model.zero_grad()
+        custom_model.backward()
+        custom_norm = clip_grad_norm(custom_params, 1.0)
+        custom_opt.step()
+
+        rel = abs(torch_loss.item() - custom_loss.item()) / abs(torch_loss.item())
+        assert rel <= 1e-4, f"step {step}: torch {torch_loss.item():.6f} custom {custom_loss.item():.6f}"
+        assert abs(torch_norm.item() - custom_norm) <= 1e-4 * torch_norm.item()
+        losses.append(torch_loss.item())
+    return losses
+
+
+def tiny(tmp_path, model_type="torch", model=None, **training):
+    """A validated ExperimentConfig that trains in seconds on stories made here (no ../shared needed)."""
+    from jobs.config import validate_config
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    path = write_stories(corpus, n=200)
+    values = {
+        "experiment_name": f"tiny_{model_type}",
+        "data": {"dataset": "local", "train_files": [str(path)], "vocab_size": 300, "assets_dir": str(tmp_path / "assets")},
+        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 2, "d_ffn": 64, "max_seq_len": 32, **(model or {})},
+        "training": {"model_type": model_type, "batch_size": 4, "max_steps": 12, "learning_rate": 3e-3,
+                     "min_learning_rate": 3e-4, "warmup_ratio": 0.1, "eval_every": 6, "eval_batches": 2,
+                     "checkpoint_every": 4, "sample_length": 8, "device": "cpu", **training},
+    }
+    return validate_config(values)

@@ -9,19 +9,21 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, tiny
 from jobs.train import run_training
 from jobs.training.checkpoint import load_checkpoint
-from test_jobs import store, tiny  # noqa: F401  (store is a fixture)
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
-def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, store, model_type):  # noqa: F811
-    single = run_training(tiny(tmp_path / "single", model_type, batch_size=4, max_steps=8, gradient_accumulation_steps=2))
+def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, store, model_type, architecture):
+    model = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48} if architecture == "llama" else {}
+    single = run_training(tiny(tmp_path / "single", model_type, model=model, batch_size=4, max_steps=8,
+                               gradient_accumulation_steps=2))
 
-    cfg = tiny(tmp_path / "ddp", model_type, batch_size=2, max_steps=8, gradient_accumulation_steps=2)
+    cfg = tiny(tmp_path / "ddp", model_type, model=model, batch_size=2, max_steps=8, gradient_accumulation_steps=2)
     config_file = tmp_path / "ddp.yaml"
     config_file.write_text(yaml.safe_dump(cfg.to_dict()))
     ddp_store = f"sqlite:///{tmp_path / 'ddp-mlflow.db'}"
@@ -74,7 +76,7 @@ def _loss_history(store_uri: str, experiment: str) -> tuple[list, list[float]]:
     return runs, [m.step for m in history], [m.value for m in history]
 
 
-def test_a_restarted_pod_resumes_from_the_newest_checkpoint_and_trains_as_if_never_stopped(tmp_path, store):  # noqa: F811
+def test_a_restarted_pod_resumes_from_the_newest_checkpoint_and_trains_as_if_never_stopped(tmp_path, store):
     """The same pod command started twice, as Kubernetes restarts a pod: the first start is stopped with SIGTERM
     (what the kubelet sends on eviction) after it wrote a checkpoint; the second resumes from it (--resume auto),
     and its losses equal those of a run that was never stopped."""

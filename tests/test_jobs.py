@@ -18,7 +18,7 @@ import yaml
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, write_stories
+from conftest import REPO, tiny, write_stories
 from jobs.config import validate_config
 from jobs.evaluate import run_evaluation
 from jobs.train import TrainingDiverged, latest_run_folder, run_training
@@ -26,30 +26,6 @@ from jobs.training.checkpoint import load_checkpoint
 from model_zoo.config import ConfigError
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh embedded MLflow store (sqlite) for each test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
-def tiny(tmp_path, model_type="torch", **training):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir(parents=True, exist_ok=True)
-    path = write_stories(corpus, n=200)
-    values = {
-        "experiment_name": f"tiny_{model_type}",
-        "data": {"dataset": "local", "train_files": [str(path)], "vocab_size": 300, "assets_dir": str(tmp_path / "assets")},
-        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 2, "d_ffn": 64, "max_seq_len": 32},
-        "training": {"model_type": model_type, "batch_size": 4, "max_steps": 12, "learning_rate": 3e-3,
-                     "min_learning_rate": 3e-4, "warmup_ratio": 0.1, "eval_every": 6, "eval_batches": 2,
-                     "checkpoint_every": 4, "sample_length": 8, "device": "cpu", **training},
-    }
-    return validate_config(values)
 
 
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
@@ -405,3 +381,25 @@ def test_atomic_writes_of_one_file_from_many_writers_never_collide(tmp_path):
         list(pool.map(write_many, texts))
     assert target.read_text() in texts
     assert [p.name for p in tmp_path.iterdir()] == ["LATEST"], "no temporary file is left behind"
+
+
+LLAMA = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48}
+
+
+@pytest.mark.parametrize("model_type", ["torch", "custom"])
+def test_llama_trains_resumes_registers_and_generates(tmp_path, store, model_type):
+    whole = run_training(tiny(tmp_path / "whole", model_type, model=LLAMA))
+    cfg = tiny(tmp_path / "parts", model_type, model=LLAMA)
+    first = run_training(cfg, stop_after_steps=5)
+    second = run_training(cfg, resume=True)
+    assert first.losses + second.losses == pytest.approx(whole.losses, rel=1e-6, abs=0)
+    assert whole.losses[-1] < whole.losses[0]
+    run = MlflowClient().get_run(second.run_id)
+    assert run.data.params["architecture"] == "llama" and run.info.status == "FINISHED"
+    from jobs.serving.loading import complete, load_model
+
+    loaded = load_model(f"models:/{cfg.model_name}@champion")
+    assert loaded.runtime.config.architecture == "llama" and loaded.runtime.config.n_kv_heads == 2
+    assert type(loaded.model).__name__ == ("TorchLlama" if model_type == "torch" else "CustomLlama")
+    text = "".join(complete(loaded, "Once upon a time", max_length=8, temperature=0.0))
+    assert text == "".join(complete(loaded, "Once upon a time", max_length=8, temperature=0.0)) and text

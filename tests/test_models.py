@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import assert_gradients_match_finite_differences, assert_same_adamw_training, random_batch
 from model_zoo.config import ConfigError, ModelConfig, count_parameters, flops_per_token
 from model_zoo.custom_transformer import CustomTransformer, clip_grad_norm
 from model_zoo.generation import generate, generate_tokens, sample_next_token
@@ -25,10 +26,7 @@ def twins(config=TINY, dtype=torch.float64, seed=0):
 
 
 def batch(config=TINY, B=3, T=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, config.vocab_size, (B, T), generator=g)
-    targets = torch.randint(0, config.vocab_size, (B, T), generator=g)
-    return idx, targets
+    return random_batch(config.vocab_size, B, T, seed)
 
 
 def test_same_parameter_names_and_shapes():
@@ -56,22 +54,7 @@ def test_custom_gradients_equal_autograd_float64():
 def test_custom_gradients_match_finite_differences():
     _, model = twins()
     idx, targets = batch(B=2, T=8)
-    model.forward(idx, targets)
-    grads = {k: v.clone() for k, v in model.backward().items()}
-    g = torch.Generator().manual_seed(2)
-    eps = 1e-6
-    for name, param in model.named_parameters():
-        flat = param.data.view(-1)
-        for i in torch.randint(0, flat.numel(), (3,), generator=g).tolist():
-            original = flat[i].item()
-            flat[i] = original + eps
-            loss_plus = model.forward(idx, targets)[1].item()
-            flat[i] = original - eps
-            loss_minus = model.forward(idx, targets)[1].item()
-            flat[i] = original
-            numeric = (loss_plus - loss_minus) / (2 * eps)
-            analytic = grads[name].view(-1)[i].item()
-            assert abs(numeric - analytic) <= 1e-7 + 1e-5 * abs(analytic), f"{name}[{i}]: {numeric} vs {analytic}"
+    assert_gradients_match_finite_differences(model, idx, targets)
 
 
 def test_dropout_backward_matches_finite_differences():
@@ -105,29 +88,8 @@ def test_dropout_backward_matches_finite_differences():
 def test_float32_training_parity_with_adamw():
     """Same initial weights, same 20 batches, each with its own AdamW (and clipping): same loss curve."""
     config = ModelConfig(vocab_size=97, d_model=32, n_heads=4, n_blocks=2, d_ffn=64, max_seq_len=32)
-    torch_model, custom_model = twins(config, dtype=torch.float32)
-    torch_opt = torch_model.configure_optimizer(learning_rate=3e-3, weight_decay=0.1)
-    custom_opt = custom_model.configure_optimizer(learning_rate=3e-3, weight_decay=0.1)
-    custom_params = list(custom_model.named_parameters())
-    for step in range(20):
-        idx, _ = batch(config, B=4, T=32, seed=100 + step)
-        targets = (3 * idx + 1) % config.vocab_size  # a learnable rule, so the loss must fall
-        _, torch_loss = torch_model(idx, targets)
-        torch_opt.zero_grad()
-        torch_loss.backward()
-        torch_norm = torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
-        torch_opt.step()
-
-        _, custom_loss = custom_model(idx, targets)
-        custom_model.zero_grad()
-        custom_model.backward()
-        custom_norm = clip_grad_norm(custom_params, 1.0)
-        custom_opt.step()
-
-        rel = abs(torch_loss.item() - custom_loss.item()) / abs(torch_loss.item())
-        assert rel <= 1e-4, f"step {step}: torch {torch_loss.item():.6f} custom {custom_loss.item():.6f}"
-        assert abs(torch_norm.item() - custom_norm) <= 1e-4 * torch_norm.item()
-    assert custom_loss.item() < math.log(config.vocab_size) - 0.3, "20 AdamW steps should lower the loss"
+    losses = assert_same_adamw_training(*twins(config, dtype=torch.float32), config.vocab_size, T=32)
+    assert losses[-1] < math.log(config.vocab_size) - 0.3, "20 AdamW steps should lower the loss"
 
 
 def test_gradient_accumulation_scaling():

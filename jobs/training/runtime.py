@@ -13,8 +13,8 @@ import torch
 
 from jobs.training.distributed import Distributed, average_gradients
 from model_zoo.config import ConfigError, ModelConfig
-from model_zoo.custom_transformer import CustomTransformer, clip_grad_norm
-from model_zoo.torch_transformer import TorchTransformer
+from model_zoo.build import build_model
+from model_zoo.custom_transformer import clip_grad_norm
 
 
 def resolve_device(device: str) -> str:
@@ -28,14 +28,12 @@ def resolve_device(device: str) -> str:
 class ModelRuntime:
     def __init__(self, model_type: str, config: ModelConfig, device: str = "cpu", dtype: str = "float32",
                  compile_model: bool = False, distributed: Distributed = Distributed()):
-        if model_type not in ("torch", "custom"):
-            raise ValueError(f"model type must be 'torch' or 'custom', got {model_type!r}")
         self.model_type, self.config, self.device, self.distributed = model_type, config, device, distributed
         # bf16: mixed precision. Weights stay fp32; matmuls run in bf16 (autocast for the twin, compute_dtype
         # for the custom model); softmax, LayerNorm and the loss stay in fp32.
         self.bf16 = dtype == "bfloat16"
         if model_type == "torch":
-            self.model = TorchTransformer(config).to(device)
+            self.model = build_model(config, model_type).to(device)
             self.forward_model = self.model
             if distributed.enabled:  # DDP all-reduces gradients during backward, bucket by bucket
                 from torch.nn.parallel import DistributedDataParallel
@@ -44,7 +42,7 @@ class ModelRuntime:
             if compile_model:
                 self.forward_model = torch.compile(self.forward_model)
         else:
-            self.model = CustomTransformer(config).to(device=device, compute_dtype=torch.bfloat16 if self.bf16 else None)
+            self.model = build_model(config, model_type).to(device=device, compute_dtype=torch.bfloat16 if self.bf16 else None)
             self.forward_model = self.model
         self.optimizer = None
 

@@ -1,0 +1,237 @@
+"""The Llama-style decoder with every backward pass written by hand: what changed after GPT-2, and its gradients.
+
+The twin of torch_llama.py (same classes, names, order, parameter names and shapes), computing what Hugging
+Face's LlamaForCausalLM computes. Only what is new is here; the rest comes from custom_transformer.py: Module,
+Parameter, Linear (here without biases), Embedding, Dropout, the cross-entropy loss, AdamW and clipping. The
+conventions are the same: forward() saves what backward() needs, backward() returns the input's gradient and
+accumulates (+=) into its parameters' gradients, and nothing saved for backward is ever modified.
+
+What changes from GPT-2, and why:
+  RMSNorm instead of LayerNorm   no mean subtraction and no bias: scale by 1 / RMS(x) and a learned gain. As good
+                                 in practice, and cheaper.
+  rotary positions (RoPE)        no learned position table: each query and key is rotated by an angle that grows
+                                 with its position, so q . k depends on the distance between them.
+  SwiGLU MLP                     down(silu(gate(x)) * up(x)): a gated MLP with three matrices (d_ffn is usually
+                                 about 8/3 C to spend the same parameters as GPT-2's 4C with two).
+  grouped-query attention        n_kv_heads key/value heads, each shared by n_heads / n_kv_heads query heads: the
+                                 KV cache shrinks by that factor.
+  no biases                      anywhere.
+
+Shapes: B batch, T sequence length, C d_model, H query heads, G key/value heads (n_kv_heads), D head size
+(C / H), F d_ffn, V vocab size. Notation: dX is dLoss/dX.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from model_zoo.config import ModelConfig
+from model_zoo.custom_transformer import (
+    CrossEntropyLoss, CustomModel, Dropout, Embedding, Linear, Module, Parameter, at_least_float32,
+)
+from model_zoo.kv_cache import KVCache
+from model_zoo.rope import apply_rope, rope_angles, rotate_half
+
+
+class RMSNorm(Module):
+    def __init__(self, dim: int, eps: float):
+        self.eps = eps
+        self.weight = Parameter.of(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps) over each token's C features
+        self.rstd = torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps)  # (B, T, 1)
+        self.x_hat = x * self.rstd  # (B, T, C)
+        return self.x_hat * self.weight.data
+
+    def backward(self, d_out: torch.Tensor) -> torch.Tensor:
+        # dw = sum over tokens of dy * x_hat;  d_x_hat = dy * w. rstd depends on every x of the token, which gives
+        #   dx = rstd * (d_x_hat - x_hat * mean(d_x_hat * x_hat))   (LayerNorm's formula without the mean term)
+        C = d_out.shape[-1]
+        self.weight.grad += (d_out * self.x_hat).reshape(-1, C).sum(0)
+        d_x_hat = d_out * self.weight.data
+        return self.rstd * (d_x_hat - self.x_hat * (d_x_hat * self.x_hat).mean(-1, keepdim=True))
+
+
+# --- rotary position embeddings (forward in rope.py, shared with the twin) ------------------------------
+
+
+def apply_rope_backward(d_out: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # y = x cos + R(x) sin with R = rotate_half, a linear map whose transpose is -R (R^T [g1, g2] = [g2, -g1]):
+    #   dx = dy cos + R^T(dy sin) = dy cos - rotate_half(dy sin). A rotation's gradient is the opposite rotation.
+    return d_out * cos - rotate_half(d_out * sin)
+
+
+# --- the layers ----------------------------------------------------------------------------------------------
+
+
+class GroupedQueryAttention(Module):
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
+        C, D = config.d_model, config.head_size
+        self.q_proj = Linear(C, self.n_heads * D, bias=False)
+        self.k_proj = Linear(C, self.n_kv_heads * D, bias=False)  # G heads: fewer than H with GQA
+        self.v_proj = Linear(C, self.n_kv_heads * D, bias=False)
+        self.o_proj = Linear(C, C, bias=False)
+        self.attn_dropout = Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, block_index: int = 0) -> torch.Tensor:
+        B, T, C = x.shape  # x: (B, T, C)
+        H, G, D = self.n_heads, self.n_kv_heads, self.config.head_size
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, G, D).transpose(1, 2)  # (B, G, T, D)
+        v = self.v_proj(x).view(B, T, G, D).transpose(1, 2)  # (B, G, T, D)
+        past = kv_cache.length if kv_cache is not None else 0
+        self.cos, self.sin = rope_angles(self.config, past, T, x.device, x.dtype)  # (T, D) each
+        q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)  # positions past .. past+T-1
+        if kv_cache is not None:
+            k, v = kv_cache.append(block_index, k, v)  # (B, G, past + T, D): the cache keeps G heads, rotated
+        # Each K/V head serves H / G query heads: repeat it for them (query head h uses K/V head h // (H / G)).
+        k_all = k.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D)
+        v_all = v.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D)
+        # From here on, the attention of GPT-2 (custom_transformer.CausalSelfAttention), step for step.
+        scores = self.matmul(q * (1.0 / math.sqrt(D)), k_all.transpose(-2, -1))  # (B, H, T, past + T)
+        scores.masked_fill_(~KVCache.causal_mask(T, past, device=x.device), float("-inf"))
+        att = at_least_float32(scores)
+        att = att.sub_(att.amax(dim=-1, keepdim=True)).exp_()
+        att = att.div_(att.sum(dim=-1, keepdim=True)).to(scores.dtype)  # (B, H, T, past + T)
+        att_dropped = self.attn_dropout(att)
+        y = self.matmul(att_dropped, v_all)  # (B, H, T, D)
+        self.q, self.k_all, self.v_all, self.att, self.att_dropped = q, k_all, v_all, att, att_dropped
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.o_proj(y))
+
+    def backward(self, d_out: torch.Tensor) -> torch.Tensor:
+        d_y = self.o_proj.backward(self.resid_dropout.backward(d_out))  # (B, T, C)
+        B, T, C = d_y.shape
+        H, G, D = self.n_heads, self.n_kv_heads, self.config.head_size
+        d_y = d_y.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        # Attention as in GPT-2: y = att v, softmax, scores = (q / sqrt(D)) k^T.
+        d_att = self.attn_dropout.backward(self.matmul(d_y, self.v_all.transpose(-2, -1)))  # (B, H, T, T)
+        d_v_all = self.matmul(self.att_dropped.transpose(-2, -1), d_y)  # (B, H, T, D)
+        d_scores = d_att.mul_(self.att)
+        d_scores.addcmul_(self.att, d_scores.sum(-1, keepdim=True), value=-1.0)  # softmax backward
+        d_q = self.matmul(d_scores, self.k_all).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)
+        d_k_all = self.matmul(d_scores.transpose(-2, -1), self.q).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)
+        # A K/V head used by H / G query heads collects the gradients of all of them: sum over its group.
+        d_k = d_k_all.view(B, G, H // G, T, D).sum(2)  # (B, G, T, D)
+        d_v = d_v_all.view(B, G, H // G, T, D).sum(2)  # (B, G, T, D)
+        d_q, d_k = apply_rope_backward(d_q, self.cos, self.sin), apply_rope_backward(d_k, self.cos, self.sin)
+        d_x = self.q_proj.backward(d_q.transpose(1, 2).reshape(B, T, H * D))  # the three projections read the
+        d_x = d_x + self.k_proj.backward(d_k.transpose(1, 2).reshape(B, T, G * D))  # same x: their input
+        return d_x + self.v_proj.backward(d_v.transpose(1, 2).reshape(B, T, G * D))  # gradients add up
+
+
+class SiLU(Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.x, self.sigmoid = x, torch.sigmoid(x)
+        return x * self.sigmoid  # silu(x) = x * sigmoid(x)
+
+    def backward(self, d_out: torch.Tensor) -> torch.Tensor:
+        # d/dx [x s(x)] = s + x s (1 - s) = s (1 + x (1 - s)),  s = sigmoid(x)
+        s = self.sigmoid
+        return d_out * s * (1 + self.x * (1 - s))
+
+
+class SwiGLU(Module):
+    """The gated MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig):
+        self.gate_proj = Linear(config.d_model, config.d_ffn, bias=False)
+        self.up_proj = Linear(config.d_model, config.d_ffn, bias=False)
+        self.silu = SiLU()
+        self.down_proj = Linear(config.d_ffn, config.d_model, bias=False)
+        self.resid_dropout = Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.gate, self.up = self.silu(self.gate_proj(x)), self.up_proj(x)  # (B, T, F) each
+        return self.resid_dropout(self.down_proj(self.gate * self.up))  # (B, T, C)
+
+    def backward(self, d_out: torch.Tensor) -> torch.Tensor:
+        d_hidden = self.down_proj.backward(self.resid_dropout.backward(d_out))  # (B, T, F)
+        # hidden = gate * up  =>  d_gate = d_hidden * up,  d_up = d_hidden * gate
+        d_gate_in = self.silu.backward(d_hidden * self.up)
+        d_up = d_hidden * self.gate
+        return self.gate_proj.backward(d_gate_in) + self.up_proj.backward(d_up)  # x feeds both: gradients add
+
+
+class Block(Module):
+    """Pre-norm block, as GPT-2's with RMSNorm: x + attn(attn_norm(x)), then + mlp(mlp_norm(x))."""
+
+    def __init__(self, config: ModelConfig):
+        self.attn_norm = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.attn = GroupedQueryAttention(config)
+        self.mlp_norm = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, block_index: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), kv_cache, block_index)  # (B, T, C)
+        return x + self.mlp(self.mlp_norm(x))  # (B, T, C)
+
+    def backward(self, d_out: torch.Tensor) -> torch.Tensor:
+        d_mid = d_out + self.mlp_norm.backward(self.mlp.backward(d_out))  # residual: straight through and via f
+        return d_mid + self.attn_norm.backward(self.attn.backward(d_mid))
+
+
+class CustomLlama(CustomModel):
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.token_embedding = Embedding(config.vocab_size, config.d_model)  # no position table: RoPE
+        self.embedding_dropout = Dropout(config.dropout)
+        self.blocks = [Block(config) for _ in range(config.n_blocks)]
+        self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps)
+        if not config.tie_embeddings:
+            self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        self.cross_entropy = CrossEntropyLoss()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The same rule as TorchLlama.reset_parameters: N(0, 0.02) matrices, std / sqrt(2L) for the two
+        projections that write into the residual stream, unit norm gains."""
+        std = self.config.init_std
+        for name, param in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                param.data.normal_(0.0, std / math.sqrt(2 * self.config.n_blocks))
+            elif param.data.dim() == 2:
+                param.data.normal_(0.0, std)
+            else:
+                param.data.fill_(1.0)  # RMSNorm gains
+
+    def head_weight(self) -> Parameter:
+        """The LM head's (V, C) weight: the token embedding when tied, else its own."""
+        return self.token_embedding.weight if self.config.tie_embeddings else self.lm_head.weight
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = idx.shape  # idx: (B, T) token ids
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len={self.config.max_seq_len}")
+        x = self.embedding_dropout(self.token_embedding(idx))  # (B, T, C): positions enter in attention (RoPE)
+        for block_index, block in enumerate(self.blocks):
+            x = block(x, kv_cache, block_index)  # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = self.norm_f(x)  # (B, T, C)
+        self.final_hidden = x
+        logits = self.matmul(x, self.head_weight().data.t())  # (B, T, V)
+        return logits, self.cross_entropy(logits, targets)
+
+    def backward(self, loss_scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """As CustomTransformer.backward: gradients accumulated into .grad, returned by state_dict key."""
+        d_logits = self.cross_entropy.backward(loss_scale).to(self.final_hidden.dtype)  # (B, T, V)
+        # logits = h W^T  =>  dh = d_logits W,  dW += d_logits^T h  (W: the embedding when tied, which then also
+        # gets the lookup's gradient below)
+        V, C = self.config.vocab_size, self.config.d_model
+        head = self.head_weight()
+        head.grad += self.matmul(d_logits.reshape(-1, V).t(), self.final_hidden.reshape(-1, C))  # (V, C)
+        d_x = self.norm_f.backward(self.matmul(d_logits, head.data))  # (B, T, C)
+        for block in reversed(self.blocks):
+            d_x = block.backward(d_x)
+        self.token_embedding.backward(self.embedding_dropout.backward(d_x))
+        return {name: param.grad for name, param in self.named_parameters()}
