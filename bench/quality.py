@@ -23,7 +23,8 @@ import torch
 
 from jobs.config import load_config
 from jobs.data import prepare
-from jobs.data.shards import TrainWindows, open_tokens, validation_batches
+from jobs.data.shards import TrainWindows, open_tokens
+from jobs.training.evaluation import validation_loss
 from jobs.training.runtime import ModelRuntime
 from jobs.training.schedule import learning_rate
 from model_zoo.config import count_parameters
@@ -97,8 +98,8 @@ def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple
         runtime.train_step([loader.next_batch()], tc.max_grad_norm)
         step += 1
     elapsed = time.perf_counter() - start
-    losses = [runtime.loss(w) for w in validation_batches(val_tokens, tc.batch_size, T)]
-    return sum(losses) / len(losses), step, step * tc.batch_size * T / elapsed
+    loss, _ = validation_loss(runtime, val_tokens, tc.batch_size, T)
+    return loss, step, step * tc.batch_size * T / elapsed
 
 
 def main() -> None:

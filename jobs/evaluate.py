@@ -18,7 +18,8 @@ import numpy as np
 
 from jobs import tracking
 from jobs.data import prepare
-from jobs.data.shards import open_tokens, validation_batches
+from jobs.data.shards import open_tokens
+from jobs.training.evaluation import validation_loss
 from jobs.data.sources import check_utf8
 from jobs.cli import Device, Positive, typed
 from jobs.errors import InputError
@@ -64,10 +65,7 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
         tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
         n_bytes = prepared.meta["text_bytes"]["validation"] * len(tokens) / prepared.meta["tokens"]["validation"]
         source = f"{prepared.meta['source']} (validation)"
-    batches = list(validation_batches(tokens, batch_size, T, max_batches))
-    losses = [loaded.runtime.loss(b) for b in batches]
-    n_tokens = sum(b[:, 1:].numel() for b in batches)
-    loss = sum(l * b[:, 1:].numel() for l, b in zip(losses, batches)) / n_tokens
+    loss, n_tokens = validation_loss(loaded.runtime, tokens, batch_size, T, max_batches)
     covered_bytes = n_bytes * n_tokens / max(len(tokens) - 1, 1)
     result = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n_tokens,
               "bits_per_byte": prepare.bits_per_byte(loss, n_tokens, covered_bytes)}

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,10 +33,11 @@ from jobs import atomic, tracking
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import prepare
-from jobs.data.shards import TrainWindows, open_tokens, validation_batches
+from jobs.data.shards import TrainWindows, open_tokens
 from jobs.errors import CheckpointError, DataError
 from jobs.training import checkpoint as ckpt
 from jobs.training.distributed import Distributed
+from jobs.training.evaluation import validation_loss
 from jobs.training.runtime import ModelRuntime, resolve_device
 from jobs.training.schedule import learning_rate
 from model_zoo.config import ConfigError, count_parameters, flops_per_token
@@ -182,7 +184,9 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     model_config = cfg.model_config_
     T = model_config.max_seq_len
 
-    run_name = f"{tc.model_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # <model type>-<date>-<time>-<6 random hex digits>: sortable by start, and two runs started in the same
+    # second still get folders of their own
+    run_name = f"{tc.model_type}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     root = checkpoint_root(cfg) / run_name  # this run's checkpoints; a resumed run keeps its folder
     resume_from = None
     resume_folder = checkpoint_to_resume(cfg, resume)
@@ -254,9 +258,8 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
 
     previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def val_loss() -> float:
-        losses = [runtime.loss(w) for w in validation_batches(val_tokens, tc.batch_size, T, tc.eval_batches)]
-        return sum(losses) / len(losses)
+    def val_loss() -> float:  # every rank scores its share of the batches; the all-reduce gives all the total
+        return validation_loss(runtime, val_tokens, tc.batch_size, T, tc.eval_batches, distributed)[0]
 
     def save(name: str, step: int) -> Path | None:
         if not main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
@@ -300,7 +303,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
                     f"loss is {loss} at step {step + 1}; stopped. "
                     + (f"The last good checkpoint is {saved}" if saved else "No checkpoint was saved before it")
                     + " (lower training.learning_rate or check the data)")
-            if device == "cuda":
+            if torch.device(device).type == "cuda":  # "cuda:N" under DDP
                 torch.cuda.synchronize()
             step += 1
             losses.append(loss)
@@ -358,6 +361,10 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
+    # All ranks leave together: rank 0 may still be registering the model, and a rank that tears its process
+    # group down and exits meanwhile was seen to end with torchrun stopping every worker (about 1 run in 8 of
+    # the 2-process test), rank 0 mid-registration included.
+    distributed.barrier()
     train_seconds = time.perf_counter() - train_start - resumed_seconds  # this session's
     if main:
         print(f"tracking overhead: {logger.seconds_spent:.3f} s in the training loop + "
@@ -387,7 +394,7 @@ def _log_sample(runtime, tokenizer, tc, step, logger, bar) -> None:
 
 def _log_figures(run_id: str, folder: Path) -> None:
     """The run's loss (vs step and vs FLOPs), schedule and throughput figures, as artifacts."""
-    from jobs.compare import load_runs, plot
+    from jobs.figures import load_runs, plot
 
     for path in plot(load_runs([run_id]), folder):
         mlflow.log_artifact(str(path), "figures")
@@ -414,7 +421,8 @@ def _peak_flops(device: str) -> float | None:
     from jobs.training.throughput import measure_matmul_flops
 
     try:
-        return measure_matmul_flops(device, torch.float32 if device == "cpu" else torch.bfloat16, n=1024, repeats=3)
+        dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+        return measure_matmul_flops(device, dtype, n=1024, repeats=3)
     except Exception:
         return None
 

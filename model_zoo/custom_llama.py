@@ -209,9 +209,7 @@ class CustomLlama(CustomModel):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape  # idx: (B, T) token ids
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len={self.config.max_seq_len}")
+        KVCache.first_position(kv_cache, T, self.config.max_seq_len)  # checks the context fits; RoPE reads the start
         x = self.embedding_dropout(self.token_embedding(idx))  # (B, T, C): positions enter in attention (RoPE)
         for block_index, block in enumerate(self.blocks):
             x = block(x, kv_cache, block_index)  # (B, T, C)

@@ -399,9 +399,7 @@ class CustomTransformer(CustomModel):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape  # idx: (B, T) token ids
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len={self.config.max_seq_len}")
+        start = KVCache.first_position(kv_cache, T, self.config.max_seq_len)  # 0, or after the cached tokens
         positions = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.token_embedding(idx) + self.position_embedding(positions)  # (B, T, C)
         x = self.embedding_dropout(x)

@@ -29,6 +29,15 @@ class KVCache:
         self.length += n_tokens
 
     @staticmethod
+    def first_position(kv_cache: "KVCache | None", n_tokens: int, max_seq_len: int) -> int:
+        """Position of the first of n_tokens new tokens (after what the cache holds; 0 without a cache), once the
+        context they make is known to fit the model's max_seq_len."""
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + n_tokens > max_seq_len:
+            raise ValueError(f"sequence of {start + n_tokens} tokens is longer than max_seq_len={max_seq_len}")
+        return start
+
+    @staticmethod
     def causal_mask(n_queries: int, past: int, device: torch.device | str | None = None) -> torch.Tensor:
         """(n_queries, past + n_queries) booleans: query i (at position past + i) may see keys 0 .. past + i."""
         query_positions = torch.arange(past, past + n_queries, device=device)[:, None]

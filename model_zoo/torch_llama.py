@@ -44,7 +44,7 @@ class GroupedQueryAttention(nn.Module):
         self.k_proj = nn.Linear(C, self.n_kv_heads * D, bias=False)
         self.v_proj = nn.Linear(C, self.n_kv_heads * D, bias=False)
         self.o_proj = nn.Linear(C, C, bias=False)
-        self.dropout = config.dropout
+        self.attn_dropout = config.dropout  # the probability: SDPA applies it to the attention weights
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, block_index: int = 0) -> torch.Tensor:
@@ -60,7 +60,7 @@ class GroupedQueryAttention(nn.Module):
             k, v = kv_cache.append(block_index, k, v)  # (B, G, past + T, D)
         k_all = k.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D): query head h uses K/V head h // (H/G)
         v_all = v.repeat_interleave(H // G, dim=1)
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.attn_dropout if self.training else 0.0
         if past == 0:
             y = F.scaled_dot_product_attention(q, k_all, v_all, dropout_p=dropout_p, is_causal=True)
         else:
@@ -132,9 +132,7 @@ class TorchLlama(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape  # idx: (B, T) token ids
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len={self.config.max_seq_len}")
+        KVCache.first_position(kv_cache, T, self.config.max_seq_len)  # checks the context fits; RoPE reads the start
         x = self.embedding_dropout(self.token_embedding(idx))  # (B, T, C)
         for block_index, block in enumerate(self.blocks):
             x = block(x, kv_cache, block_index)  # (B, T, C)

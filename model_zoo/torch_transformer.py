@@ -25,7 +25,7 @@ class CausalSelfAttention(nn.Module):
         self.n_heads = config.n_heads
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # Q, K and V for all heads in one matmul
         self.proj = nn.Linear(config.d_model, config.d_model)
-        self.dropout = config.dropout
+        self.attn_dropout = config.dropout  # the probability: SDPA applies it to the attention weights
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, block_index: int = 0) -> torch.Tensor:
@@ -39,7 +39,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.length
             k, v = kv_cache.append(block_index, k, v)  # (B, H, past + T, D)
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.attn_dropout if self.training else 0.0
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
@@ -112,9 +112,7 @@ class TorchTransformer(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape  # idx: (B, T) token ids
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len={self.config.max_seq_len}")
+        start = KVCache.first_position(kv_cache, T, self.config.max_seq_len)  # 0, or after the cached tokens
         positions = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.token_embedding(idx) + self.position_embedding(positions)  # (B, T, C)
         x = self.embedding_dropout(x)

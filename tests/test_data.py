@@ -220,3 +220,28 @@ def test_validation_batches_are_a_fixed_ordered_pass():
     assert [b.tolist() for b in validation_batches(tokens, 4, 10, max_batches=2)] == [b.tolist() for b in batches[:2]]
     ranks = [list(validation_batches(tokens, 4, 10, rank=r, world_size=2)) for r in (0, 1)]
     assert len(ranks[0]) + len(ranks[1]) == 24 and ranks[1][0].tolist() == batches[1].tolist()
+
+
+def test_validation_loss_is_the_mean_over_tokens_across_rank_shards():
+    """Ranks score uneven shares of the batches (3 batches, 2 ranks: 2 and 1); adding token-weighted sums gives
+    the single-process loss, where averaging the ranks' means would not."""
+    from jobs.training.evaluation import validation_loss
+
+    class KnownLoss:  # a stand-in runtime: 90 for the batch that starts at token 60, else 0
+        def loss(self, window):
+            return 90.0 if int(window[0, 0]) == 60 else 0.0
+
+    class Shard:  # rank r of 2, its all-reduce left out: we add the ranks' sums by hand below
+        def __init__(self, rank):
+            self.rank, self.world_size = rank, 2
+
+        def sum(self, *values):
+            return list(values)
+
+    tokens = np.arange(9 * 10 + 1, dtype=np.int64)  # 9 windows of 10: batches of 3 start at tokens 0, 30, 60
+    single, n_tokens = validation_loss(KnownLoss(), tokens, batch_size=3, seq_len=10)
+    assert (single, n_tokens) == (pytest.approx(30.0), 90)
+    shards = [validation_loss(KnownLoss(), tokens, batch_size=3, seq_len=10, distributed=Shard(r)) for r in (0, 1)]
+    assert [n for _, n in shards] == [60, 30]
+    assert sum(loss * n for loss, n in shards) / 90 == pytest.approx(single)
+    assert sum(loss for loss, _ in shards) / 2 != pytest.approx(single), "a mean of the ranks' means is wrong"

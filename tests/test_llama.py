@@ -5,9 +5,12 @@ outputs, KV-cache generation equal to full recomputation, and LlamaForCausalLM's
 import pytest
 import torch
 
-from conftest import assert_gradients_match_finite_differences, assert_same_adamw_training, random_batch
+from conftest import (
+    assert_flops_formula_counts, assert_gradients_equal_autograd, assert_gradients_match_finite_differences,
+    assert_same_adamw_training, random_batch,
+)
 from model_zoo.build import build_model
-from model_zoo.config import ConfigError, ModelConfig, count_parameters, flops_per_token
+from model_zoo.config import ConfigError, ModelConfig, count_parameters
 from model_zoo.custom_llama import CustomLlama
 from model_zoo.generation import generate
 from model_zoo.hf_llama import export_llama, import_llama
@@ -47,16 +50,7 @@ def test_same_names_and_shapes_and_the_parameter_count(config):
 def test_custom_gradients_equal_autograd_float64(config):
     torch_model, custom_model = twins(config)
     idx, targets = batch(config)
-    torch_logits, torch_loss = torch_model(idx, targets)
-    custom_logits, custom_loss = custom_model(idx, targets)
-    assert torch.allclose(torch_logits, custom_logits, rtol=0, atol=1e-12)
-    assert abs(torch_loss.item() - custom_loss.item()) < 1e-12
-    torch_loss.backward()
-    custom_grads = custom_model.backward()
-    assert set(custom_grads) == set(custom_model.state_dict())
-    for name, param in torch_model.named_parameters():
-        rel = (custom_grads[name] - param.grad).abs().max() / param.grad.abs().max()
-        assert rel <= 1e-8, f"{name}: max relative error {rel:.2e}"
+    assert_gradients_equal_autograd(torch_model, custom_model, idx, targets)
 
 
 @pytest.mark.parametrize("config", [GQA, UNTIED], ids=["gqa-tied", "mqa-untied"])
@@ -117,28 +111,11 @@ def test_hugging_face_llama_gives_our_logits_both_ways(config, tmp_path):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_llama_flops_formula_equals_torch_flop_counter(tie):
-    """As for GPT-2 (tests/test_models.py): the custom model's matmuls are all counted, attention included; the
-    twin's fused SDPA kernel is not, so for the twin the 6N part is checked alone."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from model_zoo.config import count_matmul_parameters
-
+    """As for GPT-2 (tests/test_models.py), with grouped-query attention and a tied or untied head."""
     config = ModelConfig(architecture="llama", vocab_size=64, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=2,
                          d_ffn=48, max_seq_len=16, tie_embeddings=tie)
     idx, targets = batch(config, B=2, T=16)
-    custom_model = CustomLlama(config)
-    with FlopCounterMode(display=False) as counter:
-        custom_model(idx, targets)
-        custom_model.backward()
-    assert counter.get_total_flops() == flops_per_token(config) * idx.numel()
-    with FlopCounterMode(display=False) as counter:
-        custom_model(idx)
-    assert counter.get_total_flops() == flops_per_token(config, training=False) * idx.numel()
-    torch_model = TorchLlama(config)
-    with FlopCounterMode(display=False) as counter:
-        _, loss = torch_model(idx, targets)
-        loss.backward()
-    assert counter.get_total_flops() == 6 * count_matmul_parameters(config) * idx.numel()
+    assert_flops_formula_counts(CustomLlama(config), TorchLlama(config), config, idx, targets)
 
 
 @pytest.mark.parametrize("values, words", [

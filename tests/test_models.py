@@ -5,9 +5,12 @@ import math
 import pytest
 import torch
 
-from conftest import assert_gradients_match_finite_differences, assert_same_adamw_training, random_batch
-from model_zoo.config import ConfigError, ModelConfig, count_parameters, flops_per_token
-from model_zoo.custom_transformer import CustomTransformer, clip_grad_norm
+from conftest import (
+    assert_flops_formula_counts, assert_gradients_equal_autograd, assert_gradients_match_finite_differences,
+    assert_same_adamw_training, random_batch,
+)
+from model_zoo.config import ConfigError, ModelConfig, count_parameters
+from model_zoo.custom_transformer import CustomTransformer
 from model_zoo.generation import generate, generate_tokens, sample_next_token
 from model_zoo.hf_gpt2 import export_gpt2, import_gpt2
 from model_zoo.kv_cache import KVCache
@@ -39,16 +42,7 @@ def test_same_parameter_names_and_shapes():
 def test_custom_gradients_equal_autograd_float64():
     torch_model, custom_model = twins()
     idx, targets = batch()
-    torch_logits, torch_loss = torch_model(idx, targets)
-    custom_logits, custom_loss = custom_model(idx, targets)
-    assert torch.allclose(torch_logits, custom_logits, rtol=0, atol=1e-12)
-    assert abs(torch_loss.item() - custom_loss.item()) < 1e-12
-    torch_loss.backward()
-    custom_grads = custom_model.backward()
-    assert set(custom_grads) == set(custom_model.state_dict())
-    for name, param in torch_model.named_parameters():
-        rel = (custom_grads[name] - param.grad).abs().max() / param.grad.abs().max()
-        assert rel <= 1e-8, f"{name}: max relative error {rel:.2e}"
+    assert_gradients_equal_autograd(torch_model, custom_model, idx, targets)
 
 
 def test_custom_gradients_match_finite_differences():
@@ -192,26 +186,9 @@ def test_flops_formula_matches_torch_flop_counter():
     The custom model spells attention out as matmuls, so the counter sees all of it. The twin's fused SDPA
     kernel on CPU is not counted by FlopCounterMode, so for the twin we check the 6N part alone.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from model_zoo.config import count_matmul_parameters
-
     config = ModelConfig(vocab_size=128, d_model=32, n_heads=4, n_blocks=3, d_ffn=96, max_seq_len=24)
     idx, targets = batch(config, B=2, T=24)
-    custom_model = CustomTransformer(config)
-    with FlopCounterMode(display=False) as counter:
-        custom_model(idx, targets)
-        custom_model.backward()
-    assert counter.get_total_flops() == flops_per_token(config) * idx.numel()
-    with FlopCounterMode(display=False) as counter:
-        custom_model(idx)
-    assert counter.get_total_flops() == flops_per_token(config, training=False) * idx.numel()
-
-    torch_model = TorchTransformer(config)
-    with FlopCounterMode(display=False) as counter:
-        _, loss = torch_model(idx, targets)
-        loss.backward()
-    assert counter.get_total_flops() == 6 * count_matmul_parameters(config) * idx.numel()
+    assert_flops_formula_counts(CustomTransformer(config), TorchTransformer(config), config, idx, targets)
 
 
 @pytest.mark.parametrize(

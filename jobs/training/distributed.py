@@ -48,21 +48,25 @@ class Distributed:
         return cls(rank, world_size, local_rank)
 
     def device(self, device: str) -> str:
-        return f"cuda:{self.local_rank}" if device == "cuda" and self.enabled else device
+        return f"cuda:{self.local_rank}" if torch.device(device).type == "cuda" and self.enabled else device
 
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
 
-    def mean(self, *values: float) -> list[float]:
-        """The average of each number over all ranks, in one all-reduce."""
+    def sum(self, *values: float) -> list[float]:
+        """The sum of each number over all ranks, in one all-reduce."""
         if not self.enabled:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64)
         if dist.get_backend() == "nccl":
             tensor = tensor.cuda()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return (tensor / self.world_size).tolist()
+        return tensor.tolist()
+
+    def mean(self, *values: float) -> list[float]:
+        """The average of each number over all ranks, in one all-reduce."""
+        return [total / self.world_size for total in self.sum(*values)]
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
