@@ -33,8 +33,8 @@ from jobs import atomic, tracking
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import prepare
-from jobs.data.shards import TrainWindows, open_tokens
-from jobs.errors import CheckpointError, DataError
+from jobs.data.shards import TrainWindows, check_validation_fits, open_tokens
+from jobs.errors import CheckpointError
 from jobs.training import checkpoint as ckpt
 from jobs.training.distributed import Distributed
 from jobs.training.evaluation import validation_loss
@@ -201,9 +201,7 @@ def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distrib
     runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
     train_tokens = open_tokens(prepared.tokens_dir, "train", tokenizer)
     val_tokens = open_tokens(prepared.tokens_dir, "validation", tokenizer)
-    if len(val_tokens) < T + 1:  # found now, not at the first validation minutes into training
-        raise DataError(f"the validation split has {len(val_tokens):,} tokens, fewer than one window of "
-                        f"model.max_seq_len + 1 = {T + 1}: lower model.max_seq_len or give more validation text")
+    check_validation_fits(val_tokens, T)  # found now, not at the first validation minutes into training
     loader = TrainWindows(train_tokens, tc.batch_size, T, seed=tc.seed, rank=distributed.rank,
                           world_size=distributed.world_size)
 

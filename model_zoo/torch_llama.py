@@ -60,12 +60,7 @@ class GroupedQueryAttention(nn.Module):
             k, v = kv_cache.append(block_index, k, v)  # (B, G, past + T, D)
         k_all = k.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D): query head h uses K/V head h // (H/G)
         v_all = v.repeat_interleave(H // G, dim=1)
-        dropout_p = self.attn_dropout if self.training else 0.0
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k_all, v_all, dropout_p=dropout_p, is_causal=True)
-        else:
-            allowed = KVCache.causal_mask(T, past, device=x.device)  # (T, past + T)
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=allowed, dropout_p=dropout_p)
+        y = KVCache.attend(q, k_all, v_all, past, self.attn_dropout if self.training else 0.0)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 

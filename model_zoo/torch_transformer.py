@@ -39,13 +39,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.length
             k, v = kv_cache.append(block_index, k, v)  # (B, H, past + T, D)
-        dropout_p = self.attn_dropout if self.training else 0.0
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:
-            # Query i sits at absolute position past + i and may see keys 0 .. past + i.
-            allowed = KVCache.causal_mask(T, past, device=x.device)  # (T, past + T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+        y = KVCache.attend(q, k, v, past, self.attn_dropout if self.training else 0.0)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.proj(y))
 

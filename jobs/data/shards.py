@@ -124,15 +124,21 @@ class TrainWindows:
         self.position, self.seed = int(state["position"]), int(state["seed"])
 
 
+def check_validation_fits(tokens: np.ndarray, seq_len: int) -> None:
+    """The validation split must hold at least one window of seq_len + 1 tokens."""
+    if len(tokens) < seq_len + 1:
+        raise DataError(f"the validation split has {len(tokens):,} tokens, fewer than one window of "
+                        f"model.max_seq_len + 1 = {seq_len + 1}: lower model.max_seq_len or give more validation text")
+
+
 def validation_batches(tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None,
                        rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
     """A fixed ordered pass: non-overlapping windows from the start, the same on every call.
 
     With several ranks, rank r takes batches r, r + world_size, ... of that same sequence.
     """
+    check_validation_fits(tokens, seq_len)
     n_windows = (len(tokens) - 1) // seq_len
-    if n_windows < 1:
-        raise DataError(f"{len(tokens):,} validation tokens are fewer than one window of {seq_len + 1}")
     n_batches = max(1, n_windows // batch_size)
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)

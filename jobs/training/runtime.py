@@ -32,8 +32,9 @@ class ModelRuntime:
         # bf16: mixed precision. Weights stay fp32; matmuls run in bf16 (autocast for the twin, compute_dtype
         # for the custom model); softmax, LayerNorm and the loss stay in fp32.
         self.bf16 = dtype == "bfloat16"
+        model = build_model(config, model_type)
         if model_type == "torch":
-            self.model = build_model(config, model_type).to(device)
+            self.model = model.to(device)
             self.forward_model = self.model
             if distributed.enabled:  # DDP all-reduces gradients during backward, bucket by bucket
                 from torch.nn.parallel import DistributedDataParallel
@@ -42,7 +43,7 @@ class ModelRuntime:
             if compile_model:
                 self.forward_model = torch.compile(self.forward_model)
         else:
-            self.model = build_model(config, model_type).to(device=device, compute_dtype=torch.bfloat16 if self.bf16 else None)
+            self.model = model.to(device=device, compute_dtype=torch.bfloat16 if self.bf16 else None)
             self.forward_model = self.model
         self.optimizer = None
 
