@@ -34,23 +34,9 @@ class HFRuntime:
     """A transformers causal LM behind the same two calls the benchmark makes of ModelRuntime."""
 
     def __init__(self, config, tc):
-        import transformers
+        from model_zoo.build import build_hf_model
 
-        if config.architecture == "llama":
-            from model_zoo.hf_llama import hf_config_dict
-
-            hf_config = transformers.LlamaConfig(**hf_config_dict(config))
-            hf_config._attn_implementation = "sdpa"
-            self.model = transformers.LlamaForCausalLM(hf_config)
-        else:
-            hf_config = transformers.GPT2Config(
-                vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
-                n_layer=config.n_blocks, n_head=config.n_heads, n_inner=config.d_ffn,
-                activation_function="gelu_new", resid_pdrop=config.dropout, embd_pdrop=config.dropout,
-                attn_pdrop=config.dropout, bos_token_id=None, eos_token_id=None,
-            )
-            hf_config._attn_implementation = "sdpa"
-            self.model = transformers.GPT2LMHeadModel(hf_config)
+        _, self.model = build_hf_model(config)
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(

@@ -14,16 +14,18 @@ model_zoo.config).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
 
 from model_zoo.config import ModelConfig, count_parameters, flops_per_token
-from model_zoo.build import build_model
+from model_zoo.build import build_hf_model, build_model
 from model_zoo.custom_transformer import clip_grad_norm
 from jobs.training.throughput import measure_matmul_flops, sync
 
@@ -56,27 +58,8 @@ class PeakMemory:
             self.thread.join()
 
 
-def hf_baseline(config: ModelConfig):
-    """(name, model): transformers' model of the same architecture and dimensions, dropout off."""
-    import transformers
-
-    if config.architecture == "llama":
-        from model_zoo.hf_llama import hf_config_dict
-
-        hf_config = transformers.LlamaConfig(**{**hf_config_dict(config), "attention_dropout": 0.0})
-        hf_config._attn_implementation = "sdpa"
-        return "LlamaForCausalLM", transformers.LlamaForCausalLM(hf_config)
-    hf_config = transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
-        n_layer=config.n_blocks, n_head=config.n_heads, n_inner=config.d_ffn, activation_function="gelu_new",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=config.layer_norm_eps,
-        bos_token_id=None, eos_token_id=None,
-    )
-    hf_config._attn_implementation = "sdpa"
-    return "GPT2LMHeadModel", transformers.GPT2LMHeadModel(hf_config)
-
-
-def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bool, lr: float = 3e-4):
+def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bool, lr: float = 3e-4,
+              custom_files: tuple[str, ...] = ()):
     """name -> a function doing one training step on (idx, targets)."""
     autocast = dtype == torch.bfloat16
     rows = {}
@@ -92,7 +75,7 @@ def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bo
         return step
 
     try:
-        name, hf_model = hf_baseline(config)
+        name, hf_model = build_hf_model(config, dropout=0.0)
         hf_model = hf_model.to(device)
         hf_opt = torch.optim.AdamW(hf_model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
         rows[f"transformers {name} (baseline)"] = autograd_step(hf_model, hf_opt, hf=True)
@@ -106,19 +89,27 @@ def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bo
         compiled_opt = compiled_model.configure_optimizer(lr, 0.1)
         rows["torch twin, torch.compile"] = autograd_step(torch.compile(compiled_model), compiled_opt, hf=False)
 
-    custom_model = build_model(config, "custom").to(device=device, compute_dtype=torch.bfloat16 if autocast else None)
+    rows["custom (hand-written backward)"] = custom_step(build_model(config, "custom"), device, autocast, lr)
+    for path in custom_files:  # another copy of the GPT-2 file, e.g. an earlier revision, timed in the same rounds
+        spec = importlib.util.spec_from_file_location(f"custom_from_{Path(path).stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        rows[f"custom from {Path(path).name}"] = custom_step(module.CustomTransformer(config), device, autocast, lr)
+    return rows
+
+
+def custom_step(custom_model, device: str, autocast: bool, lr: float):
+    custom_model = custom_model.to(device=device, compute_dtype=torch.bfloat16 if autocast else None)
     custom_opt = custom_model.configure_optimizer(lr, 0.1)
     custom_params = list(custom_model.named_parameters())
 
-    def custom_step(idx, targets):
+    def step(idx, targets):
         custom_model.forward(idx, targets)
         custom_model.backward()
         clip_grad_norm(custom_params, 1.0)
         custom_opt.step()
         custom_model.zero_grad()
-
-    rows["custom (hand-written backward)"] = custom_step
-    return rows
+    return step
 
 
 def main() -> None:
@@ -135,6 +126,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--steps-per-round", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    parser.add_argument("--custom-from", nargs="*", default=[], metavar="FILE",
+                        help="also time the CustomTransformer of these copies of custom_transformer.py (before/after "
+                             "a change: git show REV:model_zoo/custom_transformer.py > before.py)")
     parser.add_argument("--architecture", default="gpt2", choices=["gpt2", "llama"],
                         help="llama: n_kv_heads = n_heads / 2, d_ffn = 8/3 d_model (rounded to 8), no biases")
     args = parser.parse_args()
@@ -157,7 +151,7 @@ def main() -> None:
     print(f"model: {count_parameters(config):,} parameters, {flops_per_token(config):,} training FLOPs/token; "
           f"batch {B} x {T}\n")
 
-    rows = make_rows(config, args.device, dtype, compile_=not args.no_compile)
+    rows = make_rows(config, args.device, dtype, compile_=not args.no_compile, custom_files=tuple(args.custom_from))
     round_seconds = {name: [] for name in rows}
     peak_memory = {}
     for name, step in rows.items():  # warm-up (and compilation) outside the timed rounds

@@ -21,3 +21,21 @@ def build_model(config: ModelConfig, model_type: str):
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model type must be 'torch' or 'custom', got {model_type!r}")
     return CLASSES[(config.architecture, model_type)](config)
+
+
+def build_hf_model(config: ModelConfig, dropout: float | None = None):
+    """(class name, model): Hugging Face transformers' model of the same architecture and dimensions, freshly
+    initialised, with PyTorch's fused attention: the baseline the benchmarks measure ours against. dropout
+    overrides config.dropout (the train-step benchmark turns it off). Needs `transformers` (the test extra)."""
+    import transformers
+
+    from model_zoo import hf_gpt2, hf_llama
+
+    values = config.to_dict() | ({} if dropout is None else {"dropout": dropout})
+    config = ModelConfig.from_dict(values)
+    if config.architecture == "llama":
+        name, hf_config = "LlamaForCausalLM", transformers.LlamaConfig(**hf_llama.hf_config_dict(config))
+    else:
+        name, hf_config = "GPT2LMHeadModel", transformers.GPT2Config(**hf_gpt2.hf_config_dict(config))
+    hf_config._attn_implementation = "sdpa"
+    return name, getattr(transformers, name)(hf_config)

@@ -29,7 +29,8 @@ import torch
 
 from model_zoo.config import ModelConfig
 from model_zoo.custom_transformer import (
-    CrossEntropyLoss, CustomModel, Dropout, Embedding, Linear, Module, Parameter, at_least_float32,
+    CrossEntropyLoss, CustomModel, Dropout, Embedding, Linear, Module, Parameter, ScaledDotProductAttention, linear,
+    linear_backward,
 )
 from model_zoo.kv_cache import KVCache
 from model_zoo.rope import apply_rope, rope_angles, rotate_half
@@ -75,8 +76,8 @@ class GroupedQueryAttention(Module):
         self.q_proj = Linear(C, self.n_heads * D, bias=False)
         self.k_proj = Linear(C, self.n_kv_heads * D, bias=False)  # G heads: fewer than H with GQA
         self.v_proj = Linear(C, self.n_kv_heads * D, bias=False)
+        self.attention = ScaledDotProductAttention(config.dropout)
         self.o_proj = Linear(C, C, bias=False)
-        self.attn_dropout = Dropout(config.dropout)
         self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, block_index: int = 0) -> torch.Tensor:
@@ -93,15 +94,7 @@ class GroupedQueryAttention(Module):
         # Each K/V head serves H / G query heads: repeat it for them (query head h uses K/V head h // (H / G)).
         k_all = k.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D)
         v_all = v.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D)
-        # From here on, the attention of GPT-2 (custom_transformer.CausalSelfAttention), step for step.
-        scores = self.matmul(q * (1.0 / math.sqrt(D)), k_all.transpose(-2, -1))  # (B, H, T, past + T)
-        scores.masked_fill_(~KVCache.causal_mask(T, past, device=x.device), float("-inf"))
-        att = at_least_float32(scores)
-        att = att.sub_(att.amax(dim=-1, keepdim=True)).exp_()
-        att = att.div_(att.sum(dim=-1, keepdim=True)).to(scores.dtype)  # (B, H, T, past + T)
-        att_dropped = self.attn_dropout(att)
-        y = self.matmul(att_dropped, v_all)  # (B, H, T, D)
-        self.q, self.k_all, self.v_all, self.att, self.att_dropped = q, k_all, v_all, att, att_dropped
+        y = self.attention(q, k_all, v_all, past)  # (B, H, T, D): GPT-2's attention from here on
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 
@@ -110,13 +103,7 @@ class GroupedQueryAttention(Module):
         B, T, C = d_y.shape
         H, G, D = self.n_heads, self.n_kv_heads, self.config.head_size
         d_y = d_y.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        # Attention as in GPT-2: y = att v, softmax, scores = (q / sqrt(D)) k^T.
-        d_att = self.attn_dropout.backward(self.matmul(d_y, self.v_all.transpose(-2, -1)))  # (B, H, T, T)
-        d_v_all = self.matmul(self.att_dropped.transpose(-2, -1), d_y)  # (B, H, T, D)
-        d_scores = d_att.mul_(self.att)
-        d_scores.addcmul_(self.att, d_scores.sum(-1, keepdim=True), value=-1.0)  # softmax backward
-        d_q = self.matmul(d_scores, self.k_all).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)
-        d_k_all = self.matmul(d_scores.transpose(-2, -1), self.q).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)
+        d_q, d_k_all, d_v_all = self.attention.backward(d_y)  # (B, H, T, D) each
         # A K/V head used by H / G query heads collects the gradients of all of them: sum over its group.
         d_k = d_k_all.view(B, G, H // G, T, D).sum(2)  # (B, G, T, D)
         d_v = d_v_all.view(B, G, H // G, T, D).sum(2)  # (B, G, T, D)
@@ -217,18 +204,14 @@ class CustomLlama(CustomModel):
             kv_cache.advance(T)
         x = self.norm_f(x)  # (B, T, C)
         self.final_hidden = x
-        logits = self.matmul(x, self.head_weight().data.t())  # (B, T, V)
+        logits = linear(self, x, self.head_weight())  # (B, T, V)
         return logits, self.cross_entropy(logits, targets)
 
     def backward(self, loss_scale: float = 1.0) -> dict[str, torch.Tensor]:
         """As CustomTransformer.backward: gradients accumulated into .grad, returned by state_dict key."""
         d_logits = self.cross_entropy.backward(loss_scale).to(self.final_hidden.dtype)  # (B, T, V)
-        # logits = h W^T  =>  dh = d_logits W,  dW += d_logits^T h  (W: the embedding when tied, which then also
-        # gets the lookup's gradient below)
-        V, C = self.config.vocab_size, self.config.d_model
-        head = self.head_weight()
-        head.grad += self.matmul(d_logits.reshape(-1, V).t(), self.final_hidden.reshape(-1, C))  # (V, C)
-        d_x = self.norm_f.backward(self.matmul(d_logits, head.data))  # (B, T, C)
+        # When tied, the head is the embedding's first gradient path (the lookup below adds the second).
+        d_x = self.norm_f.backward(linear_backward(self, d_logits, self.final_hidden, self.head_weight()))  # (B, T, C)
         for block in reversed(self.blocks):
             d_x = block.backward(d_x)
         self.token_embedding.backward(self.embedding_dropout.backward(d_x))

@@ -127,20 +127,29 @@ class Linear(Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.x = x  # (B, T, in)
-        if self.compute_dtype is None and self.bias is not None:  # x W^T + b in one call (addmm), rows = tokens
-            out_2d = torch.addmm(self.bias.data, x.reshape(-1, x.shape[-1]), self.weight.data.t())
-            return out_2d.view(*x.shape[:-1], -1)  # (B, T, out)
-        out = self.matmul(x, self.weight.data.t())  # (B, T, out)
-        return out if self.bias is None else out + self.bias.data
+        return linear(self, x, self.weight, self.bias)  # (B, T, out)
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
-        # y = x W^T + b  =>  dx = dy W,  dW = dy^T x (summed over every token),  db = dy summed over tokens
-        d_out_2d = d_out.reshape(-1, d_out.shape[-1])  # (B*T, out)
-        x_2d = self.x.reshape(-1, self.x.shape[-1])  # (B*T, in)
-        self.weight.grad += self.matmul(d_out_2d.t(), x_2d)  # (out, in)
-        if self.bias is not None:
-            self.bias.grad += d_out_2d.sum(0)
-        return self.matmul(d_out, self.weight.data)  # (B, T, in)
+        return linear_backward(self, d_out, self.x, self.weight, self.bias)  # (B, T, in)
+
+
+def linear(module: Module, x: torch.Tensor, weight: Parameter, bias: Parameter | None = None) -> torch.Tensor:
+    """y = x W^T + b for x (..., in) and W (out, in), in `module`'s compute dtype. A function as well as a layer
+    because the tied LM head is this same product with the token embedding as W (llm.c's matmul_forward and
+    matmul_backward serve both the same way)."""
+    out = module.matmul(x, weight.data.t())  # (..., out)
+    return out if bias is None else out + bias.data
+
+
+def linear_backward(module: Module, d_out: torch.Tensor, x: torch.Tensor, weight: Parameter,
+                    bias: Parameter | None = None) -> torch.Tensor:
+    # y = x W^T + b  =>  dx = dy W,  dW = dy^T x (summed over every token),  db = dy summed over tokens
+    d_out_2d = d_out.reshape(-1, d_out.shape[-1])  # (B*T, out)
+    x_2d = x.reshape(-1, x.shape[-1])  # (B*T, in)
+    weight.grad += module.matmul(d_out_2d.t(), x_2d)  # (out, in)
+    if bias is not None:
+        bias.grad += d_out_2d.sum(0)
+    return module.matmul(d_out, weight.data)  # (..., in)
 
 
 class LayerNorm(Module):
@@ -154,8 +163,8 @@ class LayerNorm(Module):
         x_centered = x - x.mean(-1, keepdim=True)  # (B, T, C)
         var = (x_centered * x_centered).mean(-1, keepdim=True)  # (B, T, 1): biased variance, as LayerNorm uses
         self.rstd = torch.rsqrt(var + self.eps)  # (B, T, 1): 1 / standard deviation
-        self.x_hat = x_centered.mul_(self.rstd)  # (B, T, C); in place: x_centered is ours and used up
-        return torch.addcmul(self.bias.data, self.x_hat, self.weight.data)  # x_hat * w + b
+        self.x_hat = x_centered * self.rstd  # (B, T, C)
+        return self.x_hat * self.weight.data + self.bias.data
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
         # y = x_hat * w + b  =>  dw = sum over tokens of dy * x_hat,  db = sum of dy,  d_x_hat = dy * w.
@@ -173,25 +182,32 @@ class LayerNorm(Module):
 class GELU(Module):
     """GPT-2's GELU, tanh approximation: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))."""
 
-    # This is the largest activation of the model (B, T, F), so both passes work in place (chains of `_` ops,
-    # read left to right) on tensors they made themselves; x, which the MLP's fc layer also saved, is only read.
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.x = x  # (B, T, F)
-        u = (x * x).mul_(0.044715).add_(1.0).mul_(x).mul_(math.sqrt(2.0 / math.pi))  # sqrt(2/pi)(x + 0.044715x^3)
-        self.tanh_u = u.tanh_()
-        return torch.addcmul(x, x, self.tanh_u).mul_(0.5)  # 0.5 x (1 + tanh u)
+        self.tanh_u = torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))  # t = tanh u
+        return 0.5 * x * (1.0 + self.tanh_u)
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
-        # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   t = tanh u,
-        # with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2). Since 1 - t^2 = (1 - t)(1 + t), that is
-        #   0.5 (1 + t) (1 + x du/dx (1 - t))
+        # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
         x, t = self.x, self.tanh_u
-        x_du_dx = (x * x).mul_(3 * 0.044715).add_(1.0).mul_(math.sqrt(2.0 / math.pi)).mul_(x)
-        bracket = x_du_dx.addcmul_(x_du_dx, t, value=-1.0).add_(1.0)  # 1 + x du/dx (1 - t)
-        # t is not needed after this (one backward per forward), so (1 + t) is formed in place.
-        self.tanh_u = None
-        return bracket.mul_(t.add_(1.0)).mul_(0.5).mul_(d_out)
+        du_dx = math.sqrt(2.0 / math.pi) * (1.0 + 3 * 0.044715 * x * x)
+        return d_out * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+
+class Softmax(Module):
+    """softmax over the last dimension, in at least fp32: p_j = exp(s_j - max(s)) / sum_k exp(s_k - max(s)).
+    Subtracting the max changes nothing in the ratio but keeps exp from overflowing; -inf scores give p = 0."""
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        scores_fp32 = at_least_float32(scores)
+        exp = torch.exp(scores_fp32 - scores_fp32.amax(dim=-1, keepdim=True))
+        self.probs = (exp / exp.sum(dim=-1, keepdim=True)).to(scores.dtype)
+        return self.probs
+
+    def backward(self, d_probs: torch.Tensor) -> torch.Tensor:
+        # p = softmax(s)  =>  ds = p * (dp - sum_j(dp_j * p_j))   (row by row; p = 0 gets no gradient)
+        p = self.probs
+        return p * (d_probs - (d_probs * p).sum(dim=-1, keepdim=True))
 
 
 class CrossEntropyLoss(Module):
@@ -208,22 +224,53 @@ class CrossEntropyLoss(Module):
 
     def backward(self, loss_scale: float = 1.0) -> torch.Tensor:
         if self.log_probs is None:
-            raise RuntimeError("backward() needs a new forward() with targets")
+            raise RuntimeError("backward() needs a forward() with targets")
         B, T = self.targets.shape
         # loss = -(1/N) sum_i log softmax(z_i)[y_i]  =>  dz_i = (softmax(z_i) - onehot(y_i)) / N,  N = B * T
-        # The saved log-probabilities are needed only here, so they become the probabilities in place
-        # (exp_), which saves allocating the largest tensor of the model again; hence one backward per forward.
-        d_logits, self.log_probs = self.log_probs.exp_(), None  # (B, T, V): softmax probabilities
-        d_logits.scatter_add_(-1, self.targets.unsqueeze(-1), torch.full_like(d_logits[..., :1], -1.0))  # - onehot
-        return d_logits.mul_(loss_scale / (B * T))  # (B, T, V)
+        probs = self.log_probs.exp()  # (B, T, V)
+        # Subtracting the one-hot row is a scatter into the fresh probs (a (B, T, V) one-hot would cost as much
+        # memory as the logits again).
+        d_logits = probs.scatter_add_(-1, self.targets.unsqueeze(-1), torch.full_like(probs[..., :1], -1.0))
+        return d_logits * (loss_scale / (B * T))  # (B, T, V)
+
+
+class ScaledDotProductAttention(Module):
+    """Causal attention of (B, H, T, D) queries over (B, H, past + T, D) keys and values:
+    y = softmax(q k^T / sqrt(D), causal) v. The torch twins call PyTorch's fused kernel for this (torch_transformer.
+    ScaledDotProductAttention); here it is written out, with its backward."""
+
+    def __init__(self, dropout: float):
+        self.softmax = Softmax()
+        self.attn_dropout = Dropout(dropout)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int = 0) -> torch.Tensor:
+        T, D = q.shape[-2], q.shape[-1]
+        self.q, self.k, self.v = q, k, v
+        # Scores: how much query i attends to key j, scaled by 1/sqrt(D) so their variance does not grow with D.
+        scores = self.matmul(q, k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, past + T)
+        allowed = KVCache.causal_mask(T, past, device=q.device)  # (T, past + T): no peeking at the future
+        att = self.softmax(scores.masked_fill(~allowed, float("-inf")))  # (B, H, T, past + T)
+        self.att_dropped = self.attn_dropout(att)
+        return self.matmul(self.att_dropped, v)  # (B, H, T, D): each query's weighted average of values
+
+    def backward(self, d_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        D = d_y.shape[-1]
+        # y = att v  =>  d_att = dy v^T,  dv = att^T dy
+        d_att = self.attn_dropout.backward(self.matmul(d_y, self.v.transpose(-2, -1)))  # (B, H, T, past + T)
+        d_v = self.matmul(self.att_dropped.transpose(-2, -1), d_y)  # (B, H, past + T, D)
+        d_scores = self.softmax.backward(d_att)  # (B, H, T, past + T); masked entries: p = 0, so no gradient
+        # scores = q k^T / sqrt(D)  =>  dq = d_scores k / sqrt(D),  dk = d_scores^T q / sqrt(D)
+        d_q = self.matmul(d_scores, self.k) / math.sqrt(D)  # (B, H, T, D)
+        d_k = self.matmul(d_scores.transpose(-2, -1), self.q) / math.sqrt(D)  # (B, H, past + T, D)
+        return d_q, d_k, d_v
 
 
 class CausalSelfAttention(Module):
     def __init__(self, config: ModelConfig):
         self.n_heads = config.n_heads
         self.qkv = Linear(config.d_model, 3 * config.d_model)  # Q, K and V for all heads in one matmul
+        self.attention = ScaledDotProductAttention(config.dropout)
         self.proj = Linear(config.d_model, config.d_model)
-        self.attn_dropout = Dropout(config.dropout)
         self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, block_index: int = 0) -> torch.Tensor:
@@ -237,19 +284,7 @@ class CausalSelfAttention(Module):
         if kv_cache is not None:
             past = kv_cache.length
             k, v = kv_cache.append(block_index, k, v)  # (B, H, past + T, D)
-        # Scores: how much query i attends to key j, scaled by 1/sqrt(D) so their variance does not grow with D
-        # (the scale is applied to q, the smaller tensor; the product is the same).
-        scores = self.matmul(q * (1.0 / math.sqrt(D)), k.transpose(-2, -1))  # (B, H, T, past + T)
-        allowed = KVCache.causal_mask(T, past, device=x.device)  # (T, past + T): no peeking at the future
-        scores.masked_fill_(~allowed, float("-inf"))  # in place: scores is ours and saved nowhere
-        # Softmax over each row, in place and in at least fp32: exp(s - max) / sum(exp(s - max)). Subtracting
-        # the row's max changes nothing in the ratio but keeps exp from overflowing; masked entries become 0.
-        att = at_least_float32(scores)
-        att = att.sub_(att.amax(dim=-1, keepdim=True)).exp_()
-        att = att.div_(att.sum(dim=-1, keepdim=True)).to(scores.dtype)  # (B, H, T, past + T)
-        att_dropped = self.attn_dropout(att)
-        y = self.matmul(att_dropped, v)  # (B, H, T, D): each query's weighted average of values
-        self.q, self.k, self.v, self.att, self.att_dropped = q, k, v, att, att_dropped
+        y = self.attention(q, k, v, past)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -257,23 +292,9 @@ class CausalSelfAttention(Module):
         d_y = self.proj.backward(self.resid_dropout.backward(d_out))  # (B, T, C)
         B, T, C = d_y.shape
         H, D = self.n_heads, C // self.n_heads
-        d_y = d_y.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        # y = att @ v  =>  d_att = dy v^T,  dv = att^T dy
-        d_att = self.attn_dropout.backward(self.matmul(d_y, self.v.transpose(-2, -1)))  # (B, H, T, T)
-        d_v = self.matmul(self.att_dropped.transpose(-2, -1), d_y)  # (B, H, T, D)
-        # Softmax, row by row: p = softmax(s)  =>  ds = p * (dp - sum_j(dp_j * p_j)).
-        # Masked entries have p = 0, so they get no gradient, as they should.
-        att = self.att
-        d_scores = d_att.mul_(att)  # (B, H, T, T): p * dp (in place: d_att was made just above, saved nowhere)
-        d_scores.addcmul_(att, d_scores.sum(-1, keepdim=True), value=-1.0)  # minus p * sum_j(p_j dp_j)
-        # scores = (q / sqrt(D)) k^T  =>  dq = d_scores k / sqrt(D),  dk = d_scores^T q / sqrt(D)
-        d_q = self.matmul(d_scores, self.k).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)
-        d_k = self.matmul(d_scores.transpose(-2, -1), self.q).mul_(1.0 / math.sqrt(D))  # (B, H, T, D)
-        # Undo the head split and put Q, K, V back side by side, as the fused qkv produced them.
-        d_qkv = torch.empty(B, T, 3, H, D, dtype=d_y.dtype, device=d_y.device)
-        for i, d_part in enumerate((d_q, d_k, d_v)):
-            d_qkv[:, :, i] = d_part.transpose(1, 2)  # (B, T, H, D)
-        d_qkv = d_qkv.view(B, T, 3 * C)  # (B, T, 3C)
+        d_q, d_k, d_v = self.attention.backward(d_y.view(B, T, H, D).transpose(1, 2))  # each (B, H, T, D)
+        # The split into q, k, v and heads, undone: split's backward is concatenation.
+        d_qkv = torch.cat([d.transpose(1, 2).reshape(B, T, C) for d in (d_q, d_k, d_v)], dim=2)  # (B, T, 3C)
         return self.qkv.backward(d_qkv)  # (B, T, C)
 
 
@@ -409,7 +430,7 @@ class CustomTransformer(CustomModel):
             kv_cache.advance(T)
         x = self.ln_f(x)  # (B, T, C)
         self.final_hidden = x
-        logits = self.matmul(x, self.token_embedding.weight.data.t())  # (B, T, V): the tied LM head
+        logits = linear(self, x, self.token_embedding.weight)  # (B, T, V): the tied LM head
         loss = self.cross_entropy(logits, targets)
         return logits, loss
 
@@ -421,13 +442,8 @@ class CustomTransformer(CustomModel):
         micro-batches make one step). Returns {name: grad}, with the keys of state_dict().
         """
         d_logits = self.cross_entropy.backward(loss_scale).to(self.final_hidden.dtype)  # (B, T, V)
-        # logits = h E^T (tied head)  =>  dh = d_logits E,  dE += d_logits^T h. This is the embedding's first
-        # gradient path; the lookup at the bottom of the model adds the second.
-        V, C = self.config.vocab_size, self.config.d_model
-        self.token_embedding.weight.grad += self.matmul(
-            d_logits.reshape(-1, V).t(), self.final_hidden.reshape(-1, C)
-        )  # (V, C)
-        d_x = self.matmul(d_logits, self.token_embedding.weight.data)  # (B, T, C)
+        # The tied head is the embedding's first gradient path; the lookup at the bottom of the model adds the second.
+        d_x = linear_backward(self, d_logits, self.final_hidden, self.token_embedding.weight)  # (B, T, C)
         d_x = self.ln_f.backward(d_x)
         for block in reversed(self.blocks):
             d_x = block.backward(d_x)  # (B, T, C)

@@ -58,7 +58,15 @@ def export_gpt2(
         tensor = state_dict[ours].detach().to("cpu")
         tensors[theirs] = (tensor.t() if transpose else tensor).contiguous()
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    hf_config = {
+    hf_config = hf_config_dict(config, bos_token_id, eos_token_id)
+    hf_config["torch_dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    return folder
+
+
+def hf_config_dict(config: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None) -> dict:
+    """Our ModelConfig as the keys of transformers.GPT2Config (config.json), the one place they are mapped."""
+    return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": config.vocab_size,
@@ -78,10 +86,7 @@ def export_gpt2(
         "scale_attn_weights": True,
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
-        "torch_dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
     }
-    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    return folder
 
 
 def import_gpt2(folder: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:

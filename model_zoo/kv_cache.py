@@ -38,18 +38,6 @@ class KVCache:
         return start
 
     @staticmethod
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, dropout_p: float) -> torch.Tensor:
-        """Causal attention with PyTorch's fused kernel (the torch twins' attention): (B, H, T, D) queries over
-        (B, H, past + T, D) keys and values. Without a cache, SDPA's own causal mask; with one, query i sits at
-        absolute position past + i and may see keys 0 .. past + i."""
-        import torch.nn.functional as F
-
-        if past == 0:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        allowed = KVCache.causal_mask(q.shape[-2], past, device=q.device)  # (T, past + T)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-
-    @staticmethod
     def causal_mask(n_queries: int, past: int, device: torch.device | str | None = None) -> torch.Tensor:
         """(n_queries, past + n_queries) booleans: query i (at position past + i) may see keys 0 .. past + i."""
         query_positions = torch.arange(past, past + n_queries, device=device)[:, None]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from model_zoo.config import ModelConfig
 from model_zoo.kv_cache import KVCache
 from model_zoo.rope import apply_rope, rope_angles
+from model_zoo.torch_transformer import ScaledDotProductAttention
 
 
 class RMSNorm(nn.Module):
@@ -43,8 +44,8 @@ class GroupedQueryAttention(nn.Module):
         self.q_proj = nn.Linear(C, self.n_heads * D, bias=False)
         self.k_proj = nn.Linear(C, self.n_kv_heads * D, bias=False)
         self.v_proj = nn.Linear(C, self.n_kv_heads * D, bias=False)
+        self.attention = ScaledDotProductAttention(config.dropout)
         self.o_proj = nn.Linear(C, C, bias=False)
-        self.attn_dropout = config.dropout  # the probability: SDPA applies it to the attention weights
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, block_index: int = 0) -> torch.Tensor:
@@ -60,7 +61,7 @@ class GroupedQueryAttention(nn.Module):
             k, v = kv_cache.append(block_index, k, v)  # (B, G, past + T, D)
         k_all = k.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D): query head h uses K/V head h // (H/G)
         v_all = v.repeat_interleave(H // G, dim=1)
-        y = KVCache.attend(q, k_all, v_all, past, self.attn_dropout if self.training else 0.0)  # (B, H, T, D)
+        y = self.attention(q, k_all, v_all, past)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 

@@ -19,13 +19,30 @@ from model_zoo.config import ModelConfig
 from model_zoo.kv_cache import KVCache
 
 
+class ScaledDotProductAttention(nn.Module):
+    """Causal attention of (B, H, T, D) queries over (B, H, past + T, D) keys and values:
+    y = softmax(q k^T / sqrt(D), causal) v, with PyTorch's fused kernel (custom_transformer writes it out)."""
+
+    def __init__(self, dropout: float):
+        super().__init__()
+        self.attn_dropout = dropout  # the probability: the kernel applies it to the attention weights
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int = 0) -> torch.Tensor:
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if past == 0:  # no cache: the kernel's own causal mask
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        # with a cache, query i sits at absolute position past + i and may see keys 0 .. past + i
+        allowed = KVCache.causal_mask(q.shape[-2], past, device=q.device)  # (T, past + T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_heads = config.n_heads
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # Q, K and V for all heads in one matmul
+        self.attention = ScaledDotProductAttention(config.dropout)
         self.proj = nn.Linear(config.d_model, config.d_model)
-        self.attn_dropout = config.dropout  # the probability: SDPA applies it to the attention weights
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, block_index: int = 0) -> torch.Tensor:
@@ -39,7 +56,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.length
             k, v = kv_cache.append(block_index, k, v)  # (B, H, past + T, D)
-        y = KVCache.attend(q, k, v, past, self.attn_dropout if self.training else 0.0)  # (B, H, T, D)
+        y = self.attention(q, k, v, past)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.proj(y))
 
