@@ -25,13 +25,14 @@ from jobs.config import load_config
 from jobs.data import prepare
 from jobs.data.shards import TrainWindows, open_tokens
 from jobs.training.evaluation import validation_loss
-from jobs.training.runtime import ModelRuntime
+from jobs.training.runtime import make_runtime
+from model_zoo.build import build_model
 from jobs.training.schedule import learning_rate
 from model_zoo.config import count_parameters
 
 
 class HFRuntime:
-    """A transformers causal LM behind the same two calls the benchmark makes of ModelRuntime."""
+    """A transformers causal LM behind the same two calls the benchmark makes of a ModelRuntime."""
 
     def __init__(self, config, tc):
         from model_zoo.build import build_hf_model
@@ -117,7 +118,7 @@ def main() -> None:
 
 
 def _ours(config, cfg):
-    runtime = ModelRuntime("torch", config, "cpu")
+    runtime = make_runtime("torch", build_model(config, "torch"), "cpu")
     tc = cfg.training
     runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
     return runtime

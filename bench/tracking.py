@@ -24,7 +24,8 @@ import torch
 
 from jobs import tracking
 from jobs.data.shards import TrainWindows
-from jobs.training.runtime import ModelRuntime
+from jobs.training.runtime import make_runtime
+from model_zoo.build import build_model
 from model_zoo.config import ModelConfig
 
 
@@ -38,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=2048, d_model=128, n_heads=4, n_blocks=4, d_ffn=512, max_seq_len=128)  # cpu_demo
-    runtime = ModelRuntime("torch", config, "cpu")
+    runtime = make_runtime("torch", build_model(config, "torch"), "cpu")
     runtime.configure_optimizer(3e-3, 0.1, (0.9, 0.95))
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, 2_000_000).astype(np.uint16)
     loader = TrainWindows(tokens, batch_size=16, seq_len=config.max_seq_len, seed=0)

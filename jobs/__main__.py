@@ -37,38 +37,6 @@ def usage(job: str | None = None) -> str:
     return f"{inspect.getdoc(sys.modules[function.__module__])}\n\noptions: {job}{inspect.signature(function)}"
 
 
-def check_invocation(argv: list[str]) -> None:
-    """A dry run of a command line: the job exists, its flags bind to the job's parameters (the rest are
-    config overrides), and the config it names loads and validates with those overrides. Nothing runs.
-    Used to check that every compose service's command is a real job invocation."""
-    import inspect
-
-    from jobs.config import load_config
-
-    jobs = _jobs()
-    if not argv or argv[0] not in jobs:
-        raise ValueError(f"unknown job {argv[0] if argv else ''!r} (jobs: {', '.join(jobs)})")
-    function, positional, flags = jobs[argv[0]], [], {}
-    rest = list(argv[1:])
-    while rest:
-        token = rest.pop(0)
-        if not token.startswith("--"):
-            positional.append(token)
-            continue
-        key, has_value, value = token[2:].partition("=")
-        if not has_value:
-            value = rest.pop(0) if rest and not rest[0].startswith("--") else True
-        flags[key] = value
-    parameters = inspect.signature(function).parameters
-    named = {k.replace("-", "_"): v for k, v in flags.items() if k.replace("-", "_") in parameters}
-    overrides = {k: v for k, v in flags.items() if k.replace("-", "_") not in parameters}
-    inspect.signature(function).bind(*positional, **named, **overrides)  # TypeError if they do not fit
-    if overrides and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        raise TypeError(f"{argv[0]} takes no flags {', '.join(overrides)}")
-    if "config" in named:
-        load_config(named["config"], overrides)
-
-
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     import fire

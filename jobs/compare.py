@@ -1,9 +1,10 @@
-"""`python -m jobs compare REF [REF ...] [--out FOLDER] [--log]`
+"""`python -m jobs compare REF [REF ...] [--out FOLDER] [--config X.yaml] [--log]`
 
 REF is an experiment name (all its training runs) or a run id. Prints the summary table (parameters, best
 validation loss, training TFLOPs, tokens/s) and draws the comparison figures: train and validation loss
 against step and against training FLOPs, the learning-rate schedule, and throughput. Figures are saved as PNG
-files and, with --log, logged to MLflow in a `compare` run of the first run's experiment.
+files (in --out, else <data.assets_dir>/compare/<time>, the assets folder of --config or the default one)
+and, with --log, logged to MLflow in a `compare` run of the first run's experiment.
 
 The MLflow UI does the same interactively: select runs, open Chart view, and for loss per FLOP set a line
 chart's X axis to the metric `train/flops_seen`.
@@ -17,17 +18,19 @@ from pathlib import Path
 import mlflow
 
 from jobs.cli import typed
+from jobs.config import ASSETS_DIR, load_config
 from jobs.errors import InputError
 from jobs.figures import load_runs, plot, summary_table
 
 
 @typed
-def compare(*refs: str, out: str | None = None, log: bool = False) -> None:
+def compare(*refs: str, out: str | None = None, config: str | None = None, log: bool = False) -> None:
     if not refs:
         raise InputError("name at least one experiment or run id: python -m jobs compare tinystories_cpu")
     runs = load_runs(list(refs))
     print(summary_table(runs))
-    folder = Path(out) if out else Path("assets") / "compare" / time.strftime("%Y%m%d-%H%M%S")
+    assets_dir = load_config(config).data.assets_dir if config else ASSETS_DIR
+    folder = Path(out) if out else Path(assets_dir) / "compare" / time.strftime("%Y%m%d-%H%M%S")
     paths = plot(runs, folder)
     print(f"figures: {', '.join(str(p) for p in paths)}")
     if log:

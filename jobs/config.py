@@ -19,6 +19,11 @@ from model_zoo.config import ConfigError, ModelConfig
 
 END_OF_TEXT = "<|endoftext|>"
 
+# Where things live, relative to the working folder (the project folder; /app in the images). The one place
+# these defaults are written.
+ASSETS_DIR = "assets"  # data.assets_dir: downloads, tokenizers, token shards, checkpoints, compare's figures
+TRACKING_STORE = "mlflow.db"  # the embedded MLflow store when MLFLOW_TRACKING_URI is unset; artifacts in mlruns/
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -39,7 +44,7 @@ class DataConfig(_Section):
     vocab_size: int = Field(4096, gt=0)  # for tokenizer: bpe
     seed: int = 1337  # for the hold-out split
     num_proc: int | None = Field(None, gt=0)  # worker processes for datasets' map
-    assets_dir: str = "assets"  # datasets, tokenizers, token shards and checkpoints live under here
+    assets_dir: str = ASSETS_DIR  # datasets, tokenizers, token shards and checkpoints live under here
 
     @field_validator("train_files", "val_files", mode="before")
     @classmethod

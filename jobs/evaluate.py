@@ -20,6 +20,7 @@ from jobs import tracking
 from jobs.data import prepare
 from jobs.data.shards import open_tokens
 from jobs.training.evaluation import validation_loss
+from jobs.training.runtime import make_runtime
 from jobs.data.sources import check_utf8
 from jobs.cli import Device, Positive, typed
 from jobs.errors import InputError
@@ -42,7 +43,7 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
     if log:
         tracking.connect()  # a tracking server that does not answer fails now, in seconds, not after the work
     loaded = load_model(model, device)
-    T = loaded.runtime.config.max_seq_len
+    T = loaded.config.max_seq_len
     if text_file is not None:
         path = Path(text_file).expanduser()
         if not path.is_file():
@@ -65,7 +66,8 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
         tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
         n_bytes = prepared.meta["text_bytes"]["validation"] * len(tokens) / prepared.meta["tokens"]["validation"]
         source = f"{prepared.meta['source']} (validation)"
-    loss, n_tokens = validation_loss(loaded.runtime, tokens, batch_size, T, max_batches)
+    runtime = make_runtime(loaded.model_type, loaded.model, loaded.device)
+    loss, n_tokens = validation_loss(runtime, tokens, batch_size, T, max_batches)
     covered_bytes = n_bytes * n_tokens / max(len(tokens) - 1, 1)
     result = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n_tokens,
               "bits_per_byte": prepare.bits_per_byte(loss, n_tokens, covered_bytes)}

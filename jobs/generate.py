@@ -54,7 +54,7 @@ def chat(model: str | None = None, config: str | None = None, max_length: Positi
     ref = _resolve(model, config)
     loaded = load_model(ref, device)
     state = loaded.state
-    n_params = count_parameters(loaded.runtime.config)
+    n_params = count_parameters(loaded.config)
     print(f"Model: {ref} ({state['model_type']}, {n_params:,} parameters, step {state['step']}, "
           f"best val loss {state.get('best_val_loss', float('nan')):.4f})")
     print("Commands: quit/exit/q to leave, temp X to set the temperature, topk X to set top-k (0: off)")

@@ -1,8 +1,8 @@
 """MLflow: the one place that knows tracking URIs, names, and how a run is logged.
 
-Embedded default: a sqlite store `mlflow.db` and artifacts under `mlruns/` in the project folder: nothing to
-start, model registry included (`mlflow ui --backend-store-uri sqlite:///mlflow.db` shows it). With
-MLFLOW_TRACKING_URI set, the same code talks to that server.
+Embedded default: a sqlite store `mlflow.db` (jobs.config.TRACKING_STORE) and artifacts under `mlruns/` beside
+it, in the working folder: nothing to start, model registry included (`mlflow ui --backend-store-uri
+sqlite:///mlflow.db` shows it). With MLFLOW_TRACKING_URI set, the same code talks to that server.
 
 Names: one experiment per `experiment_name`; the registered model is `registered_model_name` or the
 experiment name; its alias `champion` is the version with the best validation loss, and MLflow's own
@@ -30,9 +30,9 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from jobs.config import TRACKING_STORE
 from jobs.errors import TrackingError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHAMPION = "champion"
 
 
@@ -43,7 +43,7 @@ SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "d
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, or the embedded sqlite store in the project folder; a scheme MLflow cannot use is an
     input error here, not a traceback deep inside MLflow."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(TRACKING_STORE).resolve()}"
     scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
     if scheme not in SCHEMES:
         raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: unsupported scheme {scheme!r} (use http(s)://host:port for "
@@ -203,31 +203,99 @@ class RunLogger:
                 out.flush()
                 os.fsync(out.fileno())
 
-    def safely(self, what: str, fn, *args, **kwargs) -> Any:
-        """Run a tracking call (artifact, param, tag); on failure warn and go on."""
-        try:
-            return fn(*args, **kwargs)
-        except Exception as error:
-            print(f"tracking: could not {what} ({type(error).__name__}: {str(error)[:200]}); training goes on",
-                  file=sys.stderr)
-            return None
 
+class TrackedRun:
+    """One training run in MLflow, start to end: the train job's only door to tracking.
 
-class NullLogger:
-    """What ranks other than 0 get in a distributed run: logging does nothing."""
+        with TrackedRun(experiment, run_name, journal_file) as run:        # starts (or, with run_id, continues)
+            run.log_params(...); run.log_metrics(metrics, step); run.flush()
+            run.log_artifact(path, folder); run.log_text(text, path); run.register(checkpoint, model_name)
+            run.status = "KILLED"                                          # ended by a signal
+        # leaving ends the run: FINISHED (or the status set), FAILED on an exception
 
-    seconds_spent = sender_cpu_seconds = 0.0
+    Metrics go through a RunLogger (background sends, a journal during outages). Every other call is made
+    `safely`: a tracking failure prints a warning and training goes on.
+    """
+
+    def __init__(self, experiment_name: str, run_name: str, journal_file: Path, run_id: str | None = None,
+                 resume_step: int | None = None):
+        self.experiment_name, self.run_name, self.run_id = experiment_name, run_name, run_id
+        self.journal_file, self.resume_step = journal_file, resume_step
+        self.status = "FINISHED"
+
+    def __enter__(self) -> "TrackedRun":
+        experiment_id = setup(self.experiment_name)
+        run = mlflow.start_run(run_id=self.run_id, experiment_id=None if self.run_id else experiment_id,
+                               run_name=None if self.run_id else self.run_name, log_system_metrics=True)
+        self.run_id = run.info.run_id
+        self.logger = RunLogger(self.run_id, self.journal_file, self.resume_step)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.logger.close()
+        safely("end the run", mlflow.end_run, status="FAILED" if exc_type else self.status)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
+        self.logger.log_metrics(metrics, step)
 
     def flush(self) -> None:
+        self.logger.flush()
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        safely("log params", mlflow.log_params, {**params, "mlflow_version": mlflow.__version__})
+
+    def log_dict(self, values: dict, name: str) -> None:
+        safely(f"log {name}", mlflow.log_dict, values, name)
+
+    def log_artifact(self, path: str | Path, folder: str) -> None:
+        safely(f"log {path}", mlflow.log_artifact, str(path), folder)
+
+    def log_text(self, text: str, name: str) -> None:
+        safely(f"log {name}", mlflow.log_text, text, name)
+
+    def register(self, checkpoint: Path, model_name: str) -> str | None:
+        """Log `checkpoint` as this run's model, a new version of model_name (see serving.registry); the version."""
+        from jobs.serving.registry import log_and_register
+
+        return safely("register the model", log_and_register, checkpoint, model_name, self.run_id)
+
+    def log_figures(self, folder: Path) -> None:
+        """The run's loss (vs step and vs FLOPs), schedule and throughput figures, drawn from its logged metrics."""
+        from jobs.figures import load_runs, plot
+
+        self.flush()
+        paths = safely("draw the figures", lambda: plot(load_runs([self.run_id]), folder)) or []
+        for path in paths:
+            self.log_artifact(path, "figures")
+
+    @property
+    def overhead_seconds(self) -> tuple[float, float]:
+        """(seconds of the training thread in tracking calls, CPU seconds of the sender thread)."""
+        return self.logger.seconds_spent, self.logger.sender_cpu_seconds
+
+
+class NullRun:
+    """What ranks other than 0 get in a distributed run (only rank 0 tracks): every tracking call does nothing."""
+
+    run_id, status, overhead_seconds = None, "FINISHED", (0.0, 0.0)
+
+    def __enter__(self) -> "NullRun":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
         pass
 
-    def close(self) -> None:
-        pass
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
 
-    def safely(self, what: str, fn, *args, **kwargs) -> None:
+
+def safely(what: str, fn, *args, **kwargs) -> Any:
+    """Run a tracking call (artifact, param, tag, registration); on failure warn and go on."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as error:
+        print(f"tracking: could not {what} ({type(error).__name__}: {str(error)[:200]}); training goes on",
+              file=sys.stderr)
         return None
 
 

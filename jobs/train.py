@@ -13,7 +13,6 @@ says so, trains nothing and registers nothing.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -21,25 +20,26 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import mlflow
 import torch
 
-from jobs import atomic, tracking
+from jobs import tracking
+from jobs.checkpoint import Checkpoint, load_checkpoint, load_weights, restore_rng_state, rng_state, rotate, \
+    save_checkpoint
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import prepare
 from jobs.data.shards import TrainWindows, check_validation_fits, open_tokens
 from jobs.errors import CheckpointError
-from jobs.training import checkpoint as ckpt
 from jobs.training.distributed import Distributed
 from jobs.training.evaluation import validation_loss
-from jobs.training.runtime import ModelRuntime, resolve_device
+from jobs.training.run_folders import checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint
+from jobs.training.runtime import make_runtime
 from jobs.training.schedule import learning_rate
+from model_zoo.build import build_model, resolve_device
 from model_zoo.config import ConfigError, count_parameters, flops_per_token
 from model_zoo.generation import generate_tokens
 
@@ -55,13 +55,13 @@ SIGNAL_EXIT_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIG
 
 @dataclass
 class TrainResult:
-    run_id: str
+    run_id: str | None
     steps: int
     best_val_loss: float
     checkpoint_dir: Path
-    losses: list[float]
-    train_seconds: float
-    stopped_by: str | None = None
+    losses: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+    stopped_by: str | None = None  # a signal's name, "time limit" or NOTHING_TO_DO; None when training ran its steps
     model_version: str | None = None  # the registered version, when the run registered one
 
 
@@ -109,309 +109,316 @@ def next_steps(cfg: ExperimentConfig, result: TrainResult) -> str:
             f"       {ui}")
 
 
-def checkpoint_root(cfg: ExperimentConfig) -> Path:
-    """Where an experiment's runs of one model type keep their checkpoints: <root>/<run name>/{best,latest,...},
-    and <root>/LATEST names the newest run folder (what a bare --resume continues)."""
-    return Path(cfg.data.assets_dir) / "checkpoints" / cfg.experiment_name / cfg.training.model_type
-
-
-def latest_run_folder(cfg: ExperimentConfig) -> Path:
-    marker = checkpoint_root(cfg) / "LATEST"
-    if not marker.is_file():
-        raise CheckpointError(f"nothing to resume: no run of {cfg.experiment_name} ({cfg.training.model_type}) "
-                              f"under {checkpoint_root(cfg)}")
-    return checkpoint_root(cfg) / marker.read_text().strip()
-
-
-def newest_checkpoint(run_folder: Path) -> Path | None:
-    """The checkpoint of a run folder with the highest step (latest, best or step-N; each holds the full training
-    state), or None when the run saved none yet."""
-    found = []
-    for folder in run_folder.iterdir() if run_folder.is_dir() else []:
-        state = folder / "state.json"
-        if folder.is_dir() and not folder.name.endswith((".tmp", ".old")) and state.is_file():
-            try:
-                found.append((int(json.loads(state.read_text())["step"]), folder.name == "latest", folder))
-            except (ValueError, KeyError, TypeError):
-                found.append((-1, False, folder))  # damaged: load_checkpoint names the problem if it is chosen
-    return max(found, key=lambda f: f[:2])[2] if found else None
-
-
-def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Path | None:
-    """The folder that --resume names, or None for a fresh run (see the module docstring)."""
-    if not resume:
-        return None
-    if resume is True or resume == "auto":
-        marker = checkpoint_root(cfg) / "LATEST"
-        newest = newest_checkpoint(latest_run_folder(cfg)) if marker.is_file() else None
-        if newest is None and resume is True:
-            raise CheckpointError(f"nothing to resume: no checkpoint of {cfg.experiment_name} "
-                                  f"({cfg.training.model_type}) under {checkpoint_root(cfg)}")
-        return newest
-    return Path(resume)
-
-
-def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, stop_after_steps: int | None = None) -> TrainResult:
-    """Train as the config says. stop_after_steps ends early as an interruption would (used by tests)."""
-    tc = cfg.training
-    device = resolve_device(tc.device)
+def run_training(cfg: ExperimentConfig, resume: str | bool | None = None) -> TrainResult:
+    """Train as the config says (on every rank, under torchrun)."""
+    device = resolve_device(cfg.training.device)
     distributed = Distributed.from_env(device)
-    device = distributed.device(device)
     try:
-        return _train(cfg, resume, stop_after_steps, device, distributed)
+        return Trainer(cfg, resume, distributed.device(device), distributed).run()
     finally:
         distributed.close()
 
 
-def _train(cfg: ExperimentConfig, resume, stop_after_steps, device: str, distributed: Distributed) -> TrainResult:
-    tc = cfg.training
-    main = distributed.is_main
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    if not main:  # rank 0 prepares missing data; the others wait, then find it ready
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint saves of the loop, and --resume restores."""
+
+    step: int = 0  # optimizer steps done
+    best_val_loss: float = math.inf
+    train_seconds: float = 0.0  # seconds trained, over every session of the run: the time budget counts these
+
+
+class Trainer:
+    """One training run. __init__ sets it up (data, model, optimizer, the checkpoint to resume); run() is the loop:
+    optimizer steps, and every so often a validation, a sample and a checkpoint; then registration."""
+
+    def __init__(self, cfg: ExperimentConfig, resume: str | bool | None, device: str, distributed: Distributed):
+        tc = cfg.training
+        self.distributed, self.device, self.main = distributed, device, distributed.is_main
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        self.prepared = prepare_data(cfg, distributed)
+        self.tokenizer = self.prepared.tokenizer
+        self.cfg = cfg = with_vocab_size(cfg, self.tokenizer.vocab_size)
+        self.tc, self.model_config = tc, cfg.model_config_
+        T = self.model_config.max_seq_len
+        resume_from = checkpoint_to_resume(cfg, resume)
+        checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+        if checkpoint is not None and checkpoint.state["model_type"] != tc.model_type:
+            raise CheckpointError(f"{checkpoint.folder} holds a {checkpoint.state['model_type']} model, not {tc.model_type}")
+        self.root = checkpoint.folder.parent if checkpoint else new_run_folder(cfg)  # this run's checkpoints
+
+        torch.manual_seed(tc.seed)
+        model = build_model(self.model_config, tc.model_type)
+        self.runtime = make_runtime(tc.model_type, model, device, tc.dtype, tc.compile, distributed)
+        self.runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
+        self.train_tokens = open_tokens(self.prepared.tokens_dir, "train", self.tokenizer)
+        self.val_tokens = open_tokens(self.prepared.tokens_dir, "validation", self.tokenizer)
+        check_validation_fits(self.val_tokens, T)  # found now, not at the first validation minutes into training
+        self.loader = TrainWindows(self.train_tokens, tc.batch_size, T, seed=tc.seed, rank=distributed.rank,
+                                   world_size=distributed.world_size)
+
+        self.tokens_per_step = tc.batch_size * T * tc.gradient_accumulation_steps * distributed.world_size  # all ranks
+        self.total_steps = tc.max_steps or max(1, math.ceil(tc.num_epochs * len(self.train_tokens) / self.tokens_per_step))
+        self.flops_per_token = flops_per_token(self.model_config, T)
+        self.budget = 60 * tc.max_time_minutes if tc.max_time_minutes else None  # seconds
+        self.peak_flops = _peak_flops(device)  # for MFU
+        self.progress, self.run_id, self.resumed = Progress(), None, checkpoint is not None
+        if checkpoint is not None:  # every check before MLflow is touched: a failed resume changes no tracked run
+            self.restore(checkpoint)
+        self.tracked: tracking.TrackedRun | tracking.NullRun = tracking.NullRun()
+        self.bar = None
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        load_weights(self.runtime.model, checkpoint)
+        self.runtime.load_optimizer_state(checkpoint.optimizer, checkpoint.state.get("optimizer_scalars", {}))
+        self.loader.load_state_dict(checkpoint.state["loader"])
+        restore_rng_state(checkpoint.state["rng"])
+        self.progress = Progress(checkpoint.state["step"], checkpoint.state.get("best_val_loss", math.inf),
+                                 checkpoint.state.get("train_seconds", 0.0))  # the time budget goes on from here
+        self.run_id = checkpoint.state.get("mlflow_run_id")
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        if self.resumed and self.reached_the_end():  # before MLflow: a finished run stays as it is
+            return TrainResult(self.run_id, self.progress.step, self.progress.best_val_loss, self.root,
+                               stopped_by=NOTHING_TO_DO)
+        losses, stopped_by, model_version = [], None, None
+        with self.tracked_run() as self.tracked, StopOnSignal() as signals, self.progress_bar() as self.bar:
+            if not self.resumed:
+                self.log_run_params()
+            session_start = time.perf_counter()
+            clock_start = session_start - self.progress.train_seconds  # the clock counts earlier sessions too
+            while self.progress.step < self.total_steps:
+                loss, signalled = self.optimizer_step(clock_start, signals)
+                losses.append(loss)
+                last = self.progress.step == self.total_steps
+                out_of_time = self.budget is not None and self.progress.train_seconds > self.budget
+                if self.progress.step % self.tc.eval_every == 0 or last or out_of_time:
+                    self.validate()
+                if self.sample_due(last or out_of_time):
+                    self.log_sample()
+                if self.progress.step % self.tc.checkpoint_every == 0 and not last:
+                    self.save_periodic()
+                if signalled or out_of_time:
+                    stopped_by = (signals.caught or "signal on another rank") if signalled else "time limit"
+                    break
+            self.save("latest")
+            if stopped_by in (None, "time limit"):  # reached its end: register the best checkpoint
+                model_version = self.register()
+            if self.progress.best_val_loss == math.inf:  # stopped before its first validation
+                self.progress.best_val_loss = self.validation_loss()
+            if signals.caught:
+                self.tracked.status = "KILLED"
+        # All ranks leave together: rank 0 may still be registering the model, and a rank that tears its process
+        # group down and exits meanwhile was seen to end with torchrun stopping every worker (about 1 run in 8 of
+        # the 2-process test), rank 0 mid-registration included.
+        self.distributed.barrier()
+        train_seconds = time.perf_counter() - session_start  # this session's
+        self.report_overhead(train_seconds)
+        return TrainResult(self.tracked.run_id, self.progress.step, self.progress.best_val_loss, self.root, losses,
+                           train_seconds, stopped_by, model_version)
+
+    def reached_the_end(self) -> bool:
+        out_of_budget = self.budget is not None and self.progress.train_seconds >= self.budget
+        return self.progress.step >= self.total_steps or out_of_budget
+
+    def optimizer_step(self, clock_start: float, signals: "StopOnSignal") -> tuple[float, bool]:
+        """One step of the global batch; returns (its loss, whether any rank was signalled to stop)."""
+        tc, step_start = self.tc, time.perf_counter()
+        lr = learning_rate(self.progress.step + 1, self.total_steps, tc, self.progress.train_seconds, self.budget)
+        self.runtime.set_learning_rate(lr)
+        windows = [self.loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
+        loss, grad_norm = self.runtime.train_step(windows, tc.max_grad_norm)
+        # One all-reduce gives every rank the global batch's loss (each rank saw its own slice), the same clock
+        # (so the schedule and the time budget agree) and whether any rank was signalled: ranks that stopped
+        # at different steps would wait for each other forever.
+        loss, seconds, signalled = self.distributed.mean(loss, time.perf_counter() - clock_start,
+                                                         float(signals.caught is not None))
+        if not math.isfinite(loss):
+            saved = newest_checkpoint(self.root)
+            raise TrainingDiverged(
+                f"loss is {loss} at step {self.progress.step + 1}; stopped. "
+                + (f"The last good checkpoint is {saved}" if saved else "No checkpoint was saved before it")
+                + " (lower training.learning_rate or check the data)")
+        if torch.device(self.device).type == "cuda":  # the step's kernels are done before it is timed
+            torch.cuda.synchronize()
+        self.progress.step += 1
+        self.progress.train_seconds = seconds
+        self.log_step(loss, lr, grad_norm, tokens_per_sec=self.tokens_per_step / (time.perf_counter() - step_start))
+        return loss, bool(signalled)
+
+    def log_step(self, loss: float, lr: float, grad_norm: float, tokens_per_sec: float) -> None:
+        step = self.progress.step
+        if step % self.tc.log_every == 0 or step == self.total_steps:
+            tokens_seen = step * self.tokens_per_step
+            metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                       "train/tokens_per_sec": tokens_per_sec, "train/tokens_seen": tokens_seen,
+                       "train/flops_seen": tokens_seen * self.flops_per_token}
+            if self.peak_flops:
+                metrics["train/mfu"] = tokens_per_sec * self.flops_per_token / self.peak_flops
+            self.tracked.log_metrics(metrics, step)
+        if self.bar is not None:  # counts steps, or seconds of the time budget when there is one
+            self.bar.update(1 if self.budget is None else min(self.progress.train_seconds, self.budget) - self.bar.n)
+            self.bar.set_postfix(step=step, loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
+
+    def validation_loss(self) -> float:
+        """Every rank scores its share of the validation batches; the all-reduce gives all of them the total."""
+        T = self.model_config.max_seq_len
+        return validation_loss(self.runtime, self.val_tokens, self.tc.batch_size, T, self.tc.eval_batches,
+                               self.distributed)[0]
+
+    def validate(self) -> None:
+        step, loss = self.progress.step, self.validation_loss()
+        perplexity = math.exp(min(loss, 50))
+        self.tracked.log_metrics({"val/loss": loss, "val/perplexity": perplexity,
+                                  "val/bits_per_byte": self.prepared.bits_per_byte(loss)}, step)
+        self.say(f"step {step}: val loss {loss:.4f} (perplexity {perplexity:.1f})")
+        if loss < self.progress.best_val_loss:
+            self.progress.best_val_loss = loss
+            self.save("best")
+
+    def sample_due(self, end: bool) -> bool:
+        """training.sample_every steps, or with each validation when it is unset."""
+        step = self.progress.step
+        if self.tc.sample_every is None:
+            return step % self.tc.eval_every == 0 or end
+        return step % self.tc.sample_every == 0
+
+    def log_sample(self) -> None:
+        """A short completion of training.sample_prompt, printed and kept as an artifact (rank 0)."""
+        tc, step = self.tc, self.progress.step
+        prompt_ids = self.tokenizer.encode(tc.sample_prompt)
+        if not self.main or not prompt_ids:
+            return
+        eot = self.tokenizer.eot_id
+        ids = [i for i in generate_tokens(self.runtime.model, prompt_ids, max_new_tokens=tc.sample_length,
+                                          temperature=0.8, top_k=50, seed=step, eos_id=eot) if i != eot]
+        text = tc.sample_prompt + self.tokenizer.decode(ids)
+        self.say(f"sample @ {step}: {text!r}")
+        self.tracked.log_text(text, f"samples/step-{step:07d}.txt")
+
+    # --- checkpoints and the end -----------------------------------------------------------------------------
+
+    def save_periodic(self) -> None:
+        self.save(f"step-{self.progress.step:07d}")
+        rotate(self.root, self.tc.keep_checkpoints)
+        self.save("latest")
+
+    def save(self, name: str) -> None:
+        """A checkpoint holding everything --resume needs (rank 0 writes it: all ranks hold the same weights)."""
+        if not self.main:
+            return
+        mark_latest(self.cfg, self.root)
+        self.tracked.flush()  # the metrics of the steps this checkpoint covers are sent or journalled before it exists
+        opt_tensors, opt_scalars = self.runtime.optimizer_state()
+        state = {
+            "step": self.progress.step, "model_type": self.tc.model_type, "model_config": self.model_config.to_dict(),
+            "experiment": self.cfg.to_dict(), "best_val_loss": self.progress.best_val_loss,
+            "loader": self.loader.state_dict(), "optimizer_scalars": opt_scalars, "rng": rng_state(),
+            "mlflow_run_id": self.tracked.run_id, "tokenizer_sha256": self.tokenizer.sha256,
+            "eot_id": self.tokenizer.eot_id, "train_seconds": self.progress.train_seconds,
+            "dataset_id": self.prepared.meta["dataset_id"],
+        }
+        save_checkpoint(self.root / name, self.runtime.model.state_dict(), opt_tensors, state, self.tokenizer.path)
+
+    def register(self) -> str | None:
+        """The best checkpoint becomes a new version of cfg.model_name (champion if it is the best); figures."""
+        if not self.main:
+            return None
+        best = self.root / "best" if (self.root / "best").is_dir() else self.root / "latest"
+        version = self.tracked.register(best, self.cfg.model_name)
+        self.tracked.log_figures(self.root / "figures")
+        return version
+
+    # --- tracking and the terminal ----------------------------------------------------------------------------
+
+    def tracked_run(self) -> tracking.TrackedRun | tracking.NullRun:
+        """The MLflow run (rank 0 only): a new one, or the resumed run continued."""
+        if not self.main:
+            return tracking.NullRun()
+        return tracking.TrackedRun(self.cfg.experiment_name, self.root.name, self.root / "metrics-journal.jsonl",
+                                   self.run_id, resume_step=self.progress.step if self.resumed else None)
+
+    def log_run_params(self) -> None:
+        """What a run is: its config (flattened, and whole as config.yaml), sizes, data, code and versions."""
+        params = tracking.flatten("", self.cfg.to_dict())
+        params.update({
+            "architecture": self.model_config.architecture, "n_parameters": count_parameters(self.model_config),
+            "flops_per_token": self.flops_per_token, "tokens_per_step": self.tokens_per_step,
+            "total_steps": self.total_steps, "device": self.device, "world_size": self.distributed.world_size,
+            "dataset_id": self.prepared.meta["dataset_id"], "dataset_source": self.prepared.meta["source"],
+            "tokenizer_sha256": self.tokenizer.sha256, "train_tokens": len(self.train_tokens),
+            "val_tokens": len(self.val_tokens), "git_commit": _git_commit(), "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+        })
+        self.tracked.log_params(params)
+        self.tracked.log_dict(self.cfg.to_dict(), "config.yaml")
+        self.tracked.log_artifact(self.tokenizer.path, "tokenizer")
+
+    def progress_bar(self):
+        """Steps out of training.max_steps, or with max_time_minutes, seconds out of the budget (rank 0)."""
+        from contextlib import nullcontext
+
+        from tqdm.auto import tqdm
+
+        if not self.main:
+            return nullcontext()
+        if self.budget is None:
+            return tqdm(total=self.total_steps, initial=self.progress.step, desc="training", unit="step",
+                        dynamic_ncols=True)
+        return tqdm(total=self.budget, initial=min(self.progress.train_seconds, self.budget), desc="training",
+                    unit="s", dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s of the time budget [{elapsed}<{remaining}{postfix}]")
+
+    def say(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+
+    def report_overhead(self, train_seconds: float) -> None:
+        if self.main:
+            in_loop, sender_cpu = self.tracked.overhead_seconds
+            print(f"tracking overhead: {in_loop:.3f} s in the training loop + {sender_cpu:.3f} s CPU in the sender "
+                  f"thread, of {train_seconds:.1f} s of training ({100 * (in_loop + sender_cpu) / train_seconds:.2f}%)")
+
+
+class StopOnSignal:
+    """While active, SIGINT and SIGTERM do not kill the process: they are noted (`caught`), and the loop saves a
+    checkpoint and ends the run after the step in progress."""
+
+    def __enter__(self) -> "StopOnSignal":
+        self.caught: str | None = None
+        self.previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def on_signal(self, signum, frame) -> None:
+        self.caught = signal.Signals(signum).name
+        print(f"\n{self.caught}: saving a checkpoint and ending the run after this step", file=sys.stderr)
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def prepare_data(cfg: ExperimentConfig, distributed: Distributed) -> prepare.PreparedData:
+    """Rank 0 prepares missing data (download, tokenizer, token shards); the others wait, then find it ready."""
+    if not distributed.is_main:
         distributed.barrier()
     prepared = prepare.prepare(cfg.data)
-    if main:
+    if distributed.is_main:
         distributed.barrier()
-    tokenizer = prepared.tokenizer
+    return prepared
 
+
+def with_vocab_size(cfg: ExperimentConfig, tokenizer_vocab: int) -> ExperimentConfig:
+    """model.vocab_size defaults to the tokenizer's; a smaller one could not embed every token."""
     model_values = dict(cfg.model)
-    model_values.setdefault("vocab_size", tokenizer.vocab_size)
-    if model_values["vocab_size"] < tokenizer.vocab_size:
+    model_values.setdefault("vocab_size", tokenizer_vocab)
+    if model_values["vocab_size"] < tokenizer_vocab:
         raise ConfigError(f"model.vocab_size ({model_values['vocab_size']}) is smaller than the tokenizer's "
-                          f"{tokenizer.vocab_size} tokens")
-    cfg = cfg.model_copy(update={"model": model_values})
-    model_config = cfg.model_config_
-    T = model_config.max_seq_len
-
-    # <model type>-<date>-<time>-<6 random hex digits>: sortable by start, and two runs started in the same
-    # second still get folders of their own
-    run_name = f"{tc.model_type}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    root = checkpoint_root(cfg) / run_name  # this run's checkpoints; a resumed run keeps its folder
-    resume_from = None
-    resume_folder = checkpoint_to_resume(cfg, resume)
-    if resume_folder is not None:
-        resume_from = ckpt.load_checkpoint(resume_folder)
-        root = resume_from.folder.parent
-        if resume_from.state["model_type"] != tc.model_type:
-            raise CheckpointError(f"{resume_from.folder} holds a {resume_from.state['model_type']} model, not {tc.model_type}")
-
-    torch.manual_seed(tc.seed)
-    runtime = ModelRuntime(tc.model_type, model_config, device, tc.dtype, tc.compile, distributed)
-    runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
-    train_tokens = open_tokens(prepared.tokens_dir, "train", tokenizer)
-    val_tokens = open_tokens(prepared.tokens_dir, "validation", tokenizer)
-    check_validation_fits(val_tokens, T)  # found now, not at the first validation minutes into training
-    loader = TrainWindows(train_tokens, tc.batch_size, T, seed=tc.seed, rank=distributed.rank,
-                          world_size=distributed.world_size)
-
-    tokens_per_step = tc.batch_size * T * tc.gradient_accumulation_steps * distributed.world_size  # all ranks
-    total_steps = tc.max_steps or max(1, math.ceil(tc.num_epochs * len(train_tokens) / tokens_per_step))
-    flops_token = flops_per_token(model_config, T)
-
-    start_step, best_val, run_id, elapsed = 0, math.inf, None, 0.0
-    if resume_from is not None:  # every check before MLflow is touched: a failed resume changes no tracked run
-        ckpt.check_weights_fit(resume_from.folder, resume_from.weights, runtime.model.state_dict())
-        runtime.model.load_state_dict({k: v.to(device) for k, v in resume_from.weights.items()})
-        runtime.load_optimizer_state(resume_from.optimizer, resume_from.state.get("optimizer_scalars", {}))
-        loader.load_state_dict(resume_from.state["loader"])
-        ckpt.restore_rng_state(resume_from.state["rng"])
-        start_step, best_val = resume_from.state["step"], resume_from.state.get("best_val_loss", math.inf)
-        elapsed = resume_from.state.get("train_seconds", 0.0)  # the time budget goes on from where it stopped
-        run_id = resume_from.state.get("mlflow_run_id")
-        budget_left = not tc.max_time_minutes or elapsed < 60 * tc.max_time_minutes
-        if start_step >= total_steps or not budget_left:  # before MLflow: a finished run stays as it is
-            return TrainResult(run_id, start_step, best_val, root, [], 0.0, NOTHING_TO_DO)
-
-    if main:
-        experiment_id = tracking.setup(cfg.experiment_name)
-        run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                               run_name=None if run_id else run_name, log_system_metrics=True)
-        run_id = run.info.run_id
-        logger = tracking.RunLogger(run_id, root / "metrics-journal.jsonl",
-                                    resume_step=start_step if resume_from is not None else None)
-    else:
-        logger = tracking.NullLogger()  # only rank 0 tracks
-    if resume_from is None and main:
-        params = tracking.flatten("", cfg.to_dict())
-        params.update({
-            "architecture": model_config.architecture,
-            "n_parameters": count_parameters(model_config), "flops_per_token": flops_token,
-            "tokens_per_step": tokens_per_step, "total_steps": total_steps, "device": device,
-            "dataset_id": prepared.meta["dataset_id"], "dataset_source": prepared.meta["source"],
-            "tokenizer_sha256": tokenizer.sha256, "train_tokens": len(train_tokens), "val_tokens": len(val_tokens),
-            "git_commit": _git_commit(), "torch_version": torch.__version__, "mlflow_version": mlflow.__version__,
-            "python_version": platform.python_version(), "world_size": distributed.world_size,
-        })
-        logger.safely("log params", mlflow.log_params, params)
-        logger.safely("log config", mlflow.log_dict, cfg.to_dict(), "config.yaml")
-        logger.safely("log tokenizer", mlflow.log_artifact, tokenizer.path, "tokenizer")
-
-    peak_flops = _peak_flops(device)
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signal.Signals(signum).name
-        print(f"\n{stop['signal']}: saving a checkpoint and ending the run after this step", file=sys.stderr)
-
-    previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def val_loss() -> float:  # every rank scores its share of the batches; the all-reduce gives all the total
-        return validation_loss(runtime, val_tokens, tc.batch_size, T, tc.eval_batches, distributed)[0]
-
-    def save(name: str, step: int) -> Path | None:
-        if not main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
-            return None
-        if not (checkpoint_root(cfg) / "LATEST").is_file() or latest_run_folder(cfg) != root:
-            root.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(checkpoint_root(cfg) / "LATEST", root.name)
-        logger.flush()  # the metrics of the steps this checkpoint covers are sent or journalled before it exists
-        opt_tensors, opt_scalars = runtime.optimizer_state()
-        state = {
-            "step": step, "model_type": tc.model_type, "model_config": model_config.to_dict(),
-            "experiment": cfg.to_dict(), "best_val_loss": best_val, "loader": loader.state_dict(),
-            "optimizer_scalars": opt_scalars, "rng": ckpt.rng_state(), "mlflow_run_id": run_id,
-            "tokenizer_sha256": tokenizer.sha256, "eot_id": tokenizer.eot_id, "train_seconds": elapsed,
-            "dataset_id": prepared.meta["dataset_id"],
-        }
-        return ckpt.save_checkpoint(root / name, runtime.model.state_dict(), opt_tensors, state, tokenizer.path)
-
-    losses: list[float] = []
-    step = start_step
-    resumed_seconds = elapsed
-    train_start = time.perf_counter() - elapsed  # so that now - train_start counts earlier sessions of this run too
-    stopped_by, model_version = None, None
-    budget = 60 * tc.max_time_minutes if tc.max_time_minutes else None  # seconds
-    try:
-        bar = _progress_bar(total_steps, start_step, budget, elapsed) if main else None
-        while step < total_steps:
-            step_start = time.perf_counter()
-            lr = learning_rate(step + 1, total_steps, tc, elapsed, budget)
-            runtime.set_learning_rate(lr)
-            windows = [loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
-            loss, grad_norm = runtime.train_step(windows, tc.max_grad_norm)
-            # One all-reduce gives every rank the global batch's loss (each rank saw its own slice), the same clock
-            # (so the schedule and the time budget agree) and whether any rank was signalled: ranks that stopped
-            # at different steps would wait for each other forever.
-            loss, elapsed, signalled = distributed.mean(loss, time.perf_counter() - train_start,
-                                                        float(stop["signal"] is not None))
-            if not math.isfinite(loss):
-                saved = newest_checkpoint(root)
-                raise TrainingDiverged(
-                    f"loss is {loss} at step {step + 1}; stopped. "
-                    + (f"The last good checkpoint is {saved}" if saved else "No checkpoint was saved before it")
-                    + " (lower training.learning_rate or check the data)")
-            if torch.device(device).type == "cuda":  # "cuda:N" under DDP
-                torch.cuda.synchronize()
-            step += 1
-            losses.append(loss)
-            seconds = time.perf_counter() - step_start
-            tokens_per_sec = tokens_per_step / seconds
-            if step % tc.log_every == 0 or step == total_steps:
-                metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                           "train/tokens_per_sec": tokens_per_sec, "train/tokens_seen": step * tokens_per_step,
-                           "train/flops_seen": step * tokens_per_step * flops_token}
-                if peak_flops:
-                    metrics["train/mfu"] = tokens_per_sec * flops_token / peak_flops
-                logger.log_metrics(metrics, step)
-            if bar is not None:  # counts steps, or seconds of the time budget when there is one
-                bar.update(1 if budget is None else min(elapsed, budget) - bar.n)
-                bar.set_postfix(step=step, loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
-
-            last = step == total_steps
-            out_of_time = budget is not None and elapsed > budget
-            if step % tc.eval_every == 0 or last or out_of_time:
-                current = val_loss()
-                logger.log_metrics({"val/loss": current, "val/perplexity": math.exp(min(current, 50)),
-                                    "val/bits_per_byte": prepared.bits_per_byte(current)}, step)
-                _say(bar, f"step {step}: val loss {current:.4f} (perplexity {math.exp(min(current, 50)):.1f})")
-                if current < best_val:
-                    best_val = current
-                    save("best", step)
-                if tc.sample_every is None and main:
-                    _log_sample(runtime, tokenizer, tc, step, logger, bar)
-            if tc.sample_every is not None and step % tc.sample_every == 0 and main:
-                _log_sample(runtime, tokenizer, tc, step, logger, bar)
-            if step % tc.checkpoint_every == 0 and not last:
-                save(f"step-{step:07d}", step)
-                ckpt.rotate(root, tc.keep_checkpoints)
-                save("latest", step)
-            if signalled or out_of_time or (stop_after_steps is not None and step - start_step >= stop_after_steps):
-                stopped_by = ((stop["signal"] or "signal on another rank") if signalled
-                              else "time limit" if out_of_time else "stop_after_steps")
-                break
-        if bar is not None:
-            bar.close()
-        save("latest", step)
-        logger.close()
-        if main and (step == total_steps or stopped_by == "time limit"):
-            model_version = register_best(cfg, root, run_id, logger)
-            logger.safely("log figures", _log_figures, run_id, root / "figures")
-        if best_val == math.inf:
-            best_val = val_loss()
-        if main:
-            logger.safely("end the run", mlflow.end_run, status="KILLED" if stop["signal"] else "FINISHED")
-    except BaseException:
-        logger.close()
-        if main:
-            logger.safely("end the run", mlflow.end_run, status="FAILED")
-        raise
-    finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-    # All ranks leave together: rank 0 may still be registering the model, and a rank that tears its process
-    # group down and exits meanwhile was seen to end with torchrun stopping every worker (about 1 run in 8 of
-    # the 2-process test), rank 0 mid-registration included.
-    distributed.barrier()
-    train_seconds = time.perf_counter() - train_start - resumed_seconds  # this session's
-    if main:
-        print(f"tracking overhead: {logger.seconds_spent:.3f} s in the training loop + "
-              f"{logger.sender_cpu_seconds:.3f} s CPU in the sender thread, of {train_seconds:.1f} s of training "
-              f"({100 * (logger.seconds_spent + logger.sender_cpu_seconds) / train_seconds:.2f}%)")
-    return TrainResult(run_id, step, best_val, root, losses, train_seconds, stopped_by, model_version)
-
-
-def register_best(cfg: ExperimentConfig, root: Path, run_id: str, logger: tracking.RunLogger) -> str | None:
-    """Log the best checkpoint as an MLflow model, a new version of cfg.model_name (champion if it is the best)."""
-    from jobs.serving.registry import log_and_register
-
-    best = root / "best" if (root / "best").is_dir() else root / "latest"
-    return logger.safely("register the model", log_and_register, best, cfg.model_name, run_id)
-
-
-def _log_sample(runtime, tokenizer, tc, step, logger, bar) -> None:
-    prompt_ids = tokenizer.encode(tc.sample_prompt)
-    if not prompt_ids:
-        return
-    ids = [i for i in generate_tokens(runtime.model, prompt_ids, max_new_tokens=tc.sample_length, temperature=0.8,
-                                      top_k=50, seed=step, eos_id=tokenizer.eot_id) if i != tokenizer.eot_id]
-    text = tc.sample_prompt + tokenizer.decode(ids)
-    _say(bar, f"sample @ {step}: {text!r}")
-    logger.safely("log a sample", mlflow.log_text, text, f"samples/step-{step:07d}.txt")
-
-
-def _log_figures(run_id: str, folder: Path) -> None:
-    """The run's loss (vs step and vs FLOPs), schedule and throughput figures, as artifacts."""
-    from jobs.figures import load_runs, plot
-
-    for path in plot(load_runs([run_id]), folder):
-        mlflow.log_artifact(str(path), "figures")
-
-
-def _say(bar, message: str) -> None:
-    if bar is not None:
-        bar.write(message)
-
-
-def _progress_bar(total_steps: int, start_step: int, budget: float | None, start_seconds: float):
-    """Steps out of training.max_steps, or with max_time_minutes, seconds out of the budget that ends the run."""
-    from tqdm.auto import tqdm
-
-    if budget is None:
-        return tqdm(total=total_steps, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
-    return tqdm(total=budget, initial=min(start_seconds, budget), desc="training", unit="s",
-                dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s of the time budget [{elapsed}<{remaining}{postfix}]")
+                          f"{tokenizer_vocab} tokens")
+    return cfg.model_copy(update={"model": model_values})
 
 
 def _peak_flops(device: str) -> float | None:

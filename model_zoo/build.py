@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from model_zoo.config import ModelConfig
+import torch
+
+from model_zoo.config import ConfigError, ModelConfig
 from model_zoo.custom_llama import CustomLlama
 from model_zoo.custom_transformer import CustomTransformer
 from model_zoo.torch_llama import TorchLlama
@@ -14,6 +16,15 @@ CLASSES = {
     ("gpt2", "torch"): TorchTransformer, ("gpt2", "custom"): CustomTransformer,
     ("llama", "torch"): TorchLlama, ("llama", "custom"): CustomLlama,
 }
+
+
+def resolve_device(device: str) -> str:
+    """"auto": CUDA when there is a GPU, else the CPU; "cuda" without one is a configuration error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but no CUDA device is available")
+    return device
 
 
 def build_model(config: ModelConfig, model_type: str):

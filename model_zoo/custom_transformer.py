@@ -188,10 +188,11 @@ class GELU(Module):
         return 0.5 * x * (1.0 + self.tanh_u)
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
-        # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+        # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2);
+        # since 1 - t^2 = (1 - t)(1 + t), that is 0.5 (1 + t) (1 + x du/dx (1 - t)).
         x, t = self.x, self.tanh_u
         du_dx = math.sqrt(2.0 / math.pi) * (1.0 + 3 * 0.044715 * x * x)
-        return d_out * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+        return d_out * 0.5 * (1.0 + t) * (1.0 + x * du_dx * (1.0 - t))
 
 
 class Softmax(Module):
@@ -199,9 +200,7 @@ class Softmax(Module):
     Subtracting the max changes nothing in the ratio but keeps exp from overflowing; -inf scores give p = 0."""
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        scores_fp32 = at_least_float32(scores)
-        exp = torch.exp(scores_fp32 - scores_fp32.amax(dim=-1, keepdim=True))
-        self.probs = (exp / exp.sum(dim=-1, keepdim=True)).to(scores.dtype)
+        self.probs = torch.softmax(at_least_float32(scores), dim=-1).to(scores.dtype)  # the formula above, fused
         return self.probs
 
     def backward(self, d_probs: torch.Tensor) -> torch.Tensor:
@@ -227,11 +226,11 @@ class CrossEntropyLoss(Module):
             raise RuntimeError("backward() needs a forward() with targets")
         B, T = self.targets.shape
         # loss = -(1/N) sum_i log softmax(z_i)[y_i]  =>  dz_i = (softmax(z_i) - onehot(y_i)) / N,  N = B * T
-        probs = self.log_probs.exp()  # (B, T, V)
-        # Subtracting the one-hot row is a scatter into the fresh probs (a (B, T, V) one-hot would cost as much
-        # memory as the logits again).
-        d_logits = probs.scatter_add_(-1, self.targets.unsqueeze(-1), torch.full_like(probs[..., :1], -1.0))
-        return d_logits * (loss_scale / (B * T))  # (B, T, V)
+        d_logits = self.log_probs.exp()  # (B, T, V): softmax(z)
+        # (B, T, V) is the largest tensor of the model: the one-hot is subtracted and the result scaled in place,
+        # in the tensor just made, instead of allocating two more of that size.
+        d_logits.scatter_add_(-1, self.targets.unsqueeze(-1), torch.full_like(d_logits[..., :1], -1.0))  # - onehot
+        return d_logits.mul_(loss_scale / (B * T))
 
 
 class ScaledDotProductAttention(Module):
@@ -245,9 +244,10 @@ class ScaledDotProductAttention(Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int = 0) -> torch.Tensor:
         T, D = q.shape[-2], q.shape[-1]
-        self.q, self.k, self.v = q, k, v
-        # Scores: how much query i attends to key j, scaled by 1/sqrt(D) so their variance does not grow with D.
-        scores = self.matmul(q, k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, past + T)
+        # Scores: how much query i attends to key j, scaled by 1/sqrt(D) so their variance does not grow with D
+        # (the scale is applied to q, the smaller tensor; the product is the same).
+        self.q_scaled, self.k, self.v = q / math.sqrt(D), k, v  # (B, H, T, D), (B, H, past + T, D) twice
+        scores = self.matmul(self.q_scaled, k.transpose(-2, -1))  # (B, H, T, past + T)
         allowed = KVCache.causal_mask(T, past, device=q.device)  # (T, past + T): no peeking at the future
         att = self.softmax(scores.masked_fill(~allowed, float("-inf")))  # (B, H, T, past + T)
         self.att_dropped = self.attn_dropout(att)
@@ -259,9 +259,9 @@ class ScaledDotProductAttention(Module):
         d_att = self.attn_dropout.backward(self.matmul(d_y, self.v.transpose(-2, -1)))  # (B, H, T, past + T)
         d_v = self.matmul(self.att_dropped.transpose(-2, -1), d_y)  # (B, H, past + T, D)
         d_scores = self.softmax.backward(d_att)  # (B, H, T, past + T); masked entries: p = 0, so no gradient
-        # scores = q k^T / sqrt(D)  =>  dq = d_scores k / sqrt(D),  dk = d_scores^T q / sqrt(D)
+        # scores = (q / sqrt(D)) k^T  =>  dq = d_scores k / sqrt(D),  dk = d_scores^T (q / sqrt(D))
         d_q = self.matmul(d_scores, self.k) / math.sqrt(D)  # (B, H, T, D)
-        d_k = self.matmul(d_scores.transpose(-2, -1), self.q) / math.sqrt(D)  # (B, H, past + T, D)
+        d_k = self.matmul(d_scores.transpose(-2, -1), self.q_scaled)  # (B, H, past + T, D)
         return d_q, d_k, d_v
 
 

@@ -1,4 +1,8 @@
+import contextlib
+import functools
+import inspect
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,54 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@contextlib.contextmanager
+def signal_during_step(n: int, signum: int = signal.SIGTERM):
+    """A real signal sent to this process during the n-th training step (as an eviction or Ctrl-C would), so a
+    run stops the way it does in production: the job's handler notes it, saves a checkpoint and ends the run."""
+    from unittest import mock
+
+    from jobs.training.runtime import ModelRuntime
+
+    real_step, calls = ModelRuntime.train_step, {"n": 0}
+
+    def step(self, windows, max_grad_norm):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signum)
+        return real_step(self, windows, max_grad_norm)
+
+    with mock.patch.object(ModelRuntime, "train_step", step):
+        yield
+
+
+def dry_run(argv: list[str]) -> dict:
+    """Run a command line through `python -m jobs`'s own parsing (fire, then each job's typed flags), with every
+    job's body swapped for a stand-in that loads the config it names with its overrides and stops there.
+    Returns the arguments the job would have got; a bad flag raises (fire exits with status 2), a bad config
+    raises ConfigError. How the compose and Kubernetes commands are checked without running them."""
+    import fire
+
+    import jobs.__main__
+    from jobs.cli import typed
+    from jobs.config import load_config
+
+    received = {}
+
+    def stand_in(job):
+        def load_only(*args, **kwargs):
+            arguments = inspect.signature(job).bind(*args, **kwargs).arguments
+            overrides = arguments.pop("overrides", {})  # the jobs' **overrides: config keys
+            received.update(arguments, job=job.__name__)
+            if arguments.get("config") or overrides:
+                received["loaded"] = load_config(arguments.get("config"), overrides)
+        return typed(functools.wraps(job)(load_only))
+
+    real_jobs = jobs.__main__._jobs()
+    stand_ins = {name: stand_in(inspect.unwrap(job)) for name, job in real_jobs.items()}
+    fire.Fire(stand_ins, command=list(argv), name="python -m jobs")
+    return received
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from jobs.__main__ import check_invocation
+from conftest import REPO, dry_run
 
 JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat"}
 
@@ -46,7 +45,7 @@ def test_compose_renders_and_every_job_command_parses(files, monkeypatch):
         service = services[name]
         entrypoint, command = service["entrypoint"], service["command"]
         assert entrypoint[:3] == ["python", "-m", "jobs"] and entrypoint[3] == name
-        check_invocation(entrypoint[3:] + command)
+        assert dry_run(entrypoint[3:] + command)["job"] == name.replace("-", "_")
         assert service["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert service["depends_on"]["mlflow"]["condition"] == "service_healthy"
         gpu = "deploy" in service
@@ -57,14 +56,19 @@ def test_compose_renders_and_every_job_command_parses(files, monkeypatch):
 
 def test_user_overrides_in_compose_runs_parse(monkeypatch):
     monkeypatch.chdir(REPO)
-    check_invocation(["train", "--config", "configs/torch_25m.yaml", "--training.learning_rate=1e-3"])
-    check_invocation(["train", "--config", "configs/cpu_demo.yaml", "--model-type", "custom"])
-    with pytest.raises(TypeError):
-        check_invocation(["generate", "--model", "m", "--prompt", "x", "--bogus", "1"])
+    lr = dry_run(["train", "--config", "configs/torch_25m.yaml", "--training.learning_rate=1e-3"])["loaded"]
+    assert lr.training.learning_rate == 1e-3
+    assert dry_run(["train", "--config", "configs/cpu_demo.yaml", "--model-type", "custom"])["model_type"] == "custom"
+    with pytest.raises(SystemExit) as exit_info:  # fire: generate takes no --bogus
+        dry_run(["generate", "--model", "m", "--prompt", "x", "--bogus", "1"])
+    assert exit_info.value.code == 2
+    from jobs.errors import InputError
     from model_zoo.config import ConfigError
 
     with pytest.raises(ConfigError, match="training.learning_rat"):
-        check_invocation(["train", "--config", "configs/torch_25m.yaml", "--training.learning_rat=1"])
+        dry_run(["train", "--config", "configs/torch_25m.yaml", "--training.learning_rat=1"])
+    with pytest.raises(InputError, match="--top-k"):  # the job's typed flags are checked as in a real run
+        dry_run(["generate", "--model", "m", "--prompt", "x", "--top-k", "-5"])
 
 
 def test_broken_compose_file_is_refused(tmp_path):

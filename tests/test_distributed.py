@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, tiny
 from jobs.train import run_training
-from jobs.training.checkpoint import load_checkpoint
+from jobs.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +43,11 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, s
     assert ddp_losses == pytest.approx(single.losses, rel=2e-5)
     # Each rank scores its share of the validation batches; the all-reduced loss is that of the whole pass, as
     # one process scoring the same batches with the final weights (the last checkpoint) finds it.
-    from jobs.data import prepare
-    from jobs.data.shards import open_tokens
-    from jobs.serving.loading import load_model
-    from jobs.training.evaluation import validation_loss
+    from jobs.evaluate import run_evaluation
 
     (latest,) = (tmp_path / "ddp" / "assets" / "checkpoints").glob("*/*/*/latest")
-    prepared = prepare.prepare(cfg.data)
-    tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
-    one_process, _ = validation_loss(load_model(str(latest)).runtime, tokens, cfg.training.batch_size,
-                                     cfg.model_config_.max_seq_len, cfg.training.eval_batches)
+    one_process = run_evaluation(str(latest), max_batches=cfg.training.eval_batches,
+                                 batch_size=cfg.training.batch_size, device="cpu", log=False)["loss"]
     ddp_val = max(client.get_metric_history(run.info.run_id, "val/loss"), key=lambda m: m.step)
     assert ddp_val.step == 8 and ddp_val.value == pytest.approx(one_process, rel=1e-5)
     mlflow.set_tracking_uri(store)

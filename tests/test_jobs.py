@@ -18,11 +18,12 @@ import yaml
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, tiny
+from conftest import REPO, signal_during_step, tiny
 from jobs.config import validate_config
 from jobs.evaluate import run_evaluation
-from jobs.train import TrainingDiverged, latest_run_folder, run_training
-from jobs.training.checkpoint import load_checkpoint
+from jobs.train import TrainingDiverged, run_training
+from jobs.training.run_folders import latest_run_folder
+from jobs.checkpoint import load_checkpoint
 from model_zoo.config import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -88,8 +89,9 @@ def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, model_type):
     whole = run_training(tiny(tmp_path / "a", model_type))
     cfg = tiny(tmp_path / "b", model_type)
-    first = run_training(cfg, stop_after_steps=5)
-    assert first.stopped_by == "stop_after_steps" and first.steps == 5
+    with signal_during_step(5):
+        first = run_training(cfg)
+    assert first.stopped_by == "SIGTERM" and first.steps == 5
     second = run_training(cfg, resume=True)
     assert second.run_id == first.run_id, "--resume continues the same tracked run"
     assert first.losses + second.losses == pytest.approx(whole.losses, rel=1e-6, abs=0)
@@ -131,7 +133,8 @@ def test_time_budget_ends_the_run_and_the_schedule_follows_elapsed_time(tmp_path
 
 def test_resume_goes_on_with_the_time_budget(tmp_path, store, slow_steps):
     cfg = tiny(tmp_path, max_steps=10_000, max_time_minutes=0.03, eval_every=1000, warmup_steps=2)  # 1.8 s
-    first = run_training(cfg, stop_after_steps=6)
+    with signal_during_step(6):
+        first = run_training(cfg)
     saved = load_checkpoint(first.checkpoint_dir / "latest").state["train_seconds"]
     assert saved >= 0.5, "the checkpoint keeps the seconds trained"
     second = run_training(cfg, resume=True)
@@ -166,20 +169,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, st
     assert runs[0].info.status == "FAILED"
 
 
-def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store, monkeypatch):
-    from jobs.training.runtime import ModelRuntime
-
-    real_step = ModelRuntime.train_step
-    calls = {"n": 0}
-
-    def step_then_signal(self, windows, max_grad_norm):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_step(self, windows, max_grad_norm)
-
-    monkeypatch.setattr(ModelRuntime, "train_step", step_then_signal)
-    result = run_training(tiny(tmp_path))
+def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store):
+    with signal_during_step(3):
+        result = run_training(tiny(tmp_path))
     assert result.stopped_by == "SIGTERM" and result.steps == 3
     assert load_checkpoint(result.checkpoint_dir / "latest").state["step"] == 3
     assert MlflowClient().get_run(result.run_id).info.status == "KILLED"
@@ -394,7 +386,8 @@ LLAMA = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48}
 def test_llama_trains_resumes_registers_and_generates(tmp_path, store, model_type):
     whole = run_training(tiny(tmp_path / "whole", model_type, model=LLAMA))
     cfg = tiny(tmp_path / "parts", model_type, model=LLAMA)
-    first = run_training(cfg, stop_after_steps=5)
+    with signal_during_step(5):
+        first = run_training(cfg)
     second = run_training(cfg, resume=True)
     assert first.losses + second.losses == pytest.approx(whole.losses, rel=1e-6, abs=0)
     assert whole.losses[-1] < whole.losses[0]
@@ -403,7 +396,7 @@ def test_llama_trains_resumes_registers_and_generates(tmp_path, store, model_typ
     from jobs.serving.loading import complete, load_model
 
     loaded = load_model(f"models:/{cfg.model_name}@champion")
-    assert loaded.runtime.config.architecture == "llama" and loaded.runtime.config.n_kv_heads == 2
+    assert loaded.config.architecture == "llama" and loaded.config.n_kv_heads == 2
     assert type(loaded.model).__name__ == ("TorchLlama" if model_type == "torch" else "CustomLlama")
     text = "".join(complete(loaded, "Once upon a time", max_length=8, temperature=0.0))
     assert text == "".join(complete(loaded, "Once upon a time", max_length=8, temperature=0.0)) and text

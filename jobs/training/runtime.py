@@ -1,7 +1,9 @@
-"""One interface over both model types for the jobs: build, train step, evaluate, save and restore.
+"""How the jobs train and score a model of either type: one protocol, two small adapters.
 
-The two models differ in exactly one place, the training step: autograd (`loss.backward()`) for the torch
-twin, the hand-written `model.backward()` for the custom one. Everything else in the jobs is shared.
+The two model types differ in how a training step gets its gradients and in what their optimizers look like:
+autograd (`loss.backward()`, torch.optim.AdamW, DDP) for the torch twins, the hand-written `model.backward()`
+and AdamW for the custom ones. `ModelRuntime` holds what both share (the step over micro-batches, the
+validation loss); `TorchRuntime` and `CustomRuntime` fill in the rest. `make_runtime` picks one.
 """
 
 from __future__ import annotations
@@ -12,102 +14,40 @@ import math
 import torch
 
 from jobs.training.distributed import Distributed, average_gradients
-from model_zoo.config import ConfigError, ModelConfig
-from model_zoo.build import build_model
 from model_zoo.custom_transformer import clip_grad_norm
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device is 'cuda' but no CUDA device is available")
-    return device
-
-
 class ModelRuntime:
-    def __init__(self, model_type: str, config: ModelConfig, device: str = "cpu", dtype: str = "float32",
-                 compile_model: bool = False, distributed: Distributed = Distributed()):
-        self.model_type, self.config, self.device, self.distributed = model_type, config, device, distributed
+    """A model on its device with its optimizer; what the train job, evaluation and the benchmarks call."""
+
+    def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed()):
         # bf16: mixed precision. Weights stay fp32; matmuls run in bf16 (autocast for the twin, compute_dtype
-        # for the custom model); softmax, LayerNorm and the loss stay in fp32.
-        self.bf16 = dtype == "bfloat16"
-        model = build_model(config, model_type)
-        if model_type == "torch":
-            self.model = model.to(device)
-            self.forward_model = self.model
-            if distributed.enabled:  # DDP all-reduces gradients during backward, bucket by bucket
-                from torch.nn.parallel import DistributedDataParallel
-
-                self.forward_model = DistributedDataParallel(self.model)
-            if compile_model:
-                self.forward_model = torch.compile(self.forward_model)
-        else:
-            self.model = model.to(device=device, compute_dtype=torch.bfloat16 if self.bf16 else None)
-            self.forward_model = self.model
+        # for the custom model); softmax, normalisation and the loss stay in fp32.
+        self.model, self.device, self.bf16, self.distributed = model, device, bf16, distributed
+        self.config = model.config
         self.optimizer = None
-
-    # --- training ---------------------------------------------------------------------------------------
 
     def configure_optimizer(self, learning_rate: float, weight_decay: float, betas: tuple[float, float]) -> None:
         self.optimizer = self.model.configure_optimizer(learning_rate, weight_decay, betas)
 
-    def set_learning_rate(self, lr: float) -> None:
-        if self.model_type == "torch":
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-        else:
-            self.optimizer.lr = lr
-
-    def autocast(self):
-        if self.model_type == "torch" and self.bf16:
-            return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def train_step(self, windows: list[torch.Tensor], max_grad_norm: float | None) -> tuple[float, float]:
-        """One optimizer step over micro-batches of (B, T+1) windows; returns (mean loss, grad norm).
+        """One optimizer step over micro-batches of (B, T+1) windows; returns (mean loss, grad norm before clipping).
 
         Each micro-batch's loss is scaled by 1 / len(windows), so the accumulated gradient is that of the
         mean loss over all of them, as if they had been one big batch. With several ranks, gradients are
-        averaged over ranks once, after the last micro-batch (DDP's no_sync skips the earlier all-reduces).
+        averaged over ranks once, after the last micro-batch.
         """
         self.model.train()
         scale = 1.0 / len(windows)
         total_loss = 0.0
         for i, window in enumerate(windows):
             window = window.to(self.device, non_blocking=True)
-            idx, targets = window[:, :-1], window[:, 1:]
-            if self.model_type == "torch":
-                last = i == len(windows) - 1
-                sync = contextlib.nullcontext() if last or not self.distributed.enabled else self.forward_model.no_sync()
-                with sync:
-                    with self.autocast():
-                        _, loss = self.forward_model(idx, targets)
-                    (loss * scale).backward()
-            else:
-                _, loss = self.model.forward(idx, targets)
-                self.model.backward(loss_scale=scale)
-            total_loss += loss.item() * scale
-        if self.model_type == "custom" and self.distributed.enabled:
-            average_gradients(self.model.named_parameters(), self.distributed.world_size)
-        grad_norm = self._clip(max_grad_norm)
+            loss = self.forward_backward(window[:, :-1], window[:, 1:], scale, last=i == len(windows) - 1)
+            total_loss += loss * scale
+        grad_norm = self.clip_gradients(max_grad_norm if max_grad_norm is not None else math.inf)
         self.optimizer.step()
-        self._zero_grad()
+        self.zero_grad()
         return total_loss, grad_norm
-
-    def _clip(self, max_grad_norm: float | None) -> float:
-        limit = max_grad_norm if max_grad_norm is not None else math.inf
-        if self.model_type == "torch":
-            return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
-        return clip_grad_norm(list(self.model.named_parameters()), limit)
-
-    def _zero_grad(self) -> None:
-        if self.model_type == "torch":
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.model.zero_grad()
-
-    # --- evaluation ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def loss(self, window: torch.Tensor) -> float:
@@ -115,26 +55,121 @@ class ModelRuntime:
         self.model.eval()
         window = window.to(self.device)
         with self.autocast():
-            _, loss = self.forward_model(window[:, :-1], window[:, 1:])
+            _, loss = self.model(window[:, :-1], window[:, 1:])
         return float(loss)
 
-    # --- state ----------------------------------------------------------------------------------------------
+    # --- what each model type does its own way -----------------------------------------------------------
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def forward_backward(self, idx: torch.Tensor, targets: torch.Tensor, scale: float, last: bool) -> float:
+        """Add the gradient of scale * loss(idx, targets) to the parameters' gradients; return the loss."""
+        raise NotImplementedError
+
+    def clip_gradients(self, max_norm: float) -> float:
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        raise NotImplementedError
+
+    def set_learning_rate(self, lr: float) -> None:
+        raise NotImplementedError
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, json-able scalars) of the optimizer, so it saves without pickle."""
-        if self.model_type == "custom":
-            return self.optimizer.state_dict(), {}
-        state = self.optimizer.state_dict()
+        raise NotImplementedError
+
+    def load_optimizer_state(self, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+        raise NotImplementedError
+
+
+class TorchRuntime(ModelRuntime):
+    """The nn.Module twins: autograd, torch.optim.AdamW, DDP across ranks, optionally torch.compile."""
+
+    def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed(),
+                 compile_model: bool = False):
+        super().__init__(model.to(device), device, bf16, distributed)
+        self.forward_model = self.model  # what the training step calls: maybe wrapped in DDP and compiled
+        if distributed.enabled:  # DDP all-reduces gradients during backward, bucket by bucket
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(self.model)
+        if compile_model:
+            self.forward_model = torch.compile(self.forward_model)
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+
+    def forward_backward(self, idx, targets, scale, last):
+        # DDP would all-reduce after every micro-batch; no_sync skips all but the last one's
+        skip_sync = self.distributed.enabled and not last
+        with self.forward_model.no_sync() if skip_sync else contextlib.nullcontext():
+            with self.autocast():
+                _, loss = self.forward_model(idx, targets)
+            (loss * scale).backward()
+        return loss.item()
+
+    def clip_gradients(self, max_norm):
+        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+
+    def zero_grad(self):
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def set_learning_rate(self, lr):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def optimizer_state(self):
+        state = self.optimizer.state_dict()  # {"state": {index: {key: tensor}}, "param_groups": [...]}
         tensors = {f"{index}.{key}": value for index, per_param in state["state"].items()
                    for key, value in per_param.items()}
         return tensors, {"param_groups": state["param_groups"]}
 
-    def load_optimizer_state(self, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
-        if self.model_type == "custom":
-            self.optimizer.load_state_dict({k: v.to(self.device) for k, v in tensors.items()})
-            return
+    def load_optimizer_state(self, tensors, scalars):
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for name, value in tensors.items():
             index, key = name.split(".", 1)
             per_param.setdefault(int(index), {})[key] = value.to(self.device) if key != "step" else value
         self.optimizer.load_state_dict({"state": per_param, "param_groups": scalars["param_groups"]})
+
+
+class CustomRuntime(ModelRuntime):
+    """The hand-written models: model.backward(), their own AdamW; gradients averaged over ranks by hand."""
+
+    def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed()):
+        super().__init__(model.to(device=device, compute_dtype=torch.bfloat16 if bf16 else None), device, bf16,
+                         distributed)
+
+    def forward_backward(self, idx, targets, scale, last):
+        _, loss = self.model.forward(idx, targets)
+        self.model.backward(loss_scale=scale)
+        if last and self.distributed.enabled:
+            average_gradients(self.model.named_parameters(), self.distributed.world_size)
+        return loss.item()
+
+    def clip_gradients(self, max_norm):
+        return clip_grad_norm(list(self.model.named_parameters()), max_norm)
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+    def set_learning_rate(self, lr):
+        self.optimizer.lr = lr
+
+    def optimizer_state(self):
+        return self.optimizer.state_dict(), {}  # already tensors only: m.<name>, v.<name>, step_count
+
+    def load_optimizer_state(self, tensors, scalars):
+        self.optimizer.load_state_dict({k: v.to(self.device) for k, v in tensors.items()})
+
+
+def make_runtime(model_type: str, model, device: str, dtype: str = "float32", compile_model: bool = False,
+                 distributed: Distributed = Distributed()) -> ModelRuntime:
+    """The adapter for a model of model_type ("torch" or "custom"), moved to device."""
+    bf16 = dtype == "bfloat16"
+    if model_type == "torch":
+        return TorchRuntime(model, device, bf16, distributed, compile_model)
+    return CustomRuntime(model, device, bf16, distributed)

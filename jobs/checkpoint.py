@@ -1,4 +1,5 @@
-"""Checkpoints: one folder each, nothing pickled, written atomically.
+"""Checkpoints: one folder each, nothing pickled, written atomically; and a model rebuilt from one (what
+training, serving and evaluation share).
 
     model.safetensors      the weights (same keys for both model types)
     optimizer.safetensors  the optimizer's tensors (AdamW moments)
@@ -25,6 +26,8 @@ from safetensors.torch import load_file, save_file
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from jobs.errors import CheckpointError
+from model_zoo.build import build_model
+from model_zoo.config import ConfigError, ModelConfig
 
 REQUIRED_FILES = ("model.safetensors", "state.json", "tokenizer.json")
 
@@ -121,6 +124,23 @@ def load_checkpoint(folder: str | Path, with_optimizer: bool = True) -> Checkpoi
         raise CheckpointError(f"{folder}: damaged checkpoint ({str(error).splitlines()[0]})") from None
     _check_state(folder, state, TrainingState if with_optimizer else ServingState)
     return Checkpoint(folder, state, weights, optimizer)
+
+
+def load_weights(model, checkpoint: Checkpoint) -> None:
+    """Copy a checkpoint's weights into `model` (on any device), once their keys and shapes are known to fit."""
+    check_weights_fit(checkpoint.folder, checkpoint.weights, model.state_dict())
+    model.load_state_dict(checkpoint.weights)  # copies into the model's own tensors, on its device
+
+
+def build_from_checkpoint(checkpoint: Checkpoint, device: str):
+    """The checkpoint's model (its type and config) on `device`, with its weights, in eval mode."""
+    try:
+        config = ModelConfig.from_dict(checkpoint.state["model_config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{checkpoint.folder / 'state.json'}: model_config: {error}") from None
+    model = build_model(config, checkpoint.state["model_type"]).to(device)
+    load_weights(model, checkpoint)
+    return model.eval()
 
 
 def rng_state() -> dict[str, list[int]]:

@@ -1,0 +1,72 @@
+"""Where a training run keeps its checkpoints, and which checkpoint `--resume` continues.
+
+    <data.assets_dir>/checkpoints/<experiment>/<model type>/
+        LATEST                                   the name of the newest run folder (what a bare --resume continues)
+        <model type>-<date>-<time>-<6 hex>/      one run: best/, latest/, step-N/, metrics-journal.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+from jobs import atomic
+from jobs.config import ExperimentConfig
+from jobs.errors import CheckpointError
+
+
+def checkpoint_root(cfg: ExperimentConfig) -> Path:
+    """The folder of an experiment's runs of one model type."""
+    return Path(cfg.data.assets_dir) / "checkpoints" / cfg.experiment_name / cfg.training.model_type
+
+
+def new_run_folder(cfg: ExperimentConfig) -> Path:
+    """<model type>-<date>-<time>-<6 random hex digits>: sortable by start, and two runs started in the same
+    second still get folders of their own. Created when the run saves its first checkpoint."""
+    return checkpoint_root(cfg) / f"{cfg.training.model_type}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def mark_latest(cfg: ExperimentConfig, run_folder: Path) -> None:
+    """Make run_folder the one a bare --resume continues (once, when it saves its first checkpoint)."""
+    marker = checkpoint_root(cfg) / "LATEST"
+    if not marker.is_file() or marker.read_text().strip() != run_folder.name:
+        run_folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(marker, run_folder.name)
+
+
+def latest_run_folder(cfg: ExperimentConfig) -> Path:
+    marker = checkpoint_root(cfg) / "LATEST"
+    if not marker.is_file():
+        raise CheckpointError(f"nothing to resume: no run of {cfg.experiment_name} ({cfg.training.model_type}) "
+                              f"under {checkpoint_root(cfg)}")
+    return checkpoint_root(cfg) / marker.read_text().strip()
+
+
+def newest_checkpoint(run_folder: Path) -> Path | None:
+    """The checkpoint of a run folder with the highest step (latest, best or step-N; each holds the full training
+    state), or None when the run saved none yet."""
+    found = []
+    for folder in run_folder.iterdir() if run_folder.is_dir() else []:
+        state = folder / "state.json"
+        if folder.is_dir() and not folder.name.endswith((".tmp", ".old")) and state.is_file():
+            try:
+                found.append((int(json.loads(state.read_text())["step"]), folder.name == "latest", folder))
+            except (ValueError, KeyError, TypeError):
+                found.append((-1, False, folder))  # damaged: load_checkpoint names the problem if it is chosen
+    return max(found, key=lambda f: f[:2])[2] if found else None
+
+
+def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Path | None:
+    """The folder that --resume names, or None for a fresh run (see jobs/train.py's docstring)."""
+    if not resume:
+        return None
+    if resume is True or resume == "auto":
+        marker = checkpoint_root(cfg) / "LATEST"
+        newest = newest_checkpoint(latest_run_folder(cfg)) if marker.is_file() else None
+        if newest is None and resume is True:
+            raise CheckpointError(f"nothing to resume: no checkpoint of {cfg.experiment_name} "
+                                  f"({cfg.training.model_type}) under {checkpoint_root(cfg)}")
+        return newest
+    return Path(resume)
