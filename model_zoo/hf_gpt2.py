@@ -7,13 +7,12 @@ as `Conv1D` with weights (in, out), where nn.Linear (and we) store (out, in). A 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from model_zoo.config import ModelConfig
+from model_zoo.hf_folder import HFFolder, write_folder
 
 # our name inside a block -> Hugging Face's name, and whether the weight is transposed (Conv1D)
 _BLOCK_NAMES = {
@@ -51,17 +50,11 @@ def export_gpt2(
     bos_token_id: int | None = None, eos_token_id: int | None = None,
 ) -> Path:
     """Write `folder/config.json` and `folder/model.safetensors` in the GPT2LMHeadModel layout."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for ours, (theirs, transpose) in _name_map(config).items():
         tensor = state_dict[ours].detach().to("cpu")
         tensors[theirs] = (tensor.t() if transpose else tensor).contiguous()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    hf_config = hf_config_dict(config, bos_token_id, eos_token_id)
-    hf_config["torch_dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    return folder
+    return write_folder(folder, tensors, hf_config_dict(config, bos_token_id, eos_token_id))
 
 
 def hf_config_dict(config: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None) -> dict:
@@ -91,30 +84,21 @@ def hf_config_dict(config: ModelConfig, bos_token_id: int | None = None, eos_tok
 
 def import_gpt2(folder: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Read a GPT2LMHeadModel folder back into our names: (state_dict, ModelConfig)."""
-    folder = Path(folder)
-    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"not a Hugging Face GPT-2 folder: {path} is missing")
-    hf = json.loads(config_path.read_text())
-    if hf.get("model_type") != "gpt2":
-        raise ValueError(f"{config_path}: model_type is {hf.get('model_type')!r}, expected 'gpt2'")
+    folder = HFFolder(folder, "gpt2")
+    hf = folder.config
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"{config_path}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
+        raise ValueError(f"{folder.config_path}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
     config = ModelConfig(
         vocab_size=hf["vocab_size"], d_model=hf["n_embd"], n_heads=hf["n_head"], n_blocks=hf["n_layer"],
         d_ffn=hf.get("n_inner") or 4 * hf["n_embd"], max_seq_len=hf["n_positions"],
         dropout=hf.get("resid_pdrop", 0.0), layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
         init_std=hf.get("initializer_range", 0.02),
     )
-    tensors = load_file(str(weights_path))  # safetensors: plain tensors, nothing unpickled
     # Checkpoints saved from GPT2Model (not the LM head model) have no "transformer." prefix.
-    tensors = {name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}": t
-               for name, t in tensors.items()}
+    folder.tensors = {name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}": t
+                      for name, t in folder.tensors.items()}
     state_dict = {}
     for ours, (theirs, transpose) in _name_map(config).items():
-        if theirs not in tensors:
-            raise KeyError(f"{weights_path}: tensor {theirs!r} is missing")
-        tensor = tensors[theirs]
+        tensor = folder.tensor(theirs)
         state_dict[ours] = (tensor.t() if transpose else tensor).contiguous()
     return state_dict, config

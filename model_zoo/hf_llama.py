@@ -7,13 +7,12 @@ weights (out, in), and both pair rotary features i and i + D/2. A folder written
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from model_zoo.config import ModelConfig
+from model_zoo.hf_folder import HFFolder, write_folder
 
 # our name inside a block -> Hugging Face's
 _BLOCK_NAMES = {
@@ -44,14 +43,8 @@ def export_llama(state_dict: dict[str, torch.Tensor], config: ModelConfig, folde
     """Write `folder/config.json` and `folder/model.safetensors` in the LlamaForCausalLM layout."""
     if config.architecture != "llama":
         raise ValueError(f"export_llama needs a llama config, not {config.architecture!r}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {theirs: state_dict[ours].detach().to("cpu").contiguous() for ours, theirs in _name_map(config).items()}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    hf_config = hf_config_dict(config, bos_token_id, eos_token_id)
-    hf_config["torch_dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    return folder
+    return write_folder(folder, tensors, hf_config_dict(config, bos_token_id, eos_token_id))
 
 
 def hf_config_dict(config: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None) -> dict:
@@ -82,14 +75,8 @@ def hf_config_dict(config: ModelConfig, bos_token_id: int | None = None, eos_tok
 
 def import_llama(folder: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Read a LlamaForCausalLM folder back into our names: (state_dict, ModelConfig)."""
-    folder = Path(folder)
-    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"not a Hugging Face Llama folder: {path} is missing")
-    hf = json.loads(config_path.read_text())
-    if hf.get("model_type") != "llama":
-        raise ValueError(f"{config_path}: model_type is {hf.get('model_type')!r}, expected 'llama'")
+    folder = HFFolder(folder, "llama")
+    hf, config_path = folder.config, folder.config_path
     for key, expected in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
         if hf.get(key, expected) != expected:
             raise ValueError(f"{config_path}: {key} is {hf[key]!r}; this model supports only {expected!r}")
@@ -105,10 +92,4 @@ def import_llama(folder: str | Path) -> tuple[dict[str, torch.Tensor], ModelConf
     )
     if hf.get("head_dim", config.head_size) != config.head_size:
         raise ValueError(f"{config_path}: head_dim {hf['head_dim']} is not hidden_size / num_attention_heads")
-    tensors = load_file(str(weights_path))  # safetensors: plain tensors, nothing unpickled
-    state_dict = {}
-    for ours, theirs in _name_map(config).items():
-        if theirs not in tensors:
-            raise KeyError(f"{weights_path}: tensor {theirs!r} is missing")
-        state_dict[ours] = tensors[theirs].contiguous()
-    return state_dict, config
+    return {ours: folder.tensor(theirs).contiguous() for ours, theirs in _name_map(config).items()}, config
