@@ -33,7 +33,6 @@ from mlflow.tracking import MlflowClient
 from jobs.config import TRACKING_STORE
 from jobs.errors import TrackingError
 
-CHAMPION = "champion"
 
 
 # Stores MLflow can use: a tracking server, a database (SQLAlchemy URLs), a file store (a path or file:).
@@ -254,8 +253,8 @@ class TrackedRun:
         safely(f"log {name}", mlflow.log_text, text, name)
 
     def register(self, checkpoint: Path, model_name: str) -> str | None:
-        """Log `checkpoint` as this run's model, a new version of model_name (see serving.registry); the version."""
-        from jobs.serving.registry import log_and_register
+        """Log `checkpoint` as this run's model, a new version of model_name (see jobs/registry.py); the version."""
+        from jobs.registry import log_and_register  # imported here: it brings pandas and MLflow's model code
 
         return safely("register the model", log_and_register, checkpoint, model_name, self.run_id)
 

@@ -34,6 +34,7 @@ from jobs.config import ExperimentConfig, load_config
 from jobs.data import prepare
 from jobs.data.shards import TrainWindows, check_validation_fits, open_tokens
 from jobs.errors import CheckpointError
+from jobs.registry import CHAMPION
 from jobs.training.distributed import Distributed
 from jobs.training.evaluation import validation_loss
 from jobs.training.run_folders import checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint
@@ -97,7 +98,7 @@ def next_steps(cfg: ExperimentConfig, result: TrainResult) -> str:
     uri = tracking.tracking_uri()
     ui = (f"open {uri}" if uri.startswith(("http://", "https://"))
           else f"mlflow ui --backend-store-uri {uri}   # then http://127.0.0.1:5000")
-    model = f"models:/{cfg.model_name}@{tracking.CHAMPION}"
+    model = f"models:/{cfg.model_name}@{CHAMPION}"
     if result.model_version is None:
         model = str(result.checkpoint_dir / "best")
         registered = "not registered (see the tracking warnings above); the checkpoint serves directly"

@@ -62,7 +62,7 @@ def test_train_tracks_in_embedded_store_and_registers_champion(tmp_path, store, 
 def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path, store, capsys):
     import shutil
 
-    from jobs.serving.registry import log_and_register
+    from jobs.registry import log_and_register
 
     cfg = tiny(tmp_path, max_steps=4, eval_every=2)
     result = run_training(cfg)

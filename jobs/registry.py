@@ -1,4 +1,7 @@
-"""Registering a checkpoint in the MLflow model registry, with the aliases generate and chat load."""
+"""Registering a checkpoint in the MLflow model registry, with the alias generate and chat load.
+
+Called by tracking.TrackedRun.register at the end of a training run; the logged model's code is
+jobs/serving/pyfunc_model.py (MLflow runs that file to serve it, nothing is pickled)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,8 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from jobs.tracking import CHAMPION
-
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+CHAMPION = "champion"  # the alias of the version with the best validation loss: models:/<name>@champion
+PYFUNC_FILE = Path(__file__).with_name("serving") / "pyfunc_model.py"
 
 
 def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
