@@ -257,3 +257,20 @@ def test_hugging_face_oracle_gives_same_logits(tmp_path):
     custom, _ = custom_model.eval()(idx)
     assert (hf_logits - ours).abs().max() <= 1e-5
     assert (hf_logits - custom).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_the_benchmarks_baseline_is_the_same_model(architecture):
+    """build_hf_model (the benchmarks' transformers baseline) has exactly our parameter count and dropout setting."""
+    pytest.importorskip("transformers", reason="the baseline needs the [test] extra: transformers")
+    from model_zoo.build import build_hf_model
+
+    llama = {"architecture": "llama", "n_kv_heads": 2} if architecture == "llama" else {}
+    config = ModelConfig(vocab_size=96, d_model=32, n_heads=4, n_blocks=2, d_ffn=64, max_seq_len=32, dropout=0.1,
+                         **llama)
+    name, hf_model = build_hf_model(config, dropout=0.0)
+    assert name == ("LlamaForCausalLM" if llama else "GPT2LMHeadModel")
+    assert sum(p.numel() for p in hf_model.parameters()) == count_parameters(config)
+    dropout = hf_model.config.attention_dropout if llama else hf_model.config.attn_pdrop
+    assert dropout == 0.0 and build_hf_model(config)[1].config.to_dict()[
+        "attention_dropout" if llama else "attn_pdrop"] == 0.1
