@@ -33,14 +33,12 @@ from mlflow.tracking import MlflowClient
 from jobs.config import TRACKING_STORE
 from jobs.errors import TrackingError
 
-
-
 # Stores MLflow can use: a tracking server, a database (SQLAlchemy URLs), a file store (a path or file:).
 SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", ""}
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, or the embedded sqlite store in the project folder; a scheme MLflow cannot use is an
+    """MLFLOW_TRACKING_URI, or the embedded sqlite store in the working folder; a scheme MLflow cannot use is an
     input error here, not a traceback deep inside MLflow."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(TRACKING_STORE).resolve()}"
     scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]

@@ -163,7 +163,6 @@ class Trainer:
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.num_epochs * len(self.train_tokens) / self.tokens_per_step))
         self.flops_per_token = flops_per_token(self.model_config, T)
         self.budget = 60 * tc.max_time_minutes if tc.max_time_minutes else None  # seconds
-        self.peak_flops = _peak_flops(device)  # for MFU
         self.progress, self.run_id, self.resumed = Progress(), None, checkpoint is not None
         if checkpoint is not None:  # every check before MLflow is touched: a failed resume changes no tracked run
             self.restore(checkpoint)
@@ -185,6 +184,7 @@ class Trainer:
         if self.resumed and self.reached_the_end():  # before MLflow: a finished run stays as it is
             return TrainResult(self.run_id, self.progress.step, self.progress.best_val_loss, self.root,
                                stopped_by=NOTHING_TO_DO)
+        self.peak_flops = _peak_flops(self.device)  # for MFU; measured only when there is training to do
         losses, stopped_by, model_version = [], None, None
         with self.tracked_run() as self.tracked, StopOnSignal() as signals, self.progress_bar() as self.bar:
             if not self.resumed:
