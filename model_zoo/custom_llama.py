@@ -86,15 +86,17 @@ class GroupedQueryAttention(Module):
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, G, D).transpose(1, 2)  # (B, G, T, D)
         v = self.v_proj(x).view(B, T, G, D).transpose(1, 2)  # (B, G, T, D)
-        past = kv_cache.length if kv_cache is not None else 0
-        self.cos, self.sin = rope_angles(self.config, past, T, x.device, x.dtype)  # (T, D) each
-        q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)  # positions past .. past+T-1
+        positions = KVCache.positions_for(kv_cache, T, self.config.max_seq_len, x.device)  # (T,) or (B, T)
+        self.cos, self.sin = rope_angles(self.config, positions, x.dtype)  # (T, D) each, or (B, 1, T, D)
+        q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)  # each at its position
+        allowed = None
         if kv_cache is not None:
+            allowed = kv_cache.attention_mask(T, x.device)  # which cached and new keys each query may see
             k, v = kv_cache.append(block_index, k, v)  # (B, G, past + T, D): the cache keeps G heads, rotated
         # Each K/V head serves H / G query heads: repeat it for them (query head h uses K/V head h // (H / G)).
         k_all = k.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D)
         v_all = v.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D)
-        y = self.attention(q, k_all, v_all, past)  # (B, H, T, D): GPT-2's attention from here on
+        y = self.attention(q, k_all, v_all, allowed)  # (B, H, T, D): GPT-2's attention from here on
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 
@@ -196,7 +198,7 @@ class CustomLlama(CustomModel):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape  # idx: (B, T) token ids
-        KVCache.first_position(kv_cache, T, self.config.max_seq_len)  # checks the context fits; RoPE reads the start
+        KVCache.positions_for(kv_cache, T, self.config.max_seq_len)  # checks the context fits; attention reads them
         x = self.embedding_dropout(self.token_embedding(idx))  # (B, T, C): positions enter in attention (RoPE)
         for block_index, block in enumerate(self.blocks):
             x = block(x, kv_cache, block_index)  # (B, T, C)

@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 
 from model_zoo.config import ModelConfig
-from model_zoo.kv_cache import KVCache
+from model_zoo.kv_cache import KVCache, causal_mask
 
 # ------------------------------------------------------------------------------------------------------------
 # Plumbing: parameters, modules, and matmuls in a lower-precision compute dtype
@@ -242,13 +242,15 @@ class ScaledDotProductAttention(Module):
         self.softmax = Softmax()
         self.attn_dropout = Dropout(dropout)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int = 0) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None
+                ) -> torch.Tensor:
         T, D = q.shape[-2], q.shape[-1]
         # Scores: how much query i attends to key j, scaled by 1/sqrt(D) so their variance does not grow with D
         # (the scale is applied to q, the smaller tensor; the product is the same).
         self.q_scaled, self.k, self.v = q / math.sqrt(D), k, v  # (B, H, T, D), (B, H, past + T, D) twice
         scores = self.matmul(self.q_scaled, k.transpose(-2, -1))  # (B, H, T, past + T)
-        allowed = KVCache.causal_mask(T, past, device=q.device)  # (T, past + T): no peeking at the future
+        if allowed is None:  # no cache: (T, T), no peeking at the future; with one, the cache's mask
+            allowed = causal_mask(T, 0, device=q.device)
         att = self.softmax(scores.masked_fill(~allowed, float("-inf")))  # (B, H, T, past + T)
         self.att_dropped = self.attn_dropout(att)
         return self.matmul(self.att_dropped, v)  # (B, H, T, D): each query's weighted average of values
@@ -280,11 +282,11 @@ class CausalSelfAttention(Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        past = 0
+        allowed = None
         if kv_cache is not None:
-            past = kv_cache.length
+            allowed = kv_cache.attention_mask(T, x.device)  # which cached and new keys each query may see
             k, v = kv_cache.append(block_index, k, v)  # (B, H, past + T, D)
-        y = self.attention(q, k, v, past)  # (B, H, T, D)
+        y = self.attention(q, k, v, allowed)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -420,8 +422,7 @@ class CustomTransformer(CustomModel):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape  # idx: (B, T) token ids
-        start = KVCache.first_position(kv_cache, T, self.config.max_seq_len)  # 0, or after the cached tokens
-        positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        positions = KVCache.positions_for(kv_cache, T, self.config.max_seq_len, idx.device)  # (T,) or (B, T)
         x = self.token_embedding(idx) + self.position_embedding(positions)  # (B, T, C)
         x = self.embedding_dropout(x)
         for block_index, block in enumerate(self.blocks):

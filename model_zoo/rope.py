@@ -14,13 +14,16 @@ import torch
 from model_zoo.config import ModelConfig
 
 
-def rope_angles(config: ModelConfig, start: int, T: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (T, D) of the rotation at positions start .. start + T - 1."""
+def rope_angles(config: ModelConfig, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation at each position: (T, D) for positions (T,) shared by the batch, or
+    (B, 1, T, D) for positions (B, T), one row per sequence (a batch of sequences of different lengths)."""
     D = config.head_size
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))  # (D/2,)
-    positions = torch.arange(start, start + T, device=device, dtype=torch.float32)
-    angles = torch.outer(positions, inv_freq)  # (T, D/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, D): each pair's angle, in both of its halves
+    exponents = torch.arange(0, D, 2, device=positions.device, dtype=torch.float32) / D
+    inv_freq = 1.0 / (config.rope_theta ** exponents)  # (D/2,)
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (..., T, D): each pair's angle, in both of its halves
+    if positions.dim() == 2:
+        angles = angles[:, None]  # (B, 1, T, D): the same angles for every head
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 

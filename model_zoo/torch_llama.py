@@ -54,14 +54,16 @@ class GroupedQueryAttention(nn.Module):
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, G, D).transpose(1, 2)  # (B, G, T, D)
         v = self.v_proj(x).view(B, T, G, D).transpose(1, 2)  # (B, G, T, D)
-        past = kv_cache.length if kv_cache is not None else 0
-        cos, sin = rope_angles(self.config, past, T, x.device, q.dtype)  # (T, D) each
+        positions = KVCache.positions_for(kv_cache, T, self.config.max_seq_len, x.device)  # (T,) or (B, T)
+        cos, sin = rope_angles(self.config, positions, q.dtype)  # (T, D) each, or (B, 1, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        allowed = None
         if kv_cache is not None:
+            allowed = kv_cache.attention_mask(T, x.device)  # which cached and new keys each query may see
             k, v = kv_cache.append(block_index, k, v)  # (B, G, past + T, D)
         k_all = k.repeat_interleave(H // G, dim=1)  # (B, H, past + T, D): query head h uses K/V head h // (H/G)
         v_all = v.repeat_interleave(H // G, dim=1)
-        y = self.attention(q, k_all, v_all, past)  # (B, H, T, D)
+        y = self.attention(q, k_all, v_all, allowed)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 
@@ -128,7 +130,7 @@ class TorchLlama(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape  # idx: (B, T) token ids
-        KVCache.first_position(kv_cache, T, self.config.max_seq_len)  # checks the context fits; RoPE reads the start
+        KVCache.positions_for(kv_cache, T, self.config.max_seq_len)  # checks the context fits; attention reads them
         x = self.embedding_dropout(self.token_embedding(idx))  # (B, T, C)
         for block_index, block in enumerate(self.blocks):
             x = block(x, kv_cache, block_index)  # (B, T, C)

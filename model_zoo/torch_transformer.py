@@ -27,12 +27,12 @@ class ScaledDotProductAttention(nn.Module):
         super().__init__()
         self.attn_dropout = dropout  # the probability: the kernel applies it to the attention weights
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int = 0) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None
+                ) -> torch.Tensor:
         dropout_p = self.attn_dropout if self.training else 0.0
-        if past == 0:  # no cache: the kernel's own causal mask
+        if allowed is None:  # no cache: the kernel's own causal mask
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        # with a cache, query i sits at absolute position past + i and may see keys 0 .. past + i
-        allowed = KVCache.causal_mask(q.shape[-2], past, device=q.device)  # (T, past + T)
+        # with a cache, the cache says which keys each query may see: (T, past + T), or (B, 1, T, past + T)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
 
 
@@ -52,11 +52,11 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        past = 0
+        allowed = None
         if kv_cache is not None:
-            past = kv_cache.length
+            allowed = kv_cache.attention_mask(T, x.device)  # which cached and new keys each query may see
             k, v = kv_cache.append(block_index, k, v)  # (B, H, past + T, D)
-        y = self.attention(q, k, v, past)  # (B, H, T, D)
+        y = self.attention(q, k, v, allowed)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -123,8 +123,7 @@ class TorchTransformer(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape  # idx: (B, T) token ids
-        start = KVCache.first_position(kv_cache, T, self.config.max_seq_len)  # 0, or after the cached tokens
-        positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        positions = KVCache.positions_for(kv_cache, T, self.config.max_seq_len, idx.device)  # (T,) or (B, T)
         x = self.token_embedding(idx) + self.position_embedding(positions)  # (B, T, C)
         x = self.embedding_dropout(x)
         for block_index, block in enumerate(self.blocks):
