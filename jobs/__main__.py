@@ -15,10 +15,14 @@ def _jobs() -> dict:
     from jobs.evaluate import evaluate
     from jobs.generate import chat, generate
     from jobs.prepare_data import prepare_data
+    from jobs.serve import serve
     from jobs.train import train
 
     return {"prepare-data": prepare_data, "train": train, "evaluate": evaluate, "generate": generate, "chat": chat,
-            "compare": compare}
+            "compare": compare, "serve": serve}
+
+
+ARGPARSE_JOBS = ("serve",)  # jobs whose flags argparse reads (serve's --model repeats, which fire cannot express)
 
 
 def usage(job: str | None = None) -> str:
@@ -34,6 +38,8 @@ def usage(job: str | None = None) -> str:
         lines.append("\n`python -m jobs <job> --help` for one job's options.")
         return "\n".join(lines)
     function = jobs[job]
+    if job in ARGPARSE_JOBS:
+        return inspect.getdoc(sys.modules[function.__module__])
     return f"{inspect.getdoc(sys.modules[function.__module__])}\n\noptions: {job}{inspect.signature(function)}"
 
 
@@ -46,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(argv if argv is not None else sys.argv[1:])
     if not argv or argv[0] in ("--help", "-h") or (argv[0] in _jobs() and ("--help" in argv or "-h" in argv)):
         print(usage(argv[0] if argv and argv[0] in _jobs() else None))
+        return
+    if argv[0] in ARGPARSE_JOBS:
+        exit_on_input_error(_jobs()[argv[0]], argv[1:])
         return
     exit_on_input_error(fire.Fire, _jobs(), command=argv, name="python -m jobs")
 

@@ -75,6 +75,15 @@ def dry_run(argv: list[str]) -> dict:
     return received
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for the servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def tinystories() -> Path:
     """The real TinyStories text beside the checkout (../shared/data); CI always has it, a user's clone may not."""

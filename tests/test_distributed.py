@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, tiny
+from conftest import REPO, free_port, tiny
 from jobs.train import run_training
 from jobs.checkpoint import load_checkpoint
 
@@ -53,14 +53,6 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, s
     mlflow.set_tracking_uri(store)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pod_command(config_file) -> list[str]:
     """The TrainJob's own command (k8s/train-trainjob), with torchrun run from this Python and $(CONFIG) filled."""
     trainjob = yaml.safe_load((REPO / "k8s" / "train-trainjob" / "trainjob.yaml").read_text())
@@ -74,7 +66,7 @@ def _pod_env(tmp_path, store_uri: str) -> dict:
     """What Kubeflow Trainer's torch-distributed runtime sets in a pod (here: one node of two processes)."""
     return {**os.environ, "MLFLOW_TRACKING_URI": store_uri, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
             "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
-            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(_free_port())}
+            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(free_port())}
 
 
 def _loss_history(store_uri: str, experiment: str) -> tuple[list, list[float]]:

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import yaml
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, signal_during_step, tiny
+from conftest import REPO, free_port, signal_during_step, tiny
 from jobs.config import validate_config
 from jobs.evaluate import run_evaluation
 from jobs.train import TrainingDiverged, run_training
@@ -233,16 +232,10 @@ def test_unreachable_tracking_server_is_a_clear_error(tmp_path, monkeypatch):
         run_training(tiny(tmp_path))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path, monkeypatch):
     """A real `mlflow server` on 127.0.0.1: sqlite backend, served artifacts in a temp folder."""
-    port = _free_port()
+    port = free_port()
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from jobs.config import DataConfig
 from jobs.data import shards, sources
-from jobs.data.tokenizer import LoadedTokenizer, analyze, load_tokenizer, save_tokenizer, train_bpe
+from jobs.data.tokenizer import SPECIAL_TOKENS, LoadedTokenizer, analyze, load_tokenizer, save_tokenizer, train_bpe
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def dataset_id(config: DataConfig) -> str:
     identity: dict = {
         "source": sources.describe(config), "text_field": config.text_field, "separator": config.separator,
         "subset_size": config.subset_size, "val_fraction": config.val_fraction, "seed": config.seed,
-        "document_rules": sources.DOCUMENT_RULES_VERSION,
+        "document_rules": sources.DOCUMENT_RULES_VERSION, "special_tokens": SPECIAL_TOKENS,
     }
     if config.dataset == "local":
         files = (config.train_files or []) + (config.val_files or [])

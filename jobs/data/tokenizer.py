@@ -7,6 +7,7 @@ so data made with one tokenizer is never read with another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import statistics
@@ -19,9 +20,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from jobs import atomic
 from jobs.config import END_OF_TEXT
+from jobs.data.chat_template import CHAT_TOKENS
 from jobs.data.sources import DataError
 
-SPECIAL_TOKENS = [END_OF_TEXT]  # separates documents; generation stops on it
+# <|endoftext|> separates documents (generation stops on it); the chat tokens are reserved in every tokenizer, so
+# any base model trained on it can later be fine-tuned to chat (chat_template.py).
+SPECIAL_TOKENS = [END_OF_TEXT, *CHAT_TOKENS]
 BYTE_ALPHABET = 256  # byte-level BPE starts from every byte, so any text encodes with no unknown token
 
 
@@ -38,6 +42,17 @@ class LoadedTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Like encode, but special tokens written in the text stay text ("<|end|>" typed by a user is not the
+        end of a turn). A second Tokenizer, so the shared one is never switched back and forth between threads."""
+        return self._plain_text_tokenizer.encode(text).ids
+
+    @functools.cached_property
+    def _plain_text_tokenizer(self) -> Tokenizer:
+        plain = Tokenizer.from_str(self.tokenizer.to_str())
+        plain.encode_special_tokens = True
+        return plain
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)

@@ -1,0 +1,165 @@
+"""Continuous batching: many requests share one model, one forward pass per step for every active sequence.
+
+The idea of vLLM's scheduler, written plainly. One thread owns the model and loops:
+
+    1. admit waiting requests: run each prompt through the model alone (prefill, filling a KVCache of its
+       own) and sample its first token; the sequence then joins the running batch (BatchedKVCache.add);
+    2. decode: one forward pass of (B, 1) tokens, the last token of each active sequence, over the batch's
+       cache; each sequence samples its next token with its own settings and random generator;
+    3. finished or abandoned sequences leave the batch at once (BatchedKVCache.keep), freeing their place.
+
+A request that arrives while others are generating joins at the next step instead of waiting for them to end.
+Each sequence sees only its own keys (the batch cache masks the others and the padding), so at temperature 0 a
+request gets the tokens it would get alone. A sequence stops at one of its stop tokens, after max_tokens, or
+when the model's context is full (finish reason "length").
+
+Tokens go back to the caller through `Request.emit`, called from the engine's thread (the server turns it into
+an asyncio queue). Nothing here knows about HTTP or text.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from model_zoo.generation import model_device, sample_next_token
+from model_zoo.kv_cache import BatchedKVCache, KVCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    max_tokens: int
+    emit: Callable[[tuple], None]  # ("token", id), then ("done", "stop" | "length") or ("error", message)
+    temperature: float = 1.0
+    top_p: float | None = None
+    seed: int | None = None
+    stop_ids: frozenset[int] = frozenset()
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set by the caller: leave the batch
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Sequence:
+    """A request being generated: its random generator, its last token and how many it has made."""
+
+    request: Request
+    generator: torch.Generator
+    last_token: int = -1
+    generated: int = 0
+
+
+class Engine:
+    def __init__(self, model, max_batch: int = 16):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.model = model.eval() if hasattr(model, "eval") else model
+        self.max_batch = max_batch  # 1: one request at a time, the others wait (the benchmark's baseline)
+        self.device = model_device(model)
+        self.max_seq_len = model.config.max_seq_len
+        self._waiting: deque[Request] = deque()
+        self._active: list[_Sequence] = []  # row i of self._cache is self._active[i]
+        self._cache = BatchedKVCache(model.config.n_blocks)
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request) -> None:
+        if not request.prompt_ids or len(request.prompt_ids) > self.max_seq_len:
+            raise ValueError(f"a prompt holds 1 to {self.max_seq_len} tokens, got {len(request.prompt_ids)}")
+        with self._wake:
+            self._waiting.append(request)
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    @property
+    def active(self) -> int:
+        """Sequences in the running batch."""
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        """Requests not yet admitted (the batch is full)."""
+        return len(self._waiting)
+
+    # --- the loop, on the engine's thread ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._waiting and not self._active:
+                    self._wake.wait()
+                if self._closing:
+                    break
+                admitted = []
+                while self._waiting and len(self._active) + len(admitted) < self.max_batch:
+                    admitted.append(self._waiting.popleft())
+            try:
+                with torch.inference_mode():
+                    for request in admitted:
+                        self._prefill(request)
+                    self._leave({i for i, s in enumerate(self._active) if s.request.cancelled.is_set()})
+                    if self._active:
+                        self._decode_step()
+            except Exception as error:  # a bug: its traceback is logged, the requests in flight hear of it,
+                log.exception("engine step failed")  # and the engine goes on serving the next ones
+                for sequence in self._active:
+                    sequence.request.emit(("error", f"internal error ({type(error).__name__})"))
+                self._active, self._cache = [], BatchedKVCache(self.model.config.n_blocks)
+        for sequence in self._active:
+            sequence.request.emit(("error", "the server is shutting down"))
+
+    def _prefill(self, request: Request) -> None:
+        """The prompt alone through the model, its first token sampled; then the sequence joins the batch."""
+        if request.cancelled.is_set():
+            return
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(request.seed) if request.seed is not None else generator.seed()
+        sequence = _Sequence(request, generator)
+        cache = KVCache(self.model.config.n_blocks)
+        logits, _ = self.model(torch.tensor([request.prompt_ids], device=self.device), kv_cache=cache)  # (1, P, V)
+        if not self._take(sequence, logits[:, -1]):
+            self._cache.add(cache)
+            self._active.append(sequence)
+
+    def _decode_step(self) -> None:
+        last_tokens = torch.tensor([[s.last_token] for s in self._active], device=self.device)  # (B, 1)
+        logits, _ = self.model(last_tokens, kv_cache=self._cache)  # (B, 1, V): every active sequence, one pass
+        self._leave({i for i, sequence in enumerate(self._active) if self._take(sequence, logits[i:i + 1, -1])})
+
+    def _take(self, sequence: _Sequence, logits: torch.Tensor) -> bool:
+        """Sample a sequence's next token from its (1, V) logits and send it; True when the sequence is done."""
+        request = sequence.request
+        token = int(sample_next_token(logits, request.temperature, None, request.top_p, sequence.generator))
+        if token in request.stop_ids:
+            request.emit(("done", "stop"))
+            return True
+        sequence.last_token, sequence.generated = token, sequence.generated + 1
+        request.emit(("token", token))
+        # feeding this token back would put it at position len(prompt) + generated - 1: past the context?
+        if sequence.generated >= request.max_tokens or len(request.prompt_ids) + sequence.generated > self.max_seq_len:
+            request.emit(("done", "length"))
+            return True
+        return False
+
+    def _leave(self, rows: set[int]) -> None:
+        """These rows leave the batch (finished or abandoned); their cache slots are freed at once."""
+        if rows:
+            keep = [i for i in range(len(self._active)) if i not in rows]
+            self._cache.keep(keep)
+            self._active = [self._active[i] for i in keep]

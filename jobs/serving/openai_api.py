@@ -1,0 +1,315 @@
+"""The OpenAI HTTP API over our models (FastAPI): what any OpenAI client, curl or the chat page talks to.
+
+    GET  /health                 {"status": "ok"}: the readiness probe (no key needed)
+    GET  /v1/models              the served models, by registry name and alias or version
+    POST /v1/completions         continue a prompt (any model)
+    POST /v1/chat/completions    answer a conversation, rendered with the chat template (chat_template.py)
+    GET  /                       the chat page (chat.html)
+
+Both POSTs stream with `"stream": true` (server-sent events: `data: {json}` chunks, then `data: [DONE]`). The
+generation itself happens in each model's Engine (engine.py), shared by every request. Errors have OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`: 400 for a bad parameter or a prompt over the model's context
+(code context_length_exceeded, as OpenAI), 401 without the API key, 404 for an unknown model, 413 for a body over
+MAX_BODY_BYTES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.data import chat_template
+from jobs.errors import InputError
+from jobs.serving.engine import Engine, Request as EngineRequest
+
+MAX_BODY_BYTES = 1_000_000  # a request body over this is refused (413) before it is parsed
+MAX_STOP_SEQUENCES = 4  # as OpenAI
+# Parameters of OpenAI's API that this server does not implement: refused, not silently ignored.
+UNSUPPORTED = ("logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call", "echo", "suffix",
+               "response_format", "logit_bias")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+
+
+Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Stop = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[str, Field(max_length=100_000)]  # characters; a prompt over the context is refused in tokens
+
+
+class _Sampling(BaseModel):
+    """What the two POSTs share. Unknown fields are ignored (clients send some, e.g. `user`), except those in
+    UNSUPPORTED, which are refused."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(max_length=500)
+    max_tokens: Annotated[int, Field(ge=1)] | None = None  # None: until a stop or the end of the context
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # the chat API's newer name for it
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    stop: Stop | list[Stop] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+    n: Literal[1] = 1
+    presence_penalty: Literal[0, 0.0] = 0
+    frequency_penalty: Literal[0, 0.0] = 0
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise APIError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", "stop")
+        return stops
+
+    def refuse_unsupported(self) -> None:
+        for name in UNSUPPORTED:
+            if (self.model_extra or {}).get(name) not in (None, False, [], 0):
+                raise APIError(400, f"'{name}' is not supported by this server", name, "unsupported_parameter")
+
+
+class CompletionBody(_Sampling):
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]  # one prompt (n > 1 is not served)
+
+
+class Message(BaseModel):
+    role: str = Field(max_length=20)
+    content: Text
+
+
+class ChatBody(_Sampling):
+    messages: list[Message] = Field(min_length=1, max_length=200)
+
+
+@dataclass
+class ServedModel:
+    name: str  # what clients put in "model": the registry name and alias or version, or the folder
+    loaded: object  # jobs.serving.loading.LoadedModel
+    engine: Engine
+
+    @property
+    def chat(self) -> bool:
+        return chat_template.supports_chat(self.loaded.tokenizer)
+
+
+def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="transformer-fundamentals", docs_url=None, redoc_url=None, openapi_url=None)
+    by_name = {m.name: m for m in models}
+    page = (Path(__file__).with_name("chat.html")).read_text(encoding="utf-8")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """The key and the body size are checked before anything is read or parsed."""
+        if request.url.path.startswith("/v1/") and api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                      code="invalid_api_key")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return error_response(413, f"the request body is over {MAX_BODY_BYTES:,} bytes", code="body_too_large")
+        return await call_next(request)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError):
+        return error_response(error.status, error.message, error.param, error.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        param = ".".join(location) or None
+        if first.get("type") == "json_invalid":
+            return error_response(400, "the body is not valid JSON", None, "invalid_json")
+        message = f"{param}: {first['msg']}" if param else first["msg"]
+        return error_response(400, message, param, "invalid_value")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": {m.name: {"active": m.engine.active, "waiting": m.engine.waiting}
+                                           for m in models}}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page():
+        return page
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": "transformer-fundamentals",
+             "chat": m.chat, "context_length": m.loaded.config.max_seq_len} for m in models]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody, request: Request):
+        served = find(body)
+        prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        tokenizer = served.loaded.tokenizer
+        prompt_ids = tokenizer.encode(prompt) or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
+        if not prompt_ids:
+            raise APIError(400, "the prompt is empty (and this tokenizer has no <|endoftext|> to start from)", "prompt")
+        stop_ids = {tokenizer.eot_id} - {None}
+        return await respond(served, body, request, prompt_ids, stop_ids, "text_completion")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatBody, request: Request):
+        served = find(body)
+        if not served.chat:
+            raise APIError(400, f"model '{served.name}' has no chat template (its tokenizer predates the chat "
+                                "tokens); use /v1/completions", "model", "not_a_chat_model")
+        try:
+            prompt_ids, _ = chat_template.render(served.loaded.tokenizer, [m.model_dump() for m in body.messages],
+                                                 add_generation_prompt=True)
+        except InputError as error:
+            raise APIError(400, str(error), "messages") from None
+        tokenizer = served.loaded.tokenizer
+        stop_ids = {chat_template.end_of_turn_id(tokenizer), tokenizer.eot_id} - {None}
+        return await respond(served, body, request, prompt_ids, stop_ids, "chat.completion")
+
+    def find(body: _Sampling) -> ServedModel:
+        body.refuse_unsupported()
+        if body.model not in by_name:
+            raise APIError(404, f"model '{body.model[:100]}' is not served here (served: {', '.join(by_name)})",
+                           "model", "model_not_found")
+        return by_name[body.model]
+
+    return app
+
+
+async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_ids: list[int], stop_ids: set[int],
+                  kind: str):
+    """Submit the request to the model's engine and answer, streamed or whole."""
+    context = served.loaded.config.max_seq_len
+    if len(prompt_ids) > context:
+        raise APIError(400, f"the prompt is {len(prompt_ids):,} tokens; this model's context is {context:,}",
+                       "messages" if kind == "chat.completion" else "prompt", "context_length_exceeded")
+    stops = body.stops()
+    max_tokens = body.max_completion_tokens or body.max_tokens or context
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    job = EngineRequest(prompt_ids, max_tokens, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+                        body.temperature, body.top_p if body.top_p < 1 else None, body.seed, frozenset(stop_ids))
+    served.engine.submit(job)
+    answer = Answer(served, kind, stops, len(prompt_ids))
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(stream(answer, job, events, http, include_usage), media_type="text/event-stream")
+    try:
+        async for _ in answer.pieces(job, events, http):
+            pass
+    finally:
+        job.cancel()
+    return answer.whole()
+
+
+async def stream(answer: "Answer", job: EngineRequest, events: asyncio.Queue, http: Request, include_usage: bool):
+    """Server-sent events; a client that goes away cancels its request, which leaves the batch at the next step."""
+    try:
+        if answer.kind == "chat.completion":
+            yield answer.sse(answer.chunk({"role": "assistant", "content": ""}))
+        async for piece in answer.pieces(job, events, http):
+            if piece:
+                yield answer.sse(answer.chunk({"content": piece} if answer.kind == "chat.completion" else piece))
+        if answer.finish_reason is None:  # the client went away
+            return
+        yield answer.sse(answer.chunk({} if answer.kind == "chat.completion" else "", answer.finish_reason))
+        if include_usage:
+            yield answer.sse(answer.envelope([]) | {"usage": answer.usage()})
+        yield "data: [DONE]\n\n"
+    except APIError as error:  # the status line has gone out: the error travels as an event
+        yield answer.sse({"error": {"message": error.message, "type": "server_error", "param": None, "code": error.code}})
+    finally:
+        job.cancel()
+
+
+class Answer:
+    """The text of one request as its tokens arrive: decoded whole (so UTF-8 characters split across tokens come
+    out whole), cut at the first stop sequence, and given out in pieces that never show part of a stop."""
+
+    def __init__(self, served: ServedModel, kind: str, stops: list[str], prompt_tokens: int):
+        self.served, self.kind, self.stops, self.prompt_tokens = served, kind, stops, prompt_tokens
+        self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.ids: list[int] = []
+        self.text = ""  # given out so far
+        self.finish_reason: str | None = None
+
+    async def pieces(self, job: EngineRequest, events: asyncio.Queue, http: Request):
+        """Yield new text as tokens arrive, until the engine is done or a stop sequence appears."""
+        while self.finish_reason is None:
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await http.is_disconnected():
+                    job.cancel()
+                    return
+                continue
+            kind, value = event
+            if kind == "error":
+                raise APIError(500, value, code="engine_error")
+            if kind == "done":
+                self.finish_reason = value
+                yield self._new_text(final=True)
+                return
+            self.ids.append(value)
+            yield self._new_text(final=False)
+
+    def _new_text(self, final: bool) -> str:
+        decoded = self.served.loaded.tokenizer.decode(self.ids)
+        for stop in self.stops:
+            at = decoded.find(stop)
+            if at >= 0:
+                decoded, self.finish_reason, final = decoded[:at], "stop", True
+        if not final:
+            if decoded.endswith("\ufffd"):  # half a UTF-8 character: wait for the next token
+                return ""
+            # hold back an ending that may be the start of a stop sequence
+            held = max((n for stop in self.stops for n in range(1, len(stop)) if decoded.endswith(stop[:n])), default=0)
+            decoded = decoded[:len(decoded) - held]
+        new = decoded[len(self.text):] if decoded.startswith(self.text) else ""
+        self.text += new
+        return new
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.ids),
+                "total_tokens": self.prompt_tokens + len(self.ids)}
+
+    def envelope(self, choices: list) -> dict:
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.served.name, "choices": choices}
+
+    def whole(self) -> dict:
+        if self.kind == "chat.completion":
+            choice = {"index": 0, "message": {"role": "assistant", "content": self.text},
+                      "finish_reason": self.finish_reason}
+        else:
+            choice = {"index": 0, "text": self.text, "logprobs": None, "finish_reason": self.finish_reason}
+        return self.envelope([choice]) | {"usage": self.usage()}
+
+    def chunk(self, delta, finish_reason: str | None = None) -> dict:
+        if self.kind == "chat.completion":
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return self.envelope([choice]) | {"object": "chat.completion.chunk"}
+        return self.envelope([{"index": 0, "text": delta, "logprobs": None, "finish_reason": finish_reason}])
+
+    @staticmethod
+    def sse(payload: dict) -> str:
+        return f"data: {json.dumps(payload)}\n\n"

@@ -1,0 +1,316 @@
+"""`python -m jobs serve`: the OpenAI-compatible server, tested through the official `openai` client and raw HTTP
+against a real server process, plus its continuous-batching engine in-process and its chat page in Chromium."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+
+from conftest import REPO, free_port, tiny
+from jobs.serving.engine import Engine, Request
+from model_zoo.build import build_model
+from model_zoo.config import ModelConfig
+
+KEY = "test-key-0123456789"
+LLAMA = {"architecture": "llama", "n_kv_heads": 1}
+
+
+# --- the engine, in-process --------------------------------------------------------------------------------
+
+
+def run_engine(engine: Engine, prompts: list[list[int]], **settings) -> list[tuple[list[int], str]]:
+    """Submit every prompt at once; wait for all; each request's tokens and finish reason."""
+    results, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
+    reasons = [None] * len(prompts)
+
+    def emitter(i):
+        def emit(event):
+            if event[0] == "token":
+                results[i].append(event[1])
+            else:
+                reasons[i] = event[1]
+                done[i].set()
+        return emit
+
+    for i, prompt in enumerate(prompts):
+        engine.submit(Request(prompt, emit=emitter(i), **settings))
+    for event in done:
+        assert event.wait(60), "the engine did not finish a request"
+    return list(zip(results, reasons))
+
+
+@pytest.mark.parametrize("model_type", ["torch", "custom"])
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_engine_batched_requests_get_the_tokens_they_get_alone(architecture, model_type):
+    torch.manual_seed(0)
+    config = ModelConfig(architecture=architecture, vocab_size=80, d_model=32, n_heads=4, n_blocks=2, d_ffn=64,
+                         max_seq_len=40, init_std=0.2)  # a large init: sharp logits, no near-ties at temperature 0
+    model = build_model(config, model_type)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 80, (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5, 9)]
+    batched = Engine(model, max_batch=4)  # 6 requests, 4 places: two join when others finish
+    alone = Engine(model, max_batch=1)
+    try:
+        together = run_engine(batched, prompts, max_tokens=15, temperature=0.0, stop_ids=frozenset({5}))
+        one_by_one = [run_engine(alone, [p], max_tokens=15, temperature=0.0, stop_ids=frozenset({5}))[0]
+                      for p in prompts]
+        # sampled with a seed: the same tokens too (each request has its own generator)
+        seeded = run_engine(batched, prompts, max_tokens=10, temperature=1.0, seed=7)
+        seeded_alone = [run_engine(alone, [p], max_tokens=10, temperature=1.0, seed=7)[0] for p in prompts]
+    finally:
+        batched.close(), alone.close()
+    assert together == one_by_one
+    assert seeded == seeded_alone
+    assert {reason for _, reason in together} <= {"stop", "length"}
+    # the context ends generation: prompt 12 + 15 tokens fits in 40; a 39-token prompt gets 2 tokens at most
+    long = Engine(model, max_batch=2)
+    try:
+        (tokens, reason), = run_engine(long, [[1] * 39], max_tokens=15, temperature=0.0)
+    finally:
+        long.close()
+    assert len(tokens) <= 2 and (reason == "length" or len(tokens) < 2)
+
+
+def test_engine_cancelled_request_leaves_the_batch():
+    config = ModelConfig(vocab_size=50, d_model=16, n_heads=2, n_blocks=1, d_ffn=32, max_seq_len=4096)
+    engine = Engine(build_model(config, "torch"), max_batch=2)
+    seen = threading.Event()
+    request = Request([1, 2, 3], max_tokens=100_000, emit=lambda event: seen.set(), temperature=1.0)
+    try:
+        engine.submit(request)
+        assert seen.wait(30)
+        deadline = time.time() + 10
+        while engine.active == 0 and time.time() < deadline:  # the first token is sent just before it joins
+            time.sleep(0.01)
+        assert engine.active == 1
+        request.cancel()
+        deadline = time.time() + 10
+        while engine.active and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.active == 0, "a cancelled request still holds its place"
+    finally:
+        engine.close()
+
+
+# --- a real server process ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Two trained tiny models (a registered torch GPT-2, a custom Llama checkpoint folder) behind one server."""
+    from jobs.train import run_training
+
+    root = tmp_path_factory.mktemp("serve")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        run_training(tiny(root / "gpt2", model={"max_seq_len": 64}, max_steps=80))
+        llama = run_training(tiny(root / "llama", "custom", model=LLAMA | {"max_seq_len": 64}, max_steps=12))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri, "SERVE_API_KEY": KEY}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs", "serve", "--model", "models:/tiny_torch@champion",
+         "--model", str(llama.checkpoint_dir / "best"), "--port", str(port)],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if process.poll() is not None:
+                    pytest.fail(f"the server exited: {process.stdout.read()}")
+                time.sleep(0.3)
+        else:
+            pytest.fail("the server did not answer /health in 90 s")
+        yield {"base": base, "llama": f"{llama.checkpoint_dir.name}/best", "process": process}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server["base"] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+GPT2 = "tiny_torch@champion"
+
+
+@pytest.mark.slow
+def test_models_completions_and_chat_through_the_openai_client(server, client):
+    names = {m.id for m in client.models.list().data}
+    assert names == {GPT2, server["llama"]}
+
+    for model in (GPT2, server["llama"]):  # both model types serve
+        whole = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, seed=1)
+        assert whole.object == "text_completion" and whole.choices[0].finish_reason in ("stop", "length")
+        assert whole.usage.prompt_tokens > 0 and 0 < whole.usage.completion_tokens <= 12
+        pieces = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0,
+                                           stream=True)
+        chunks = list(pieces)
+        assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text  # streamed = whole, at T=0
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+    messages = [{"role": "system", "content": "You tell stories."}, {"role": "user", "content": "Tell me a story."}]
+    reply = client.chat.completions.create(model=GPT2, messages=messages, max_tokens=10, temperature=0)
+    assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
+    streamed = client.chat.completions.create(model=GPT2, messages=messages, max_tokens=10, temperature=0,
+                                              stream=True, stream_options={"include_usage": True})
+    chunks = list(streamed)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == reply.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+
+    # the same seed gives the same sample; a stop sequence cuts the text before it, with finish_reason "stop"
+    a = client.completions.create(model=GPT2, prompt="Tim", max_tokens=16, temperature=1.0, seed=3)
+    b = client.completions.create(model=GPT2, prompt="Tim", max_tokens=16, temperature=1.0, seed=3)
+    assert a.choices[0].text == b.choices[0].text
+    full = client.completions.create(model=GPT2, prompt="Once upon a time,", max_tokens=20, temperature=0).choices[0]
+    stop = full.text[len(full.text) // 2:][:2]  # two characters from the middle of what it writes
+    assert stop, f"the model wrote nothing to stop on: {full}"
+    cut = client.completions.create(model=GPT2, prompt="Once upon a time,", max_tokens=20, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop" and cut.choices[0].text == full.text[:full.text.index(stop)]
+
+
+@pytest.mark.slow
+def test_concurrent_requests_at_temperature_0_get_their_tokens_alone(server, client):
+    prompts = ["Once upon a time", "Lily had a", "The cat", "One day, Sam", "Mia", "The boat was lost"]
+    alone = [client.completions.create(model=GPT2, prompt=p, max_tokens=20, temperature=0).choices[0].text
+             for p in prompts]
+    together = [None] * len(prompts)
+
+    def ask(i):
+        together[i] = client.completions.create(model=GPT2, prompt=prompts[i], max_tokens=20, temperature=0).choices[0].text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert together == alone
+
+
+BAD_REQUESTS = [  # (path, body, status, words in the message)
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "n": 2}, 400, "n"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "logprobs": 3}, 400, "'logprobs' is not supported"),
+    ("/v1/chat/completions", {"model": GPT2, "messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function"}]}, 400, "'tools' is not supported"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "max_tokens": -5}, 400, "max_tokens"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "temperature": "hot"}, 400, "temperature"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "temperature": 9}, 400, "temperature"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "top_p": 0}, 400, "top_p"),
+    ("/v1/completions", {"model": GPT2, "prompt": 42}, 400, "prompt"),
+    ("/v1/completions", {"model": GPT2}, 400, "prompt"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "'nope' is not served here"),
+    ("/v1/completions", {"model": GPT2, "prompt": "word " * 500}, 400, "this model's context is 64"),
+    ("/v1/completions", {"model": GPT2, "prompt": "word " * 1000}, 400, "this model's context is 64"),
+    ("/v1/chat/completions", {"model": GPT2, "messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"model": GPT2, "messages": [{"role": "robot", "content": "x"}]}, 400, "unknown role"),
+    ("/v1/chat/completions", {"model": GPT2, "messages": [{"role": "user", "content": ""}]}, 400, "non-empty"),
+    ("/v1/chat/completions", {"model": GPT2, "messages": [{"role": "user", "content": "x"},
+                                                          {"role": "system", "content": "y"}]}, 400, "system"),
+]
+
+
+@pytest.mark.slow
+def test_bad_requests_get_openai_errors_and_the_server_stays_up(server):
+    base = server["base"]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
+        for path, body, status, words in BAD_REQUESTS:
+            response = http.post(path, json=body)
+            assert response.status_code == status, (body, response.text)
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and words in error["message"], error
+        malformed = http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+        assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]["message"]
+        huge = http.post("/v1/completions", content=b"x" * 2_000_000, headers={"content-type": "application/json"})
+        assert huge.status_code == 413
+        for key in ("", "Bearer wrong-key-123"):
+            denied = httpx.get(f"{base}/v1/models", headers={"Authorization": key})
+            assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{base}/health").status_code == 200  # the probe needs no key
+        for i in range(200):  # a stream of bad requests of every kind does not take the server down
+            path, body, status, _ = BAD_REQUESTS[i % len(BAD_REQUESTS)]
+            assert http.post(path, json=body).status_code == status
+        good = http.post("/v1/completions", json={"model": GPT2, "prompt": "Tim", "max_tokens": 3})
+        assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] >= 1
+
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0).completions.create(model="x", prompt="y")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base + "/v1", api_key="not-the-key", max_retries=0).models.list()
+
+
+@pytest.mark.slow
+def test_a_client_that_vanishes_mid_stream_frees_its_place(server):
+    base = server["base"]
+    body = {"model": GPT2, "prompt": "Once", "max_tokens": 10_000, "temperature": 1.0, "stream": True}
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as http:
+        with http.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())  # the first chunk arrived: the request is generating; now hang up
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if http.get("/health").json()["models"][GPT2]["active"] == 0:
+                break
+            time.sleep(0.1)
+        assert http.get("/health").json()["models"][GPT2]["active"] == 0, "the abandoned request kept generating"
+        assert http.post("/v1/completions", json={"model": GPT2, "prompt": "Tim", "max_tokens": 2}).status_code == 200
+
+
+def chromium_and_driver() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium_and_driver() is None,
+                    reason="no Chromium and chromedriver here (apt-get install chromium chromium-driver)")
+def test_chat_page_in_a_real_browser_streams_a_reply(server):
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = chromium_and_driver()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    try:
+        driver.get(server["base"] + "/")
+        driver.find_element(By.ID, "key").send_keys(KEY)
+        driver.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: GPT2 in [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#model option")])
+        driver.find_element(By.ID, "temperature").clear()
+        driver.find_element(By.ID, "temperature").send_keys("0")
+        driver.find_element(By.ID, "message").send_keys("Tell me a story about Tim.")
+        driver.find_element(By.ID, "send").click()
+        wait.until(lambda d: d.find_element(By.ID, "send").is_enabled()
+                   and d.find_elements(By.CSS_SELECTOR, "#log .assistant"))
+        reply = driver.execute_script("return document.querySelector('#log .assistant').textContent")
+        chunks = int(driver.execute_script("return document.querySelector('#log .assistant').dataset.chunks || 0"))
+        assert driver.find_elements(By.CSS_SELECTOR, "#log .user")[0].text == "You: Tell me a story about Tim."
+        assert not driver.find_elements(By.CSS_SELECTOR, "#log .error")
+    finally:
+        driver.quit()
+    expected = openai.OpenAI(base_url=server["base"] + "/v1", api_key=KEY, max_retries=0).chat.completions.create(
+        model=GPT2, messages=[{"role": "user", "content": "Tell me a story about Tim."}], temperature=0)
+    assert reply == "Model: " + expected.choices[0].message.content  # the page shows what the API answers
+    assert expected.usage.completion_tokens < 2 or chunks >= 2, "the reply arrived in one piece, not streamed"
