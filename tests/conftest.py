@@ -69,6 +69,11 @@ def dry_run(argv: list[str]) -> dict:
                 received["loaded"] = load_config(arguments.get("config"), overrides)
         return typed(functools.wraps(job)(load_only))
 
+    if argv[0] in jobs.__main__.ARGPARSE_JOBS:  # jobs that read their flags with argparse (serve)
+        import importlib
+
+        module = importlib.import_module(f"jobs.{argv[0].replace('-', '_')}")
+        return vars(module.parser().parse_args(list(argv[1:]))) | {"job": argv[0].replace("-", "_")}
     real_jobs = jobs.__main__._jobs()
     stand_ins = {name: stand_in(inspect.unwrap(job)) for name, job in real_jobs.items()}
     fire.Fire(stand_ins, command=list(argv), name="python -m jobs")

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, dry_run
 
-JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat"}
+JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat", "serve"}
 
 
 def compose_binary() -> str:
@@ -52,6 +52,8 @@ def test_compose_renders_and_every_job_command_parses(files, monkeypatch):
         assert gpu == (len(files) == 1), f"{name}: GPU reservation only on the CUDA image"
         assert service["image"].endswith(":cpu" if len(files) == 2 else ":cuda")
     assert services["chat"]["stdin_open"] and services["chat"]["tty"]
+    assert [p["host_ip"] for p in services["serve"]["ports"]] == ["127.0.0.1"], "the server: loopback only"
+    assert "/health" in " ".join(services["serve"]["healthcheck"]["test"])
 
 
 def test_user_overrides_in_compose_runs_parse(monkeypatch):

@@ -17,7 +17,7 @@ import yaml
 from conftest import REPO, dry_run
 
 K8S = REPO / "k8s"
-ENTRY_POINTS = [".", "server", "train-trainjob", "train-jobset", "prepare-data", "evaluate", "generate"]
+ENTRY_POINTS = [".", "server", "train-trainjob", "train-jobset", "prepare-data", "evaluate", "generate", "serve"]
 CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1"}
 
 
@@ -229,6 +229,18 @@ def test_images_and_config_paths_agree_with_compose():
     for _, container in containers(".") + containers("evaluate"):
         env = {v["name"]: v.get("value") for v in container["env"]}
         assert env["MLFLOW_TRACKING_URI"] == services["train"]["environment"]["MLFLOW_TRACKING_URI"]
+
+
+def test_the_server_is_ready_on_health_cluster_internal_and_keyed_from_an_optional_secret():
+    (container,) = find("serve", "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    (port,) = container["ports"]
+    command = container["command"]
+    assert command[command.index("--port") + 1] == str(port["containerPort"])
+    service = find("serve", "Service")
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["ports"][0]["targetPort"] == port["name"]
+    env = {v["name"]: v for v in container["env"]}
+    assert env["SERVE_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
 def test_mlflow_is_cluster_internal_and_proxies_artifacts():
