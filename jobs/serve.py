@@ -5,7 +5,8 @@ An OpenAI-compatible HTTP server over registered models (REF: `models:/<name>@ch
 `/health`, and a chat page at `/`. Concurrent requests share each model through continuous batching
 (jobs/serving/engine.py). It binds 127.0.0.1 unless --host says otherwise; with --api-key (or the SERVE_API_KEY
 environment variable) every /v1 request must send `Authorization: Bearer <key>`.
-Options: --max-batch N (sequences decoded together; 1 serves one request at a time), --device auto|cpu|cuda.
+Options: --max-batch N (sequences decoded together; 1 serves one request at a time), --threads N (CPU threads of
+each model's engine, default 1), --device auto|cpu|cuda.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--api-key", default=None, help=f"require this Bearer token (default: ${API_KEY_VARIABLE})")
     p.add_argument("--max-batch", type=positive, default=16, help="sequences decoded together (1: one at a time)")
+    p.add_argument("--threads", type=positive, default=1,
+                   help="CPU threads per model's engine (default 1: small models decode fastest on one)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return p
 
@@ -74,7 +77,7 @@ def serve(argv: list[str]) -> None:
     served = []
     for ref, name in zip(args.model, names):
         loaded = load_model(ref, args.device)
-        served.append(ServedModel(name, loaded, Engine(loaded.model, args.max_batch)))
+        served.append(ServedModel(name, loaded, Engine(loaded.model, args.max_batch, args.threads)))
         print(f"serving {name} ({loaded.model_type} {loaded.config.architecture}, context {loaded.config.max_seq_len}"
               f"{', chat' if served[-1].chat else ''}) on {loaded.device}", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:

@@ -44,6 +44,31 @@ def sample_next_token(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+GREEDY_BELOW = 1e-5  # a temperature under this is taken as 0: dividing by it would overflow the logits
+
+
+def sample_rows(logits: torch.Tensor, temperatures: Sequence[float], top_ps: Sequence[float | None],
+                generators: Sequence[torch.Generator]) -> list[int]:
+    """One token per row of (B, V) logits, each row with its own temperature, top-p and random generator: a batch
+    of different requests (the server's engine). Every tensor op runs once for the whole batch; the only per-row
+    work is one uniform draw from the row's generator, turned into a token by the inverse of the row's cumulative
+    distribution (the same distribution as sample_next_token, drawn another way)."""
+    logits = logits.float()
+    B, V = logits.shape
+    temperature = torch.tensor(temperatures, dtype=torch.float32, device=logits.device)  # (B,)
+    greedy = temperature < GREEDY_BELOW  # (B,)
+    probs = torch.softmax(logits / temperature.clamp_min(GREEDY_BELOW)[:, None], dim=-1)  # (B, V)
+    top_p = torch.tensor([1.0 if p is None else p for p in top_ps], device=logits.device)  # (B,)
+    if bool((top_p < 1).any()):  # nucleus, as in sample_next_token, with each row's own p
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]
+        probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
+    cdf = probs.cumsum(dim=-1)  # (B, V); its last column is each row's total (1, or what top-p kept)
+    uniform = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators])  # (B,)
+    drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).squeeze(1).clamp_max(V - 1)  # (B,)
+    return torch.where(greedy, logits.argmax(dim=-1), drawn).tolist()
+
+
 @torch.inference_mode()
 def generate_tokens(
     model, prompt_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 0.8,

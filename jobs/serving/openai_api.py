@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import threading
 import json
 import time
 import uuid
@@ -73,6 +74,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: dict | None = None
     n: Literal[1] = 1
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens even past the end token (benchmarks use it)
     presence_penalty: Literal[0, 0.0] = 0
     frequency_penalty: Literal[0, 0.0] = 0
 
@@ -117,19 +119,6 @@ def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI
     by_name = {m.name: m for m in models}
     page = (Path(__file__).with_name("chat.html")).read_text(encoding="utf-8")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """The key and the body size are checked before anything is read or parsed."""
-        if request.url.path.startswith("/v1/") and api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                                      code="invalid_api_key")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return error_response(413, f"the request body is over {MAX_BODY_BYTES:,} bytes", code="body_too_large")
-        return await call_next(request)
-
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
         return error_response(error.status, error.message, error.param, error.code)
@@ -157,7 +146,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI
     async def list_models():
         return {"object": "list", "data": [
             {"id": m.name, "object": "model", "created": 0, "owned_by": "transformer-fundamentals",
-             "chat": m.chat, "context_length": m.loaded.config.max_seq_len} for m in models]}
+             "chat_template": m.chat, "context_length": m.loaded.config.max_seq_len} for m in models]}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, request: Request):
@@ -192,7 +181,32 @@ def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI
                            "model", "model_not_found")
         return by_name[body.model]
 
-    return app
+    return Guard(app, api_key)
+
+
+class Guard:
+    """The API key and the body size, checked before anything is read or parsed. A plain ASGI wrapper rather than
+    Starlette's BaseHTTPMiddleware, which copies every streamed chunk through a queue of its own."""
+
+    def __init__(self, app: FastAPI, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            refusal = None
+            if scope["path"].startswith("/v1/") and self.api_key is not None:
+                given = headers.get("authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                    refusal = error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                             code="invalid_api_key")
+            length = headers.get("content-length")
+            if refusal is None and length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                refusal = error_response(413, f"the request body is over {MAX_BODY_BYTES:,} bytes",
+                                         code="body_too_large")
+            if refusal is not None:
+                return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_ids: list[int], stop_ids: set[int],
@@ -204,10 +218,11 @@ async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_id
                        "messages" if kind == "chat.completion" else "prompt", "context_length_exceeded")
     stops = body.stops()
     max_tokens = body.max_completion_tokens or body.max_tokens or context
-    loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
-    job = EngineRequest(prompt_ids, max_tokens, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-                        body.temperature, body.top_p if body.top_p < 1 else None, body.seed, frozenset(stop_ids))
+    outbox = Outbox.of(asyncio.get_running_loop())
+    job = EngineRequest(prompt_ids, max_tokens, lambda event: outbox.put(events, event), body.temperature,
+                        body.top_p if body.top_p < 1 else None, body.seed,
+                        frozenset() if body.ignore_eos else frozenset(stop_ids))
     served.engine.submit(job)
     answer = Answer(served, kind, stops, len(prompt_ids))
     if body.stream:
@@ -219,6 +234,35 @@ async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_id
     finally:
         job.cancel()
     return answer.whole()
+
+
+class Outbox:
+    """Events from the engine's thread to the server's event loop, delivered in bunches: one wake-up of the loop
+    for all the tokens of a decode step, instead of one per request (each wake-up costs a system call and a turn
+    of the interpreter lock, which the engine's thread needs too)."""
+
+    _by_loop: dict = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.pending, self.lock, self.scheduled = loop, [], threading.Lock(), False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> "Outbox":
+        return cls._by_loop.setdefault(id(loop), cls(loop))
+
+    def put(self, queue: asyncio.Queue, event: tuple) -> None:  # the engine's thread
+        with self.lock:
+            self.pending.append((queue, event))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self.deliver)
+
+    def deliver(self) -> None:  # the event loop
+        with self.lock:
+            pending, self.pending, self.scheduled = self.pending, [], False
+        for queue, event in pending:
+            queue.put_nowait(event)
 
 
 async def stream(answer: "Answer", job: EngineRequest, events: asyncio.Queue, http: Request, include_usage: bool):
@@ -256,21 +300,27 @@ class Answer:
     async def pieces(self, job: EngineRequest, events: asyncio.Queue, http: Request):
         """Yield new text as tokens arrive, until the engine is done or a stop sequence appears."""
         while self.finish_reason is None:
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if await http.is_disconnected():
-                    job.cancel()
+            if not events.empty():
+                event = events.get_nowait()
+            else:
+                try:
+                    event = await asyncio.wait_for(events.get(), timeout=1.0)
+                except asyncio.TimeoutError:  # nothing for a second: is the client still there?
+                    if await http.is_disconnected():
+                        job.cancel()
+                        return
+                    continue
+            batch = [event]  # and every event already waiting: one piece of text for all of them (when this
+            while not events.empty():  # side lags behind the engine, fewer, larger chunks cost less to send)
+                batch.append(events.get_nowait())
+            for kind, value in batch:
+                if kind == "error":
+                    raise APIError(500, value, code="engine_error")
+                if kind == "done":
+                    self.finish_reason = value
+                    yield self._new_text(final=True)
                     return
-                continue
-            kind, value = event
-            if kind == "error":
-                raise APIError(500, value, code="engine_error")
-            if kind == "done":
-                self.finish_reason = value
-                yield self._new_text(final=True)
-                return
-            self.ids.append(value)
+                self.ids.append(value)
             yield self._new_text(final=False)
 
     def _new_text(self, final: bool) -> str:

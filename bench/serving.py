@@ -1,0 +1,154 @@
+"""The server under 1, 4 and 8 concurrent streaming clients: continuous batching against one request at a time.
+
+    python -m bench.serving --model models:/tinystories_cpu@champion     # needs a trained model (README)
+
+Starts two `python -m jobs serve` processes on this machine over the same model: one batching (--max-batch 16),
+one serving a request at a time (--max-batch 1, the others wait). Each client sends its requests one after
+another, streamed, exactly `max_tokens` each (`ignore_eos`), sampled with a per-request seed: both servers
+generate the same tokens (a batched request gets what it would get alone), so they do the same work. Reported per server and number of
+clients: aggregate tokens/s (all clients' tokens over the wall time), and p50/p95 of the time to first token
+and of the time per output token after the first. Rounds interleave the rows in a new seeded order; the median
+round's figure is shown, so a busy moment of the machine is spread over all rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+PROMPTS = ["Once upon a time", "Lily had a red ball.", "Tom and his dog", "One day, Sam went to the park.",
+           "The little bird", "Mia was sad because", "There was a big tree", "Ben liked to play"]
+
+
+def start_server(model: str, port: int, max_batch: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("SERVE_API_KEY", None)
+    return subprocess.Popen([sys.executable, "-m", "jobs", "serve", "--model", model, "--port", str(port),
+                             "--max-batch", str(max_batch)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_ready(base: str, process: subprocess.Popen, timeout: float = 180) -> str:
+    """The served model's name, once /health answers."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited: {process.stderr.read()[-2000:]}")
+        try:
+            return next(iter(httpx.get(f"{base}/health", timeout=1).json()["models"]))
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise SystemExit(f"{base} did not answer in {timeout:.0f} s")
+
+
+def one_request(http: httpx.Client, model: str, prompt: str, max_tokens: int, seed: int) -> dict:
+    """Stream one completion; time to first token, seconds per later token, tokens."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0, "seed": seed,
+            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}  # exactly max_tokens
+    start = time.perf_counter()
+    first = last = None
+    tokens = 0
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            now = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["text"]:
+                first = first or now
+                last = now
+    first = first or time.perf_counter()
+    per_token = (last - first) / (tokens - 1) if last and tokens > 1 else None
+    return {"ttft": first - start, "per_token": per_token, "tokens": tokens}
+
+
+def scenario(base: str, model: str, clients: int, requests_each: int, max_tokens: int) -> dict:
+    """`clients` threads, each sending `requests_each` streamed requests in turn."""
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        with httpx.Client(base_url=base, timeout=600) as http:
+            for r in range(requests_each):
+                result = one_request(http, model, PROMPTS[(c + r) % len(PROMPTS)], max_tokens, seed=1000 * c + r)
+                with lock:
+                    results.append(result)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    wall = time.perf_counter() - start
+    tokens = sum(r["tokens"] for r in results)
+    return {"tokens_per_s": tokens / wall, "tokens": tokens, "ttft": [r["ttft"] for r in results],
+            "per_token": [r["per_token"] for r in results if r["per_token"] is not None]}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a registry URI or checkpoint folder")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--requests", type=int, default=4, help="requests per client per round")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=8301, help="the batching server; the other gets port + 1")
+    args = parser.parse_args()
+
+    servers = {"batching": (args.port, 16), "one at a time": (args.port + 1, 1)}
+    processes = {name: start_server(args.model, port, max_batch) for name, (port, max_batch) in servers.items()}
+    try:
+        names = {name: wait_ready(f"http://127.0.0.1:{port}", processes[name]) for name, (port, _) in servers.items()}
+        rows = [(name, clients) for name in servers for clients in args.clients]
+        measured: dict[tuple[str, int], list[dict]] = {row: [] for row in rows}
+        order = random.Random(0)
+        for round_index in range(args.rounds + 1):  # round 0 warms up and is not counted
+            order.shuffle(rows)
+            for name, clients in rows:
+                base = f"http://127.0.0.1:{servers[name][0]}"
+                result = scenario(base, names[name], clients, 1 if round_index == 0 else args.requests, args.max_tokens)
+                if round_index:
+                    measured[(name, clients)].append(result)
+                    print(f"round {round_index}: {name:<14} {clients} clients {result['tokens_per_s']:8.1f} tokens/s",
+                          file=sys.stderr)
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=30)
+
+    print(f"\n{args.model}: {args.requests} streamed requests per client, max_tokens {args.max_tokens}, temperature 1 "
+          f"(seeded), median of {args.rounds} rounds; {os.cpu_count()} CPUs")
+    print(f"{'server':<15}{'clients':>8}{'tokens/s':>10}{'vs 1 client':>12}{'TTFT p50':>10}{'TTFT p95':>10}"
+          f"{'ms/token p50':>14}{'ms/token p95':>14}")
+    for name in servers:
+        single = None
+        for clients in args.clients:
+            results = measured[(name, clients)]
+            median = sorted(results, key=lambda r: r["tokens_per_s"])[len(results) // 2]
+            single = single or median["tokens_per_s"]
+            ttft = [t for r in results for t in r["ttft"]]
+            per_token = [t for r in results for t in r["per_token"]]
+            print(f"{name:<15}{clients:>8}{median['tokens_per_s']:>10.1f}{median['tokens_per_s'] / single:>11.2f}x"
+                  f"{percentile(ttft, 0.5):>9.3f}s{percentile(ttft, 0.95):>9.3f}s"
+                  f"{1e3 * percentile(per_token, 0.5):>14.1f}{1e3 * percentile(per_token, 0.95):>14.1f}")
+
+
+if __name__ == "__main__":
+    main()
