@@ -209,8 +209,13 @@ class Softmax(Module):
         return p * (d_probs - (d_probs * p).sum(dim=-1, keepdim=True))
 
 
+IGNORE_INDEX = -100  # a target that is not scored (chat fine-tuning masks the user's tokens); PyTorch's default
+
+
 class CrossEntropyLoss(Module):
-    """loss = mean over tokens of -log softmax(z)[y], in at least fp32 (z: the logits of one token, y: its target)."""
+    """loss = mean over scored tokens of -log softmax(z)[y], in at least fp32 (z: the logits of one token, y: its
+    target). A target of IGNORE_INDEX is not scored: it adds nothing to the sum and does not count in the mean,
+    as in F.cross_entropy and Hugging Face's labels=-100 (how chat fine-tuning learns only the assistant's words)."""
 
     log_probs: torch.Tensor | None = None
 
@@ -218,19 +223,26 @@ class CrossEntropyLoss(Module):
         self.targets, self.log_probs = targets, None
         if targets is None:
             return None
+        self.scored = targets != IGNORE_INDEX  # (B, T) booleans: the mask
+        self.n_scored = int(self.scored.sum())  # N: the mean divides by this, not by B * T
         self.log_probs = torch.log_softmax(at_least_float32(logits), dim=-1)  # (B, T, V)
-        return -self.log_probs.gather(-1, targets.unsqueeze(-1)).mean()
+        safe_targets = targets.masked_fill(~self.scored, 0)  # any valid index; masked out below
+        picked = self.log_probs.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (B, T): log p of each target
+        return -(picked * self.scored).sum() / max(self.n_scored, 1)  # nothing scored: 0 (F.cross_entropy: NaN)
 
     def backward(self, loss_scale: float = 1.0) -> torch.Tensor:
         if self.log_probs is None:
             raise RuntimeError("backward() needs a forward() with targets")
-        B, T = self.targets.shape
-        # loss = -(1/N) sum_i log softmax(z_i)[y_i]  =>  dz_i = (softmax(z_i) - onehot(y_i)) / N,  N = B * T
+        # loss = -(1/N) sum_i m_i log softmax(z_i)[y_i]  =>  dz_i = m_i (softmax(z_i) - onehot(y_i)) / N,
+        # with m_i = 1 where token i is scored and 0 where it is not (no gradient at all there)
         d_logits = self.log_probs.exp()  # (B, T, V): softmax(z)
-        # (B, T, V) is the largest tensor of the model: the one-hot is subtracted and the result scaled in place,
-        # in the tensor just made, instead of allocating two more of that size.
-        d_logits.scatter_add_(-1, self.targets.unsqueeze(-1), torch.full_like(d_logits[..., :1], -1.0))  # - onehot
-        return d_logits.mul_(loss_scale / (B * T))
+        safe_targets = self.targets.masked_fill(~self.scored, 0).unsqueeze(-1)
+        # (B, T, V) is the largest tensor of the model: the one-hot is subtracted, the mask applied and the result
+        # scaled in place, in the tensor just made, instead of allocating more of that size.
+        d_logits.scatter_add_(-1, safe_targets, torch.full_like(d_logits[..., :1], -1.0))  # - onehot
+        if self.n_scored < self.scored.numel():
+            d_logits.mul_(self.scored.unsqueeze(-1))  # masked tokens: zero gradient
+        return d_logits.mul_(loss_scale / max(self.n_scored, 1))
 
 
 class ScaledDotProductAttention(Module):
