@@ -13,13 +13,14 @@ import sys
 def _jobs() -> dict:
     from jobs.compare import compare
     from jobs.evaluate import evaluate
+    from jobs.finetune import finetune
     from jobs.generate import chat, generate
     from jobs.prepare_data import prepare_data
     from jobs.serve import serve
     from jobs.train import train
 
     return {"prepare-data": prepare_data, "train": train, "evaluate": evaluate, "generate": generate, "chat": chat,
-            "compare": compare, "serve": serve}
+            "compare": compare, "finetune": finetune, "serve": serve}
 
 
 ARGPARSE_JOBS = ("serve",)  # jobs whose flags argparse reads (serve's --model repeats, which fire cannot express)

@@ -118,6 +118,24 @@ def _check_name(value: str | None) -> str | None:
     return value
 
 
+class ChatConfig(_Section):
+    """Chat fine-tuning (`python -m jobs finetune`): the base model and the conversations (jobs/data/chat_data.py)."""
+
+    base: str | None = None  # the model to fine-tune: registry URI, run URI or checkpoint folder (--base sets it)
+    from_stories: bool = True  # conversations made from data's stories (train and validation stories kept apart)
+    max_conversations: int | None = Field(None, gt=0)  # at most this many training conversations
+    val_conversations: int = Field(200, gt=0)  # validation conversations (the first made from validation stories)
+    conversation_files: list[str] | None = None  # your own JSONL messages files, for training
+    val_conversation_files: list[str] | None = None  # and for validation
+    skip_bad: bool = False  # skip bad JSONL records (and count them) instead of refusing the file
+    seed: int = 1337  # which kind of conversation each story becomes, and the words asked for
+
+    @field_validator("conversation_files", "val_conversation_files", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class ExperimentConfig(_Section):
     experiment_name: str = Field(min_length=1)
     registered_model_name: str | None = None  # default: experiment_name
@@ -129,6 +147,7 @@ class ExperimentConfig(_Section):
     data: DataConfig = DataConfig()
     model: dict[str, Any] = {}
     training: TrainingConfig = TrainingConfig()
+    chat: ChatConfig | None = None  # only for finetune
 
     @field_validator("model")
     @classmethod

@@ -241,6 +241,9 @@ class TrackedRun:
     def log_params(self, params: dict[str, Any]) -> None:
         safely("log params", mlflow.log_params, {**params, "mlflow_version": mlflow.__version__})
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        safely("set tags", mlflow.set_tags, tags)
+
     def log_dict(self, values: dict, name: str) -> None:
         safely(f"log {name}", mlflow.log_dict, values, name)
 

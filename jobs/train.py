@@ -74,6 +74,12 @@ def train(config: str | None = None, model_type: Literal["torch", "custom"] | No
         overrides["training.model_type"] = model_type
     cfg = load_config(config, overrides)
     result = run_training(cfg, resume=resume)
+    flags = ([f"--config {config}"] if config else []) + [f"--{key}={value}" for key, value in overrides.items()]
+    report(cfg, result, f"python -m jobs train {' '.join(flags)}")
+
+
+def report(cfg: ExperimentConfig, result: "TrainResult", command: str) -> None:
+    """What the job prints at its end (rank 0), and its exit status after a signal (every rank)."""
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         if result.stopped_by in SIGNAL_EXIT_STATUS:
             sys.exit(SIGNAL_EXIT_STATUS[result.stopped_by])
@@ -84,9 +90,8 @@ def train(config: str | None = None, model_type: Literal["torch", "custom"] | No
               f"--training.max_steps=N or --training.max_time_minutes=M")
         return
     if result.stopped_by in SIGNAL_EXIT_STATUS:  # shells and schedulers read 128+N as "stopped by signal N"
-        flags = ([f"--config {config}"] if config else []) + [f"--{key}={value}" for key, value in overrides.items()]
         print(f"stopped by {result.stopped_by} at step {result.steps}; continue with:\n"
-              f"  python -m jobs train {' '.join(flags)} --resume {result.checkpoint_dir / 'latest'}", file=sys.stderr)
+              f"  {command} --resume {result.checkpoint_dir / 'latest'}", file=sys.stderr)
         sys.exit(SIGNAL_EXIT_STATUS[result.stopped_by])
     print(f"done: {result.steps} steps, best val loss {result.best_val_loss:.4f}, run {result.run_id}, "
           f"checkpoints in {result.checkpoint_dir}")
@@ -110,12 +115,12 @@ def next_steps(cfg: ExperimentConfig, result: TrainResult) -> str:
             f"       {ui}")
 
 
-def run_training(cfg: ExperimentConfig, resume: str | bool | None = None) -> TrainResult:
-    """Train as the config says (on every rank, under torchrun)."""
+def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, trainer: type | None = None) -> TrainResult:
+    """Train as the config says (on every rank, under torchrun); `trainer`: Trainer, or finetune's ChatTrainer."""
     device = resolve_device(cfg.training.device)
     distributed = Distributed.from_env(device)
     try:
-        return Trainer(cfg, resume, distributed.device(device), distributed).run()
+        return (trainer or Trainer)(cfg, resume, distributed.device(device), distributed).run()
     finally:
         distributed.close()
 
@@ -138,9 +143,9 @@ class Trainer:
         self.distributed, self.device, self.main = distributed, device, distributed.is_main
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
-        self.prepared = prepare_data(cfg, distributed)
-        self.tokenizer = self.prepared.tokenizer
-        self.cfg = cfg = with_vocab_size(cfg, self.tokenizer.vocab_size)
+        self.data = self.load_data(cfg, distributed)  # what this run learns from: text, or conversations
+        self.tokenizer = self.data.tokenizer
+        self.cfg = cfg = self.data.experiment(cfg)
         self.tc, self.model_config = tc, cfg.model_config_
         T = self.model_config.max_seq_len
         resume_from = checkpoint_to_resume(cfg, resume)
@@ -150,17 +155,13 @@ class Trainer:
         self.root = checkpoint.folder.parent if checkpoint else new_run_folder(cfg)  # this run's checkpoints
 
         torch.manual_seed(tc.seed)
-        model = build_model(self.model_config, tc.model_type)
+        model = self.initial_model(checkpoint is not None)
         self.runtime = make_runtime(tc.model_type, model, device, tc.dtype, tc.compile, distributed)
         self.runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
-        self.train_tokens = open_tokens(self.prepared.tokens_dir, "train", self.tokenizer)
-        self.val_tokens = open_tokens(self.prepared.tokens_dir, "validation", self.tokenizer)
-        check_validation_fits(self.val_tokens, T)  # found now, not at the first validation minutes into training
-        self.loader = TrainWindows(self.train_tokens, tc.batch_size, T, seed=tc.seed, rank=distributed.rank,
-                                   world_size=distributed.world_size)
+        self.loader = self.data.loader(tc.batch_size, T, tc.seed, distributed)
 
         self.tokens_per_step = tc.batch_size * T * tc.gradient_accumulation_steps * distributed.world_size  # all ranks
-        self.total_steps = tc.max_steps or max(1, math.ceil(tc.num_epochs * len(self.train_tokens) / self.tokens_per_step))
+        self.total_steps = tc.max_steps or max(1, math.ceil(tc.num_epochs * self.data.train_tokens / self.tokens_per_step))
         self.flops_per_token = flops_per_token(self.model_config, T)
         self.budget = 60 * tc.max_time_minutes if tc.max_time_minutes else None  # seconds
         self.progress, self.run_id, self.resumed = Progress(), None, checkpoint is not None
@@ -168,6 +169,14 @@ class Trainer:
             self.restore(checkpoint)
         self.tracked: tracking.TrackedRun | tracking.NullRun = tracking.NullRun()
         self.bar = None
+
+    def load_data(self, cfg: ExperimentConfig, distributed: Distributed) -> "TextData":
+        """The prepared token files of cfg.data (made first when missing)."""
+        return TextData(prepare_data(cfg, distributed))
+
+    def initial_model(self, resuming: bool):
+        """A freshly initialised model (a resume then loads its checkpoint's weights into it)."""
+        return build_model(self.model_config, self.tc.model_type)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         load_weights(self.runtime.model, checkpoint)
@@ -266,15 +275,13 @@ class Trainer:
 
     def validation_loss(self) -> float:
         """Every rank scores its share of the validation batches; the all-reduce gives all of them the total."""
-        T = self.model_config.max_seq_len
-        return validation_loss(self.runtime, self.val_tokens, self.tc.batch_size, T, self.tc.eval_batches,
-                               self.distributed)[0]
+        return self.data.validation_loss(self.runtime, self.tc.batch_size, self.model_config.max_seq_len,
+                                         self.tc.eval_batches, self.distributed)
 
     def validate(self) -> None:
         step, loss = self.progress.step, self.validation_loss()
         perplexity = math.exp(min(loss, 50))
-        self.tracked.log_metrics({"val/loss": loss, "val/perplexity": perplexity,
-                                  "val/bits_per_byte": self.prepared.bits_per_byte(loss)}, step)
+        self.tracked.log_metrics({"val/loss": loss, "val/perplexity": perplexity} | self.data.metrics(loss), step)
         self.say(f"step {step}: val loss {loss:.4f} (perplexity {perplexity:.1f})")
         if loss < self.progress.best_val_loss:
             self.progress.best_val_loss = loss
@@ -320,7 +327,7 @@ class Trainer:
             "loader": self.loader.state_dict(), "optimizer_scalars": opt_scalars, "rng": rng_state(),
             "mlflow_run_id": self.tracked.run_id, "tokenizer_sha256": self.tokenizer.sha256,
             "eot_id": self.tokenizer.eot_id, "train_seconds": self.progress.train_seconds,
-            "dataset_id": self.prepared.meta["dataset_id"],
+            "dataset_id": self.data.dataset_id,
         }
         save_checkpoint(self.root / name, self.runtime.model.state_dict(), opt_tensors, state, self.tokenizer.path)
 
@@ -349,12 +356,10 @@ class Trainer:
             "architecture": self.model_config.architecture, "n_parameters": count_parameters(self.model_config),
             "flops_per_token": self.flops_per_token, "tokens_per_step": self.tokens_per_step,
             "total_steps": self.total_steps, "device": self.device, "world_size": self.distributed.world_size,
-            "dataset_id": self.prepared.meta["dataset_id"], "dataset_source": self.prepared.meta["source"],
-            "tokenizer_sha256": self.tokenizer.sha256, "train_tokens": len(self.train_tokens),
-            "val_tokens": len(self.val_tokens), "git_commit": _git_commit(), "torch_version": torch.__version__,
+            "tokenizer_sha256": self.tokenizer.sha256, "git_commit": _git_commit(), "torch_version": torch.__version__,
             "python_version": platform.python_version(),
         })
-        self.tracked.log_params(params)
+        self.tracked.log_params(params | self.data.params())
         self.tracked.log_dict(self.cfg.to_dict(), "config.yaml")
         self.tracked.log_artifact(self.tokenizer.path, "tokenizer")
 
@@ -400,6 +405,38 @@ class StopOnSignal:
     def __exit__(self, *exc_info) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+class TextData:
+    """What `train` learns from: the prepared token files, read in random (B, T+1) windows; validated over a
+    fixed pass of the validation split. (finetune.ChatData is the same for conversations.)"""
+
+    def __init__(self, prepared: prepare.PreparedData):
+        self.prepared, self.tokenizer = prepared, prepared.tokenizer
+        self.train = open_tokens(prepared.tokens_dir, "train", self.tokenizer)
+        self.validation = open_tokens(prepared.tokens_dir, "validation", self.tokenizer)
+        self.train_tokens, self.dataset_id = len(self.train), prepared.meta["dataset_id"]
+
+    def experiment(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """The config with the model's vocab size from the tokenizer; the validation split must hold a window."""
+        cfg = with_vocab_size(cfg, self.tokenizer.vocab_size)
+        check_validation_fits(self.validation, cfg.model_config_.max_seq_len)  # now, not at the first validation
+        return cfg
+
+    def loader(self, batch_size: int, seq_len: int, seed: int, distributed: Distributed) -> TrainWindows:
+        return TrainWindows(self.train, batch_size, seq_len, seed=seed, rank=distributed.rank,
+                            world_size=distributed.world_size)
+
+    def validation_loss(self, runtime, batch_size: int, seq_len: int, max_batches: int, distributed: Distributed) -> float:
+        """Every rank scores its share of the validation batches; the all-reduce gives all of them the total."""
+        return validation_loss(runtime, self.validation, batch_size, seq_len, max_batches, distributed)[0]
+
+    def metrics(self, loss: float) -> dict:
+        return {"val/bits_per_byte": self.prepared.bits_per_byte(loss)}
+
+    def params(self) -> dict:
+        return {"dataset_id": self.dataset_id, "dataset_source": self.prepared.meta["source"],
+                "train_tokens": len(self.train), "val_tokens": len(self.validation)}
 
 
 def prepare_data(cfg: ExperimentConfig, distributed: Distributed) -> prepare.PreparedData:

@@ -2,6 +2,8 @@
 for both architectures: float64 gradients equal autograd's and finite differences, masked tokens get no
 gradient, and the loss equals transformers' with labels=-100 on the masked positions."""
 
+import math
+
 import pytest
 import torch
 
@@ -148,3 +150,105 @@ def test_a_tokenizer_without_chat_tokens_is_told_to_prepare_again(tmp_path):
 
     with pytest.raises(InputError, match="prepare the data again"):
         chat_template.render(load_tokenizer(tmp_path), [{"role": "user", "content": "x"}])
+
+
+# --- chat data --------------------------------------------------------------------------------------------------
+
+from jobs.data import chat_data  # noqa: E402
+
+STORY = ("Once upon a time, there was a girl named Lily. Lily had a dog named Max. Max liked to run in the park. "
+         "One day, Lily and Max found a big red ball. They played with the ball all day. Lily was very happy.")
+
+
+def test_conversations_from_stories_are_deterministic_and_taken_from_the_story():
+    stories = [STORY.replace("Lily", name) for name in ("Lily", "Anna", "Mia", "Zoe", "Kim", "Eve")] * 3
+    first = chat_data.conversations_from_stories(stories, seed=3)
+    again = chat_data.conversations_from_stories(stories, seed=3)
+    assert [c.messages for c in first] == [c.messages for c in again] and len(first) == len(stories)
+    kinds = {c.kind for c in first}
+    assert kinds <= {"story_about", "uses_words", "continue"} and len(kinds) >= 2
+    for conversation in first:
+        question, answer = conversation.messages[0]["content"], conversation.messages[1]["content"]
+        if conversation.kind == "uses_words":
+            words = question.removeprefix("Write a story that uses the words ").rstrip(".").replace(" and", ",")
+            assert all(w.strip() in answer for w in words.split(","))
+        elif conversation.kind == "story_about":
+            name = question.removeprefix("Tell me a story about ").rstrip(".")
+            assert name in answer and answer in stories
+        else:
+            head = question.removeprefix("Continue this story: ")
+            assert any(s.startswith(head) and s.endswith(answer) for s in stories)
+        if len(conversation.messages) > 2:  # the dog's name, asked after the story
+            assert conversation.messages[2]["content"] == "What was the dog's name?"
+            assert conversation.messages[3]["content"] == "The dog's name was Max."
+
+
+def test_packing_keeps_conversations_whole_and_drops_those_too_long(tokenizer):
+    short = chat_data.Conversation([{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Tom had a dog."}],
+                                   "file")
+    long = chat_data.Conversation([{"role": "user", "content": "Tell me a story. " * 30},
+                                   {"role": "assistant", "content": "Tom."}], "file")
+    packed = chat_data.pack([short, long, short, short], tokenizer, seq_len=40)
+    assert packed.dropped_too_long == 1 and packed.kinds["file"] == 3
+    ids, mask = chat_template.render(tokenizer, short.messages)
+    unit = len(ids) + 1  # and its <|endoftext|>
+    assert packed.tokens.shape[1] == 41 and len(packed.tokens) == 3 * unit // 41 + 1 if unit * 3 > 41 else 1
+    for row, row_mask in zip(packed.tokens, packed.mask):
+        text = tokenizer.decode(row.tolist())
+        assert text.count("<|user|>") == text.count("<|assistant|>")  # no conversation cut in two
+        assert tokenizer.decode(row[row_mask].tolist()).count("Tom had a dog.<|end|>") == text.count("<|assistant|>")
+
+
+def test_jsonl_conversations_refused_with_file_and_line_or_skipped_and_counted(tmp_path):
+    good = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}'
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join([
+        good,
+        '{"messages": [{"role": "user", "content": "Hi"}]}',  # does not end with the assistant
+        '{"messages": [{"role": "pirate", "content": "Arr"}, {"role": "assistant", "content": "Hi"}]}',
+        "not json",
+        '{"messages": [{"role": "system", "content": "Be brief."}, ' + good[14:],
+    ]) + "\n")
+    with pytest.raises(InputError, match=r"chats.jsonl:2: the conversation must end with the assistant"):
+        chat_data.read_conversations(path)
+    conversations, skipped = chat_data.read_conversations(path, skip_bad=True)
+    assert skipped == 3 and len(conversations) == 2 and conversations[1].messages[0]["role"] == "system"
+    with pytest.raises(InputError, match="not found"):
+        chat_data.read_conversations(tmp_path / "missing.jsonl")
+
+
+# --- the finetune job, end to end --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_finetune_starts_from_the_base_registers_a_chat_model_and_resumes(tmp_path, store):
+    import mlflow
+
+    from conftest import signal_during_step, tiny
+    from jobs.config import validate_config
+    from jobs.finetune import run_finetuning
+    from jobs.serving.loading import load_model
+    from jobs.train import run_training
+
+    base = run_training(tiny(tmp_path / "base", model={"max_seq_len": 128}, max_steps=8))
+    values = tiny(tmp_path / "chat", "custom", max_steps=8, eval_every=4, checkpoint_every=4).to_dict()
+    values |= {"experiment_name": "tiny_chat", "model": {},
+               "chat": {"base": "models:/tiny_torch@champion", "val_conversations": 10}}
+    cfg = validate_config(values)
+    with signal_during_step(5):  # stopped part way, then resumed: the same run goes on
+        first = run_finetuning(cfg)
+    assert first.stopped_by == "SIGTERM"
+    result = run_finetuning(cfg, resume=True)
+    assert result.steps == 8 and result.run_id == first.run_id and math.isfinite(result.best_val_loss)
+
+    client = mlflow.tracking.MlflowClient()
+    version = client.get_model_version_by_alias("tiny_torch-chat", "champion")
+    run = client.get_run(result.run_id)
+    assert run.data.params["base_model"] == "models:/tiny_torch@champion"
+    assert run.data.params["base_run_id"] == base.run_id and run.data.tags["base_version"] == "1"
+    assert int(run.data.params["chat_train_story_about"]) + int(run.data.params.get("chat_train_uses_words", 0)) > 0
+    # it started from the base's weights (a fresh model's loss on the conversations would be near log V)
+    losses = [m.value for m in client.get_metric_history(result.run_id, "train/loss")]
+    assert losses[0] < math.log(300) - 0.5
+    chat_model = load_model(f"models:/tiny_torch-chat/{version.version}")
+    assert chat_model.model_type == "custom" and chat_template.supports_chat(chat_model.tokenizer)

@@ -24,3 +24,16 @@ def validation_loss(runtime, tokens: np.ndarray, batch_size: int, seq_len: int, 
         n_tokens += predictions
     loss_sum, n_tokens = distributed.sum(loss_sum, float(n_tokens))
     return loss_sum / n_tokens, int(n_tokens)
+
+
+def masked_validation_loss(runtime, batches, distributed: Distributed = Distributed()) -> tuple[float, int]:
+    """(mean loss per scored token, scored tokens) over chat batches, (tokens, mask) each: a batch's mean is over
+    its scored (assistant) tokens, so each is weighted by how many it has."""
+    loss_sum, n_scored = 0.0, 0
+    for tokens, mask in batches:
+        scored = int(mask[:, 1:].sum())
+        if scored:
+            loss_sum += runtime.loss((tokens, mask)) * scored
+            n_scored += scored
+    loss_sum, n_scored = distributed.sum(loss_sum, float(n_scored))
+    return loss_sum / max(n_scored, 1), int(n_scored)

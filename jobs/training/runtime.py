@@ -14,7 +14,23 @@ import math
 import torch
 
 from jobs.training.distributed import Distributed, average_gradients
-from model_zoo.custom_transformer import clip_grad_norm
+from model_zoo.custom_transformer import IGNORE_INDEX, clip_grad_norm
+
+
+def inputs_and_targets(window) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (B, T+1) window of token ids -> (inputs, targets), each (B, T): every next token is a target. A chat
+    window is (tokens, mask): a target is scored only where the mask is True (the assistant's tokens); the others
+    become IGNORE_INDEX, which both models' loss skips. The one place where the two kinds of data differ."""
+    if isinstance(window, (tuple, list)):
+        tokens, mask = window
+        return tokens[:, :-1], tokens[:, 1:].masked_fill(~mask[:, 1:], IGNORE_INDEX)
+    return window[:, :-1], window[:, 1:]
+
+
+def move(window, device: str):
+    if isinstance(window, (tuple, list)):
+        return tuple(part.to(device, non_blocking=True) for part in window)
+    return window.to(device, non_blocking=True)
 
 
 class ModelRuntime:
@@ -30,8 +46,9 @@ class ModelRuntime:
     def configure_optimizer(self, learning_rate: float, weight_decay: float, betas: tuple[float, float]) -> None:
         self.optimizer = self.model.configure_optimizer(learning_rate, weight_decay, betas)
 
-    def train_step(self, windows: list[torch.Tensor], max_grad_norm: float | None) -> tuple[float, float]:
-        """One optimizer step over micro-batches of (B, T+1) windows; returns (mean loss, grad norm before clipping).
+    def train_step(self, windows: list, max_grad_norm: float | None) -> tuple[float, float]:
+        """One optimizer step over micro-batches of (B, T+1) windows (or chat windows: (tokens, mask)); returns
+        (mean loss, grad norm before clipping).
 
         Each micro-batch's loss is scaled by 1 / len(windows), so the accumulated gradient is that of the
         mean loss over all of them, as if they had been one big batch. With several ranks, gradients are
@@ -41,8 +58,8 @@ class ModelRuntime:
         scale = 1.0 / len(windows)
         total_loss = 0.0
         for i, window in enumerate(windows):
-            window = window.to(self.device, non_blocking=True)
-            loss = self.forward_backward(window[:, :-1], window[:, 1:], scale, last=i == len(windows) - 1)
+            idx, targets = inputs_and_targets(move(window, self.device))
+            loss = self.forward_backward(idx, targets, scale, last=i == len(windows) - 1)
             total_loss += loss * scale
         grad_norm = self.clip_gradients(max_grad_norm if max_grad_norm is not None else math.inf)
         self.optimizer.step()
@@ -50,12 +67,12 @@ class ModelRuntime:
         return total_loss, grad_norm
 
     @torch.no_grad()
-    def loss(self, window: torch.Tensor) -> float:
-        """Mean next-token loss (nats) of one (B, T+1) batch, in eval mode."""
+    def loss(self, window) -> float:
+        """Mean next-token loss (nats) of one (B, T+1) batch (or chat batch: over its scored tokens), in eval mode."""
         self.model.eval()
-        window = window.to(self.device)
+        idx, targets = inputs_and_targets(move(window, self.device))
         with self.autocast():
-            _, loss = self.model(window[:, :-1], window[:, 1:])
+            _, loss = self.model(idx, targets)
         return float(loss)
 
     # --- what each model type does its own way -----------------------------------------------------------

@@ -1,0 +1,216 @@
+"""Chat data: conversations made from stories, or read from JSONL files, packed into (B, T+1) training windows
+whose mask says which tokens the model learns (the assistant's, see chat_template.py).
+
+Built from stories, deterministically from a seed, each answer taken from a real story:
+    "Tell me a story about <name>."                       -> the story
+    "Write a story that uses the words <a>, <b> and <c>." -> the story (the words drawn from it)
+    "Continue this story: <its first sentences>"          -> the rest of it
+and, where the story names an animal ("a dog named Max"), a second turn: "What was the dog's name?" -> "The dog's
+name was Max." Training and validation conversations come from the data config's train and validation stories,
+which never share a story.
+
+Your own conversations: JSONL, one `{"messages": [{"role": ..., "content": ...}, ...]}` per line (Hugging Face
+chat datasets' and OpenAI fine-tuning files' format), a `system` message allowed first, ending with the assistant.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jobs.data import chat_template
+from jobs.errors import InputError
+
+KINDS = ("story_about", "uses_words", "continue", "animal_name")
+NOT_NAMES = {"The", "Once", "One", "He", "She", "They", "It", "His", "Her", "Their", "Then", "But", "And", "So",
+             "When", "After", "Every", "There", "This", "That", "What", "Why", "How", "Yes", "No", "Mom", "Dad",
+             "Mommy", "Daddy", "I", "We", "You", "A", "In", "On", "At", "Suddenly", "Later", "Soon", "Today", "Finally",
+             "Sue", "Can", "Let", "Do", "Don", "Look", "Oh", "Wow", "Thank", "Please", "If", "As", "While", "Now"}
+STOP_WORDS = {"there", "their", "they", "them", "then", "that", "this", "with", "were", "was", "have", "what", "when",
+              "said", "very", "into", "from", "your", "will", "would", "could", "because", "about", "every", "after",
+              "some", "something", "other", "again", "before", "where", "which", "while", "each", "also", "just",
+              "like", "made", "make", "came", "come", "went", "want", "wanted", "know", "knew", "back", "more",
+              "much", "many", "time", "upon", "once", "day", "felt", "feel", "looked", "look", "saw", "see", "too"}
+ANIMAL_NAME = re.compile(r"\b(?:a|an|the) (?:little |big |small |old |friendly |happy |cute )?"
+                         r"(dog|cat|bird|fish|bunny|rabbit|bear|frog|duck|puppy|kitten|mouse|horse|cow|pig|lion|"
+                         r"monkey|turtle|owl|fox|sheep|squirrel|elephant|bee|butterfly|ant|snake|tiger|dragon) "
+                         r"(?:named|called) ([A-Z][a-z]+)")
+
+
+@dataclass
+class Conversation:
+    messages: list[dict]
+    kind: str  # the first turn's: one of KINDS but animal_name (a second turn some have), or "file"
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
+def story_name(story: str) -> str | None:
+    """The story's main character: the capitalised word (not a common sentence opener) named most often."""
+    counts = Counter(w for w in re.findall(r"\b[A-Z][a-z]{2,}\b", story) if w not in NOT_NAMES)
+    name, count = counts.most_common(1)[0] if counts else (None, 0)
+    return name if count >= 2 else None
+
+
+def conversations_from_story(story: str, rng: random.Random) -> list[Conversation]:
+    """One conversation of one kind for the story (the kind drawn from what the story allows), with a second turn
+    about an animal's name where the story has one."""
+    story = story.strip()
+    parts = sentences(story)
+    if len(parts) < 3 or len(story) < 80:
+        return []
+    options = []
+    name = story_name(story)
+    if name:
+        options.append(("story_about", f"Tell me a story about {name}.", story))
+    words = sorted({w for w in re.findall(r"\b[a-z]{4,}\b", story) if w not in STOP_WORDS})
+    if len(words) >= 3:
+        a, b, c = rng.sample(words, 3)
+        options.append(("uses_words", f"Write a story that uses the words {a}, {b} and {c}.", story))
+    head = " ".join(parts[:2])
+    options.append(("continue", f"Continue this story: {head}", " ".join(parts[2:])))
+    kind, question, answer = options[rng.randrange(len(options))]
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    found = ANIMAL_NAME.search(answer if kind != "continue" else story)
+    if found and kind != "continue":
+        animal, animal_name = found.group(1), found.group(2)
+        messages += [{"role": "user", "content": f"What was the {animal}'s name?"},
+                     {"role": "assistant", "content": f"The {animal}'s name was {animal_name}."}]
+    return [Conversation(messages, kind)]
+
+
+def conversations_from_stories(stories, seed: int, limit: int | None = None) -> list[Conversation]:
+    rng = random.Random(seed)
+    conversations: list[Conversation] = []
+    for story in stories:
+        conversations += conversations_from_story(story, rng)
+        if limit is not None and len(conversations) >= limit:
+            break
+    return conversations
+
+
+def read_conversations(path: Path, skip_bad: bool = False) -> tuple[list[Conversation], int]:
+    """The conversations of a JSONL messages file, and how many bad lines were skipped (skip_bad) — or an
+    InputError naming the file and line of the first bad one."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"conversation file not found: {path}")
+    conversations, skipped = [], 0
+    with open(path, encoding="utf-8", errors="strict") as lines:
+        try:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    conversations.append(Conversation(_record_messages(line), "file"))
+                except InputError as error:
+                    if not skip_bad:
+                        raise InputError(f"{path}:{number}: {error}") from None
+                    skipped += 1
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not UTF-8 text") from None
+    return conversations, skipped
+
+
+def _record_messages(line: str) -> list[dict]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise InputError(f"not JSON ({error.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+        raise InputError('each line is an object with a "messages" list')
+    messages = chat_template.check_messages(record["messages"], "messages")
+    if messages[-1]["role"] != "assistant":
+        raise InputError("the conversation must end with the assistant")
+    return messages
+
+
+# --- packing ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PackedChat:
+    """Whole conversations laid end to end in windows of T + 1 tokens, with their masks; counts of what was made."""
+
+    tokens: np.ndarray  # (N, T + 1) int64
+    mask: np.ndarray  # (N, T + 1) bool: True on tokens the model learns
+    kinds: Counter = field(default_factory=Counter)
+    dropped_too_long: int = 0
+
+    @property
+    def scored_tokens(self) -> int:
+        return int(self.mask[:, 1:].sum())
+
+
+def pack(conversations: list[Conversation], tokenizer, seq_len: int) -> PackedChat:
+    """Render each conversation and pack them into windows of seq_len + 1 tokens, never splitting one; a
+    conversation longer than a window is dropped and counted. The rest of a window is <|endoftext|>, unscored."""
+    width = seq_len + 1
+    windows, masks = [], []
+    ids_now: list[int] = []
+    mask_now: list[bool] = []
+    kinds: Counter = Counter()
+    dropped = 0
+    for conversation in conversations:
+        ids, mask = chat_template.render(tokenizer, conversation.messages)
+        ids, mask = ids + [tokenizer.eot_id], mask + [False]  # conversations separated like documents
+        if len(ids) > width:
+            dropped += 1
+            continue
+        kinds[conversation.kind] += 1
+        kinds["animal_name"] += len(conversation.messages) > 2 and conversation.kind != "file"  # a second turn
+        if len(ids_now) + len(ids) > width:
+            windows.append(ids_now), masks.append(mask_now)
+            ids_now, mask_now = [], []
+        ids_now, mask_now = ids_now + ids, mask_now + mask
+    if ids_now:
+        windows.append(ids_now), masks.append(mask_now)
+    tokens = np.full((len(windows), width), tokenizer.eot_id, dtype=np.int64)
+    scored = np.zeros((len(windows), width), dtype=bool)
+    for i, (ids, mask) in enumerate(zip(windows, masks)):
+        tokens[i, :len(ids)], scored[i, :len(mask)] = ids, mask
+    return PackedChat(tokens, scored, kinds, dropped)
+
+
+class ChatWindows:
+    """Random batches of packed chat windows, (tokens, mask) each (B, T+1): TrainWindows' interface and its
+    reproducible, resumable, rank-sliced stream (global batch i from a generator seeded with (seed, i))."""
+
+    def __init__(self, packed: PackedChat, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if len(packed.tokens) == 0:
+            raise InputError("no chat training windows: every conversation was dropped or none was made")
+        self.packed, self.batch_size, self.seed, self.rank, self.world_size = packed, batch_size, seed, rank, world_size
+        self.position = 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.position])
+        rows = rng.integers(0, len(self.packed.tokens), size=self.batch_size * self.world_size)
+        self.position += 1
+        mine = rows[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return torch.from_numpy(self.packed.tokens[mine]), torch.from_numpy(self.packed.mask[mine])
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position, self.seed = int(state["position"]), int(state["seed"])
+
+
+def validation_windows(packed: PackedChat, batch_size: int, max_batches: int | None = None, rank: int = 0,
+                       world_size: int = 1):
+    """A fixed ordered pass over the validation windows (rank r: batches r, r + world_size, ...)."""
+    n_batches = max(1, -(-len(packed.tokens) // batch_size))
+    if max_batches is not None:
+        n_batches = min(n_batches, max_batches)
+    for b in range(rank, n_batches, world_size):
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        yield torch.from_numpy(packed.tokens[rows]), torch.from_numpy(packed.mask[rows])

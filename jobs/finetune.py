@@ -1,0 +1,189 @@
+"""`python -m jobs finetune --base REF --config configs/chat_cpu.yaml [--model-type torch|custom] [--resume ...]`
+
+Teach a trained base model to chat: start from its weights and tokenizer (REF: `models:/<name>@champion`, a run
+URI or a checkpoint folder) and train on conversations (jobs/data/chat_data.py: made from the stories of the
+config's data, and/or your JSONL files), learning only the assistant's tokens (the masked loss). The same
+training loop as `train` (time budget, --resume and --resume auto, torchrun, checkpoints, MLflow, signals); the
+data and the loss mask differ. Registers `<base name>-chat` (or chat's registered_model_name) with the champion
+alias, and records the base model's URI, version and run as params and tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from typing import Literal
+
+from jobs.cli import typed
+from jobs.config import ExperimentConfig, load_config
+from jobs.data import chat_data, chat_template
+from jobs.data.sources import load_documents
+from jobs.errors import ConfigError
+from jobs.train import Trainer, TrainResult, report, run_training
+from jobs.training.distributed import Distributed
+from jobs.training.evaluation import masked_validation_loss
+from model_zoo.build import build_model
+from model_zoo.generation import generate_tokens
+
+
+@typed
+def finetune(config: str, base: str | None = None, model_type: Literal["torch", "custom"] | None = None,
+             resume: str | bool | None = None, **overrides) -> None:
+    """Fire entry point; see run_finetuning."""
+    if base is not None:
+        overrides["chat.base"] = base
+    if model_type is not None:
+        overrides["training.model_type"] = model_type
+    cfg = load_config(config, overrides)
+    result = run_finetuning(cfg, resume)
+    flags = [f"--config {config}"] + [f"--{key}={value}" for key, value in overrides.items()]
+    report(cfg, result, f"python -m jobs finetune {' '.join(flags)}")
+
+
+def run_finetuning(cfg: ExperimentConfig, resume: str | bool | None = None) -> TrainResult:
+    if cfg.chat is None or not cfg.chat.base:
+        raise ConfigError("say which model to fine-tune: --base models:/<name>@champion (or chat.base in the config)")
+    return run_training(cfg, resume, trainer=ChatTrainer)
+
+
+class ChatTrainer(Trainer):
+    """Trainer with ChatData and the base model's weights as the starting point."""
+
+    def load_data(self, cfg: ExperimentConfig, distributed: Distributed) -> "ChatData":
+        from jobs.serving.loading import load_model
+
+        self.base = load_model(cfg.chat.base, "cpu")  # weights, tokenizer and state; moved to the device later
+        chat_template.require_chat(self.base.tokenizer)
+        return ChatData(cfg, self.base, distributed)
+
+    def initial_model(self, resuming: bool):
+        model = build_model(self.model_config, self.tc.model_type)
+        if not resuming:  # a resume loads its own checkpoint's weights instead
+            model.load_state_dict(self.base.model.state_dict())  # same names either model type
+        return model
+
+    def log_run_params(self) -> None:
+        super().log_run_params()
+        self.tracked.set_tags({f"base_{key}": value for key, value in self.data.lineage.items()})
+
+    def log_sample(self) -> None:
+        """A reply to training.sample_prompt as a user's message, printed and kept (rank 0)."""
+        tc, step = self.tc, self.progress.step
+        if not self.main:
+            return
+        ids, _ = chat_template.render(self.tokenizer, [{"role": "user", "content": tc.sample_prompt}],
+                                      add_generation_prompt=True)
+        end = chat_template.end_of_turn_id(self.tokenizer)
+        reply = []
+        for token in generate_tokens(self.runtime.model, ids, max_new_tokens=tc.sample_length, temperature=0.8,
+                                     top_k=50, seed=step, eos_id=end):
+            if token in (end, self.tokenizer.eot_id):
+                break
+            reply.append(token)
+        text = f"user: {tc.sample_prompt}\nassistant: {self.tokenizer.decode(reply)}"
+        self.say(f"sample @ {step}: {text!r}")
+        self.tracked.log_text(text, f"samples/step-{step:07d}.txt")
+
+
+class ChatData:
+    """What `finetune` learns from: conversations packed into windows with their masks (TextData's interface)."""
+
+    def __init__(self, cfg: ExperimentConfig, base, distributed: Distributed):
+        self.base, self.tokenizer = base, base.tokenizer
+        seq_len = base.config.max_seq_len
+        train, validation = conversations(cfg)
+        self.train = chat_data.pack(train, self.tokenizer, seq_len)
+        self.validation = chat_data.pack(validation, self.tokenizer, seq_len)
+        if len(self.validation.tokens) == 0:
+            raise ConfigError("no validation conversations: give chat.val_conversation_files or story data")
+        self.train_tokens = self.train.tokens.size
+        digest = hashlib.sha256(self.train.tokens.tobytes() + self.validation.tokens.tobytes()).hexdigest()[:10]
+        self.dataset_id = f"chat-{digest}"
+        self.lineage = lineage(cfg.chat.base, base.state)
+        if distributed.is_main:
+            print(f"chat data: {self.describe(self.train)} to train; {self.describe(self.validation)} to validate")
+
+    @staticmethod
+    def describe(packed: chat_data.PackedChat) -> str:
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(packed.kinds.items()))
+        return (f"{len(packed.tokens):,} windows ({kinds}; {packed.scored_tokens:,} assistant tokens"
+                f"{f'; {packed.dropped_too_long:,} longer than the context, dropped' if packed.dropped_too_long else ''})")
+
+    def experiment(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """The base model's architecture (only dropout may be changed), and the name to register under."""
+        unknown = set(cfg.model) - {"dropout"}
+        if unknown:
+            raise ConfigError(f"model.{sorted(unknown)[0]}: a fine-tuned model keeps its base's shape (only "
+                              f"model.dropout may be set)")
+        model = self.base.config.to_dict() | dict(cfg.model)
+        name = cfg.registered_model_name or f"{base_name(cfg.chat.base, cfg.experiment_name)}-chat"
+        return cfg.model_copy(update={"model": model, "registered_model_name": name})
+
+    def loader(self, batch_size: int, seq_len: int, seed: int, distributed: Distributed) -> chat_data.ChatWindows:
+        return chat_data.ChatWindows(self.train, batch_size, seed=seed, rank=distributed.rank,
+                                     world_size=distributed.world_size)
+
+    def validation_loss(self, runtime, batch_size: int, seq_len: int, max_batches: int, distributed: Distributed) -> float:
+        batches = chat_data.validation_windows(self.validation, batch_size, max_batches, distributed.rank,
+                                               distributed.world_size)
+        return masked_validation_loss(runtime, batches, distributed)[0]
+
+    def metrics(self, loss: float) -> dict:
+        return {}
+
+    def params(self) -> dict:
+        counts = {f"chat_train_{kind}": n for kind, n in self.train.kinds.items()}
+        counts |= {f"chat_val_{kind}": n for kind, n in self.validation.kinds.items()}
+        return counts | {"dataset_id": self.dataset_id, "train_windows": len(self.train.tokens),
+                         "val_windows": len(self.validation.tokens), "train_assistant_tokens": self.train.scored_tokens,
+                         "val_assistant_tokens": self.validation.scored_tokens,
+                         "chat_dropped_too_long": self.train.dropped_too_long + self.validation.dropped_too_long} | \
+            {f"base_{key}": value for key, value in self.lineage.items()}
+
+
+def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
+    """(train, validation) conversations: from the data's stories (train and validation stories apart) and files."""
+    chat = cfg.chat
+    train, validation = [], []
+    skipped = Counter()
+    for path in chat.conversation_files or []:
+        found, skipped[path] = chat_data.read_conversations(path, chat.skip_bad)
+        train += found
+    for path in chat.val_conversation_files or []:
+        found, skipped[path] = chat_data.read_conversations(path, chat.skip_bad)
+        validation += found
+    for path, n in skipped.items():
+        if n:
+            print(f"chat data: {path}: {n:,} bad record(s) skipped (chat.skip_bad)")
+    if chat.from_stories:
+        from jobs.data.prepare import cache_dir
+
+        stories = load_documents(cfg.data, cache_dir(cfg.data))
+        train += chat_data.conversations_from_stories(stories["train"]["text"], chat.seed, chat.max_conversations)
+        validation += chat_data.conversations_from_stories(stories["validation"]["text"], chat.seed + 1,
+                                                           chat.val_conversations)
+    if not train:
+        raise ConfigError("no training conversations: set chat.from_stories or give chat.conversation_files")
+    return train, validation
+
+
+def base_name(ref: str, fallback: str) -> str:
+    """The base model's registry name (`models:/tinystories_cpu@champion` -> tinystories_cpu), else fallback."""
+    if ref.startswith("models:/"):
+        return ref[len("models:/"):].split("@")[0].split("/")[0]
+    return fallback
+
+
+def lineage(ref: str, state: dict) -> dict:
+    """Where the fine-tuned model comes from: the base's URI, registry version (when it is one) and run."""
+    found = {"model": ref, "run_id": state.get("mlflow_run_id") or "unknown", "step": state.get("step")}
+    if ref.startswith("models:/"):
+        from mlflow.tracking import MlflowClient
+
+        name, _, alias = ref[len("models:/"):].partition("@")
+        try:
+            found["version"] = (MlflowClient().get_model_version_by_alias(name, alias).version if alias
+                                else name.split("/")[1])
+        except Exception:
+            found["version"] = "unknown"
+    return found
