@@ -159,9 +159,10 @@ def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
         from jobs.data.prepare import cache_dir
 
         stories = load_documents(cfg.data, cache_dir(cfg.data))
-        train += chat_data.conversations_from_stories(stories["train"]["text"], chat.seed, chat.max_conversations)
+        train += chat_data.conversations_from_stories(stories["train"]["text"], chat.seed, chat.max_conversations,
+                                                      chat.max_answer_words)
         validation += chat_data.conversations_from_stories(stories["validation"]["text"], chat.seed + 1,
-                                                           chat.val_conversations)
+                                                           chat.val_conversations, chat.max_answer_words)
     if not train:
         raise ConfigError("no training conversations: set chat.from_stories or give chat.conversation_files")
     return train, validation

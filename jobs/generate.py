@@ -2,7 +2,9 @@
 
 REF: a registry URI (`models:/<name>@champion`), a run URI (`runs:/<id>`) or a checkpoint folder.
 Options: --max-length, --temperature, --top-k, --top-p, --seed. In chat, `temp X` and `topk X` change the
-settings, `quit`, `exit` or `q` leaves; tokens are printed as they come.
+settings, `/reset` starts the conversation over, `quit`, `exit` or `q` leaves; tokens are printed as they come.
+A model fine-tuned to chat (`finetune`) answers each message with the conversation so far (rendered with the chat
+template, the oldest exchanges dropped when it outgrows the context); a base model continues each line.
 """
 
 from __future__ import annotations
@@ -57,38 +59,99 @@ def chat(model: str | None = None, config: str | None = None, max_length: Positi
     n_params = count_parameters(loaded.config)
     print(f"Model: {ref} ({state['model_type']}, {n_params:,} parameters, step {state['step']}, "
           f"best val loss {state.get('best_val_loss', float('nan')):.4f})")
+    if loaded.chat:
+        print("A chat model: it answers each message, remembering the conversation (/reset forgets it).")
+    else:
+        print("A base model (not fine-tuned to chat): each line is a prompt it continues; "
+              "see `python -m jobs finetune` to teach it to answer.")
     print("Commands: quit/exit/q to leave, temp X to set the temperature, topk X to set top-k (0: off)")
     print(f"Settings: max_length={max_length}, temperature={temperature}, top_k={top_k}")
-    while True:
-        try:
-            line = input("You: ")
-        except EOFError:
-            print()
-            break
-        except UnicodeDecodeError as error:
-            raise InputError(f"stdin: not UTF-8 text ({error.object[error.start:error.start + 4]!r})") from None
-        try:  # where Python reads stdin with surrogateescape, undecodable bytes arrive as lone surrogates
-            line.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise InputError(f"stdin: not UTF-8 text (character {error.start} of the line)") from None
+    settings = {"temperature": temperature, "top_k": top_k}
+    conversation = Conversation(loaded, max_length)
+    while (line := _read_line()) is not None:
         command = line.strip()
         if command.lower() in ("quit", "exit", "q"):
             break
         if not command:
             continue
-        word, _, value = command.partition(" ")
-        if word.lower() in ("temp", "topk"):
-            setting = SETTINGS[word.lower()]
-            try:  # checked before it is applied: a rejected value leaves the setting as it was
-                checked = TypeAdapter(setting[0]).validate_python(value.strip())
-            except ValidationError as error:
-                print(f"'{word}' {setting[1]}, e.g. '{word} {setting[2]}' ({error.errors()[0]['msg']}); "
-                      f"unchanged: temperature={temperature}, top_k={top_k}")
-                continue
-            if word.lower() == "temp":
-                temperature = checked
-            else:
-                top_k = checked
-            print(f"Settings: temperature={temperature}, top_k={top_k}")
+        if command.lower() == "/reset":
+            conversation.reset()
+            print("(the conversation starts over)")
             continue
-        _stream(loaded, line, f"Model: {line}", max_length, temperature, top_k, top_p, seed)
+        word, _, value = command.partition(" ")
+        if word.lower() in SETTINGS:
+            _change_setting(settings, word.lower(), value)
+            continue
+        if loaded.chat:
+            conversation.reply(line, settings["temperature"], settings["top_k"], top_p, seed)
+        else:
+            _stream(loaded, line, f"Model: {line}", max_length, settings["temperature"], settings["top_k"], top_p, seed)
+
+
+def _read_line() -> str | None:
+    try:
+        line = input("You: ")
+    except EOFError:
+        print()
+        return None
+    except UnicodeDecodeError as error:
+        raise InputError(f"stdin: not UTF-8 text ({error.object[error.start:error.start + 4]!r})") from None
+    try:  # where Python reads stdin with surrogateescape, undecodable bytes arrive as lone surrogates
+        line.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(f"stdin: not UTF-8 text (character {error.start} of the line)") from None
+    return line
+
+
+def _change_setting(settings: dict, word: str, value: str) -> None:
+    setting = SETTINGS[word]
+    name = "temperature" if word == "temp" else "top_k"
+    try:  # checked before it is applied: a rejected value leaves the setting as it was
+        settings[name] = TypeAdapter(setting[0]).validate_python(value.strip())
+    except ValidationError as error:
+        print(f"'{word}' {setting[1]}, e.g. '{word} {setting[2]}' ({error.errors()[0]['msg']}); "
+              f"unchanged: temperature={settings['temperature']}, top_k={settings['top_k']}")
+        return
+    print(f"Settings: temperature={settings['temperature']}, top_k={settings['top_k']}")
+
+
+class Conversation:
+    """A chat model's conversation: the history, rendered with the chat template for each reply, and trimmed from
+    the oldest exchange when it outgrows the context window (leaving room for the reply)."""
+
+    def __init__(self, loaded, max_length: int):
+        self.loaded, self.max_length = loaded, max_length
+        self.messages: list[dict] = []
+
+    def reset(self) -> None:
+        self.messages = []
+
+    def prompt_ids(self) -> list[int] | None:
+        from jobs.data import chat_template
+
+        room = self.loaded.config.max_seq_len - min(self.max_length, self.loaded.config.max_seq_len // 2)
+        while True:
+            ids, _ = chat_template.render(self.loaded.tokenizer, self.messages, add_generation_prompt=True)
+            if len(ids) <= room:
+                return ids
+            if len(self.messages) <= 1:
+                return None
+            self.messages = self.messages[2:]  # forget the oldest exchange (user, then assistant)
+
+    def reply(self, text: str, temperature: float, top_k: int, top_p: float | None, seed: int | None) -> None:
+        from jobs.serving.loading import stream_text
+
+        self.messages.append({"role": "user", "content": text})
+        ids = self.prompt_ids()
+        if ids is None:
+            self.messages.pop()
+            print(f"(that message is too long for this model's context of {self.loaded.config.max_seq_len} tokens)")
+            return
+        sys.stdout.write("Model: ")
+        pieces = []
+        for piece in stream_text(self.loaded, ids, self.max_length, temperature, top_k or None, top_p, seed):
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        self.messages.append({"role": "assistant", "content": "".join(pieces) or " "})

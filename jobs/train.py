@@ -31,7 +31,7 @@ from jobs.checkpoint import Checkpoint, load_checkpoint, load_weights, restore_r
     save_checkpoint
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
-from jobs.data import prepare
+from jobs.data import chat_template, prepare
 from jobs.data.shards import TrainWindows, check_validation_fits, open_tokens
 from jobs.errors import CheckpointError
 from jobs.registry import CHAMPION
@@ -300,9 +300,9 @@ class Trainer:
         prompt_ids = self.tokenizer.encode(tc.sample_prompt)
         if not self.main or not prompt_ids:
             return
-        eot = self.tokenizer.eot_id
+        stops = {self.tokenizer.eot_id, chat_template.end_of_turn_id(self.tokenizer)} - {None}
         ids = [i for i in generate_tokens(self.runtime.model, prompt_ids, max_new_tokens=tc.sample_length,
-                                          temperature=0.8, top_k=50, seed=step, eos_id=eot) if i != eot]
+                                          temperature=0.8, top_k=50, seed=step, stop_ids=stops) if i not in stops]
         text = tc.sample_prompt + self.tokenizer.decode(ids)
         self.say(f"sample @ {step}: {text!r}")
         self.tracked.log_text(text, f"samples/step-{step:07d}.txt")

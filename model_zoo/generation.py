@@ -6,7 +6,7 @@ prompt goes through once (prefill, filling the cache), then each new token costs
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import torch
 
@@ -73,9 +73,10 @@ def sample_rows(logits: torch.Tensor, temperatures: Sequence[float], top_ps: Seq
 def generate_tokens(
     model, prompt_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 0.8,
     top_k: int | None = 50, top_p: float | None = None, seed: int | None = None, eos_id: int | None = None,
-    use_cache: bool = True,
+    use_cache: bool = True, stop_ids: Collection[int] = (),
 ) -> Iterator[int]:
-    """Yield new token ids one by one (so a chat can stream them); stops at max_new_tokens or eos_id.
+    """Yield new token ids one by one (so a chat can stream them); stops at max_new_tokens, or after yielding
+    eos_id or any of stop_ids (a chat model's end of turn).
 
     The context is at most max_seq_len tokens (learned positions stop there): a longer prompt keeps its last
     max_seq_len tokens, and once the cache is full the window slides and the cache is rebuilt each step.
@@ -107,7 +108,7 @@ def generate_tokens(
         next_id = int(sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator))
         tokens.append(next_id)
         yield next_id
-        if eos_id is not None and next_id == eos_id:
+        if next_id == eos_id or next_id in stop_ids:
             return
 
 

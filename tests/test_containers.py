@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, dry_run
 
-JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat", "serve"}
+JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat", "finetune", "serve"}
 
 
 def compose_binary() -> str:

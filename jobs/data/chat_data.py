@@ -61,10 +61,24 @@ def story_name(story: str) -> str | None:
     return name if count >= 2 else None
 
 
-def conversations_from_story(story: str, rng: random.Random) -> list[Conversation]:
+def shorten(story: str, max_words: int | None) -> str:
+    """The story's first whole sentences, as many as fit in max_words (a small model's context is short)."""
+    if max_words is None:
+        return story
+    kept, words = [], 0
+    for sentence in sentences(story):
+        words += len(sentence.split())
+        if words > max_words:
+            break
+        kept.append(sentence)
+    return " ".join(kept)
+
+
+def conversations_from_story(story: str, rng: random.Random, max_words: int | None = None) -> list[Conversation]:
     """One conversation of one kind for the story (the kind drawn from what the story allows), with a second turn
-    about an animal's name where the story has one."""
-    story = story.strip()
+    about an animal's name where the story has one. With max_words, the story is cut after its last whole sentence
+    within that many words, so that the conversation fits a short context."""
+    story = shorten(story.strip(), max_words)
     parts = sentences(story)
     if len(parts) < 3 or len(story) < 80:
         return []
@@ -88,11 +102,12 @@ def conversations_from_story(story: str, rng: random.Random) -> list[Conversatio
     return [Conversation(messages, kind)]
 
 
-def conversations_from_stories(stories, seed: int, limit: int | None = None) -> list[Conversation]:
+def conversations_from_stories(stories, seed: int, limit: int | None = None,
+                               max_words: int | None = None) -> list[Conversation]:
     rng = random.Random(seed)
     conversations: list[Conversation] = []
     for story in stories:
-        conversations += conversations_from_story(story, rng)
+        conversations += conversations_from_story(story, rng, max_words)
         if limit is not None and len(conversations) >= limit:
             break
     return conversations

@@ -35,6 +35,20 @@ class LoadedModel:
     def model_type(self) -> str:
         return self.state["model_type"]
 
+    @property
+    def chat(self) -> bool:
+        """Fine-tuned to chat (by `finetune`): its replies follow the chat template."""
+        from jobs.data import chat_template
+
+        return bool((self.state.get("experiment") or {}).get("chat")) and chat_template.supports_chat(self.tokenizer)
+
+    @property
+    def stop_ids(self) -> set[int]:
+        """Where generation ends: <|endoftext|>, and a chat turn's <|end|>."""
+        from jobs.data import chat_template
+
+        return {self.tokenizer.eot_id, chat_template.end_of_turn_id(self.tokenizer)} - {None}
+
 
 def resolve_checkpoint_folder(model: str) -> Path:
     """A local checkpoint folder for a registry URI, run URI or path."""
@@ -73,18 +87,25 @@ def load_model(model: str, device: str = "auto") -> LoadedModel:
 def complete(loaded: LoadedModel, prompt: str, max_length: int = 100, temperature: float = 0.8,
              top_k: int | None = 50, top_p: float | None = None, seed: int | None = None):
     """Yield the text pieces of a completion as tokens arrive (decoded incrementally, so UTF-8 stays whole)."""
-    from model_zoo.generation import generate_tokens
-
     tokenizer = loaded.tokenizer
     prompt_ids = tokenizer.encode(prompt) or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
     if not prompt_ids:
         raise InputError("the prompt is empty and the tokenizer has no end-of-text token to start from")
+    yield from stream_text(loaded, prompt_ids, max_length, temperature, top_k, top_p, seed)
+
+
+def stream_text(loaded: LoadedModel, prompt_ids: list[int], max_length: int = 100, temperature: float = 0.8,
+                top_k: int | None = 50, top_p: float | None = None, seed: int | None = None):
+    """The text pieces generated after prompt_ids, until max_length tokens, <|endoftext|> or <|end|>."""
+    from model_zoo.generation import generate_tokens
+
+    tokenizer, stops = loaded.tokenizer, loaded.stop_ids
     ids: list[int] = []
     emitted = ""
     with torch.inference_mode():
         for token in generate_tokens(loaded.model, prompt_ids, max_new_tokens=max_length, temperature=temperature,
-                                     top_k=top_k, top_p=top_p, seed=seed, eos_id=tokenizer.eot_id):
-            if token == tokenizer.eot_id:
+                                     top_k=top_k, top_p=top_p, seed=seed, stop_ids=stops):
+            if token in stops:
                 break
             ids.append(token)
             text = tokenizer.decode(ids)

@@ -1,0 +1,105 @@
+"""Does fine-tuning teach the model to answer? The base and the fine-tuned model side by side, in one process.
+
+    python -m bench.chat --base models:/tinystories_cpu@champion --chat models:/tinystories_cpu-chat@champion \
+                         --config configs/chat_cpu.yaml
+
+On the config's validation conversations (made from stories neither model trained on), each model gets the same
+user text: the chat model as a conversation rendered with the chat template, the base model as plain text to
+continue (what `chat` does with a base model). Measured:
+  - words: for "Write a story that uses the words a, b and c.", the share of the three words in the reply;
+  - names: for "What was the dog's name?" (asked after the story), the share of replies holding the right name;
+  - loss: the assistant-token loss (nats per token) on the validation conversations.
+Replies are greedy (temperature 0), at most --max-tokens tokens, generated in batches by the server's engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import threading
+
+import torch
+
+from jobs.config import load_config
+from jobs.data import chat_data, chat_template
+from jobs.finetune import conversations
+from jobs.serving.engine import Engine, Request
+from jobs.serving.loading import load_model
+from jobs.training.evaluation import masked_validation_loss
+from jobs.training.runtime import make_runtime
+
+
+def replies(loaded, prompts: list[list[int]], max_tokens: int) -> list[str]:
+    """Greedy replies to every prompt, decoded, generated together by an Engine."""
+    engine = Engine(loaded.model, max_batch=32, threads=None)
+    results: list[list[int]] = [[] for _ in prompts]
+    done = [threading.Event() for _ in prompts]
+    try:
+        for i, prompt in enumerate(prompts):
+            def emit(event, i=i):
+                if event[0] == "token":
+                    results[i].append(event[1])
+                else:
+                    done[i].set()
+            engine.submit(Request(prompt[-loaded.config.max_seq_len:], max_tokens, emit, temperature=0.0,
+                                  stop_ids=frozenset(loaded.stop_ids)))
+        for event in done:
+            event.wait()
+    finally:
+        engine.close()
+    return [loaded.tokenizer.decode(ids) for ids in results]
+
+
+def prompt_ids(loaded, messages: list[dict], chat: bool) -> list[int]:
+    if chat:
+        return chat_template.render(loaded.tokenizer, messages, add_generation_prompt=True)[0]
+    return loaded.tokenizer.encode("\n".join(m["content"] for m in messages) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--chat", required=True)
+    parser.add_argument("--config", default="configs/chat_cpu.yaml")
+    parser.add_argument("--max-tokens", type=int, default=100)
+    parser.add_argument("--show", type=int, default=3, help="print this many examples of each kind")
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    _, validation = conversations(cfg)
+    word_cases = [c for c in validation if c.kind == "uses_words"]
+    name_cases = [c for c in validation if len(c.messages) > 2]
+    models = {"base": (load_model(args.base, "cpu"), False), "fine-tuned": (load_model(args.chat, "cpu"), True)}
+    rows = {}
+    for label, (loaded, chat) in models.items():
+        word_replies = replies(loaded, [prompt_ids(loaded, c.messages[:1], chat) for c in word_cases], args.max_tokens)
+        name_replies = replies(loaded, [prompt_ids(loaded, c.messages[:3], chat) for c in name_cases], args.max_tokens)
+        word_share = []
+        for case, reply in zip(word_cases, word_replies):
+            asked = re.findall(r"[a-z]+", case.messages[0]["content"].split("words", 1)[1].replace(" and ", " "))
+            said = set(re.findall(r"[a-z]+", reply.lower()))
+            word_share.append(sum(w in said for w in asked) / len(asked))
+        names = [re.search(r"was (\w+)\.$", c.messages[3]["content"]).group(1) for c in name_cases]
+        correct = [name in reply for name, reply in zip(names, name_replies)]
+        packed = chat_data.pack(validation, loaded.tokenizer, loaded.config.max_seq_len)
+        with torch.no_grad():
+            loss, scored = masked_validation_loss(make_runtime(loaded.model_type, loaded.model, "cpu"),
+                                                  chat_data.validation_windows(packed, 16))
+        rows[label] = (sum(word_share) / max(len(word_share), 1), sum(correct) / max(len(correct), 1), loss, scored)
+        print(f"\n== {label}: {args.base if label == 'base' else args.chat}")
+        for case, reply in list(zip(word_cases, word_replies))[:args.show]:
+            print(f"  user: {case.messages[0]['content']}\n  reply: {reply[:300]!r}")
+        for case, reply, name in list(zip(name_cases, name_replies, names))[:args.show]:
+            print(f"  user: {case.messages[2]['content']} (answer: {name})\n  reply: {reply[:200]!r}")
+
+    print(f"\n{len(validation)} validation conversations ({len(word_cases)} ask for words, {len(name_cases)} ask a "
+          f"name), greedy replies of at most {args.max_tokens} tokens")
+    print(f"{'model':<12}{'words used':>12}{'names right':>13}{'assistant loss':>16}{'scored tokens':>15}")
+    for label, (words, names, loss, scored) in rows.items():
+        print(f"{label:<12}{words:>12.1%}{names:>13.1%}{loss:>16.4f}{scored:>15,}")
+    base_words = rows["base"][0]
+    print(f"fine-tuned / base words used: {rows['fine-tuned'][0] / base_words:.2f}x" if base_words else
+          "the base model used none of the words")
+
+
+if __name__ == "__main__":
+    main()
