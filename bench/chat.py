@@ -80,22 +80,29 @@ def main() -> None:
             word_share.append(sum(w in said for w in asked) / len(asked))
         names = [re.search(r"was (\w+)\.$", c.messages[3]["content"]).group(1) for c in name_cases]
         correct = [name in reply for name, reply in zip(names, name_replies)]
+        # "Tell me a story about Lily." then "What was the girl's name?": the question itself gives the name away
+        unprompted = [ok for ok, name, c in zip(correct, names, name_cases) if name not in c.messages[0]["content"]]
         packed = chat_data.pack(validation, loaded.tokenizer, loaded.config.max_seq_len)
         with torch.no_grad():
             loss, scored = masked_validation_loss(make_runtime(loaded.model_type, loaded.model, "cpu"),
                                                   chat_data.validation_windows(packed, 16))
-        rows[label] = (sum(word_share) / max(len(word_share), 1), sum(correct) / max(len(correct), 1), loss, scored)
+        rows[label] = (sum(word_share) / max(len(word_share), 1), sum(correct) / max(len(correct), 1),
+                       sum(unprompted) / max(len(unprompted), 1), loss, scored)
         print(f"\n== {label}: {args.base if label == 'base' else args.chat}")
         for case, reply in list(zip(word_cases, word_replies))[:args.show]:
             print(f"  user: {case.messages[0]['content']}\n  reply: {reply[:300]!r}")
         for case, reply, name in list(zip(name_cases, name_replies, names))[:args.show]:
             print(f"  user: {case.messages[2]['content']} (answer: {name})\n  reply: {reply[:200]!r}")
 
+    n_unprompted = sum(re.search(r"was (\w+)\.$", c.messages[3]["content"]).group(1) not in c.messages[0]["content"]
+                       for c in name_cases)
     print(f"\n{len(validation)} validation conversations ({len(word_cases)} ask for words, {len(name_cases)} ask a "
-          f"name), greedy replies of at most {args.max_tokens} tokens")
-    print(f"{'model':<12}{'words used':>12}{'names right':>13}{'assistant loss':>16}{'scored tokens':>15}")
-    for label, (words, names, loss, scored) in rows.items():
-        print(f"{label:<12}{words:>12.1%}{names:>13.1%}{loss:>16.4f}{scored:>15,}")
+          f"name, {n_unprompted} of them a name not in the first question), greedy replies of at most "
+          f"{args.max_tokens} tokens")
+    print(f"{'model':<12}{'words used':>12}{'names right':>13}{'not in question':>17}{'assistant loss':>16}"
+          f"{'scored tokens':>15}")
+    for label, (words, names, unprompted, loss, scored) in rows.items():
+        print(f"{label:<12}{words:>12.1%}{names:>13.1%}{unprompted:>17.1%}{loss:>16.4f}{scored:>15,}")
     base_words = rows["base"][0]
     print(f"fine-tuned / base words used: {rows['fine-tuned'][0] / base_words:.2f}x" if base_words else
           "the base model used none of the words")

@@ -125,6 +125,7 @@ class ChatConfig(_Section):
     from_stories: bool = True  # conversations made from data's stories (train and validation stories kept apart)
     max_conversations: int | None = Field(None, gt=0)  # at most this many training conversations
     val_conversations: int = Field(200, gt=0)  # validation conversations (the first made from validation stories)
+    per_story: int = Field(1, ge=1, le=3)  # conversations (of different kinds) made from each story
     max_answer_words: int | None = Field(None, gt=0)  # cut stories after the last whole sentence within this many
     # words, so conversations fit a short context (longer ones are dropped, and counted, when packed)
     conversation_files: list[str] | None = None  # your own JSONL messages files, for training

@@ -34,16 +34,22 @@ def finetune(config: str, base: str | None = None, model_type: Literal["torch", 
         overrides["chat.base"] = base
     if model_type is not None:
         overrides["training.model_type"] = model_type
-    cfg = load_config(config, overrides)
+    cfg = with_chat_name(load_config(config, overrides))
     result = run_finetuning(cfg, resume)
     flags = [f"--config {config}"] + [f"--{key}={value}" for key, value in overrides.items()]
     report(cfg, result, f"python -m jobs finetune {' '.join(flags)}")
 
 
 def run_finetuning(cfg: ExperimentConfig, resume: str | bool | None = None) -> TrainResult:
+    return run_training(with_chat_name(cfg), resume, trainer=ChatTrainer)
+
+
+def with_chat_name(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config with the name the chat model registers under: registered_model_name, else `<base name>-chat`."""
     if cfg.chat is None or not cfg.chat.base:
         raise ConfigError("say which model to fine-tune: --base models:/<name>@champion (or chat.base in the config)")
-    return run_training(cfg, resume, trainer=ChatTrainer)
+    name = cfg.registered_model_name or f"{base_name(cfg.chat.base, cfg.experiment_name)}-chat"
+    return cfg.model_copy(update={"registered_model_name": name})
 
 
 class ChatTrainer(Trainer):
@@ -110,14 +116,12 @@ class ChatData:
                 f"{f'; {packed.dropped_too_long:,} longer than the context, dropped' if packed.dropped_too_long else ''})")
 
     def experiment(self, cfg: ExperimentConfig) -> ExperimentConfig:
-        """The base model's architecture (only dropout may be changed), and the name to register under."""
+        """The base model's architecture (only dropout may be changed)."""
         unknown = set(cfg.model) - {"dropout"}
         if unknown:
             raise ConfigError(f"model.{sorted(unknown)[0]}: a fine-tuned model keeps its base's shape (only "
                               f"model.dropout may be set)")
-        model = self.base.config.to_dict() | dict(cfg.model)
-        name = cfg.registered_model_name or f"{base_name(cfg.chat.base, cfg.experiment_name)}-chat"
-        return cfg.model_copy(update={"model": model, "registered_model_name": name})
+        return cfg.model_copy(update={"model": self.base.config.to_dict() | dict(cfg.model)})
 
     def loader(self, batch_size: int, seq_len: int, seed: int, distributed: Distributed) -> chat_data.ChatWindows:
         return chat_data.ChatWindows(self.train, batch_size, seed=seed, rank=distributed.rank,
@@ -160,9 +164,10 @@ def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
 
         stories = load_documents(cfg.data, cache_dir(cfg.data))
         train += chat_data.conversations_from_stories(stories["train"]["text"], chat.seed, chat.max_conversations,
-                                                      chat.max_answer_words)
+                                                      chat.max_answer_words, chat.per_story)
         validation += chat_data.conversations_from_stories(stories["validation"]["text"], chat.seed + 1,
-                                                           chat.val_conversations, chat.max_answer_words)
+                                                           chat.val_conversations, chat.max_answer_words,
+                                                           chat.per_story)
     if not train:
         raise ConfigError("no training conversations: set chat.from_stories or give chat.conversation_files")
     return train, validation

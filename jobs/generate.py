@@ -129,7 +129,8 @@ class Conversation:
     def prompt_ids(self) -> list[int] | None:
         from jobs.data import chat_template
 
-        room = self.loaded.config.max_seq_len - min(self.max_length, self.loaded.config.max_seq_len // 2)
+        # the prompt may fill the context but a quarter (or max_length, if smaller), kept for the reply to begin in
+        room = self.loaded.config.max_seq_len - min(self.max_length, self.loaded.config.max_seq_len // 4)
         while True:
             ids, _ = chat_template.render(self.loaded.tokenizer, self.messages, add_generation_prompt=True)
             if len(ids) <= room:

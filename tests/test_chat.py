@@ -3,6 +3,7 @@ for both architectures: float64 gradients equal autograd's and finite difference
 gradient, and the loss equals transformers' with labels=-100 on the masked positions."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -178,9 +179,11 @@ def test_conversations_from_stories_are_deterministic_and_taken_from_the_story()
         else:
             head = question.removeprefix("Continue this story: ")
             assert any(s.startswith(head) and s.endswith(answer) for s in stories)
-        if len(conversation.messages) > 2:  # the dog's name, asked after the story
-            assert conversation.messages[2]["content"] == "What was the dog's name?"
-            assert conversation.messages[3]["content"] == "The dog's name was Max."
+        if len(conversation.messages) > 2:  # the first named character's name, asked after the story
+            assert conversation.messages[2]["content"] == "What was the girl's name?"
+            name = re.search(r"a girl named (\w+)", conversation.messages[1]["content"]).group(1)
+            assert conversation.messages[3]["content"] == f"The girl's name was {name}."
+    assert sum(len(c.messages) > 2 for c in first) >= len(first) // 2  # "continue" asks none
 
 
 def test_packing_keeps_conversations_whole_and_drops_those_too_long(tokenizer):
@@ -252,3 +255,15 @@ def test_finetune_starts_from_the_base_registers_a_chat_model_and_resumes(tmp_pa
     assert losses[0] < math.log(300) - 0.5
     chat_model = load_model(f"models:/tiny_torch-chat/{version.version}")
     assert chat_model.model_type == "custom" and chat_template.supports_chat(chat_model.tokenizer)
+
+    # chat converses with it: the history goes back in, and the oldest exchange goes when it outgrows the context
+    from jobs.generate import Conversation
+
+    assert chat_model.chat and not load_model("models:/tiny_torch@champion").chat  # a base model continues lines
+    conversation = Conversation(chat_model, max_length=4)
+    conversation.reply("Tell me a story.", 0.0, 0, None, 1)
+    conversation.reply("What was the girl's name?", 0.0, 0, None, 1)
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant", "user", "assistant"]
+    conversation.messages[0]["content"] = "word " * 200  # an old exchange that no longer fits the context
+    conversation.reply("Hi.", 0.0, 0, None, 1)
+    assert conversation.messages[0]["content"] == "What was the girl's name?" and len(conversation.messages) == 4

@@ -5,8 +5,8 @@ Built from stories, deterministically from a seed, each answer taken from a real
     "Tell me a story about <name>."                       -> the story
     "Write a story that uses the words <a>, <b> and <c>." -> the story (the words drawn from it)
     "Continue this story: <its first sentences>"          -> the rest of it
-and, where the story names an animal ("a dog named Max"), a second turn: "What was the dog's name?" -> "The dog's
-name was Max." Training and validation conversations come from the data config's train and validation stories,
+and, where the story names a character ("a dog named Max", "a girl named Lily"), a second turn: "What was the dog's
+name?" -> "The dog's name was Max." Training and validation conversations come from the data config's train and validation stories,
 which never share a story.
 
 Your own conversations: JSONL, one `{"messages": [{"role": ..., "content": ...}, ...]}` per line (Hugging Face
@@ -29,6 +29,7 @@ from jobs.data import chat_template
 from jobs.errors import InputError
 
 KINDS = ("story_about", "uses_words", "continue", "animal_name")
+COMMON_SHARE = 0.05  # a word in this share of the stories or more is too common to ask for
 NOT_NAMES = {"The", "Once", "One", "He", "She", "They", "It", "His", "Her", "Their", "Then", "But", "And", "So",
              "When", "After", "Every", "There", "This", "That", "What", "Why", "How", "Yes", "No", "Mom", "Dad",
              "Mommy", "Daddy", "I", "We", "You", "A", "In", "On", "At", "Suddenly", "Later", "Soon", "Today", "Finally",
@@ -40,7 +41,8 @@ STOP_WORDS = {"there", "their", "they", "them", "then", "that", "this", "with", 
               "much", "many", "time", "upon", "once", "day", "felt", "feel", "looked", "look", "saw", "see", "too"}
 ANIMAL_NAME = re.compile(r"\b(?:a|an|the) (?:little |big |small |old |friendly |happy |cute )?"
                          r"(dog|cat|bird|fish|bunny|rabbit|bear|frog|duck|puppy|kitten|mouse|horse|cow|pig|lion|"
-                         r"monkey|turtle|owl|fox|sheep|squirrel|elephant|bee|butterfly|ant|snake|tiger|dragon) "
+                         r"monkey|turtle|owl|fox|sheep|squirrel|elephant|bee|butterfly|ant|snake|tiger|dragon|"
+                         r"girl|boy|man|woman|lady|king|queen|prince|princess|robot|car|truck|boat|doll|toy) "
                          r"(?:named|called) ([A-Z][a-z]+)")
 
 
@@ -74,10 +76,11 @@ def shorten(story: str, max_words: int | None) -> str:
     return " ".join(kept)
 
 
-def conversations_from_story(story: str, rng: random.Random, max_words: int | None = None) -> list[Conversation]:
-    """One conversation of one kind for the story (the kind drawn from what the story allows), with a second turn
-    about an animal's name where the story has one. With max_words, the story is cut after its last whole sentence
-    within that many words, so that the conversation fits a short context."""
+def conversations_from_story(story: str, rng: random.Random, max_words: int | None = None, per_story: int = 1,
+                             common: frozenset[str] = frozenset()) -> list[Conversation]:
+    """per_story conversations of different kinds for the story (drawn from the kinds the story allows), each with
+    a second turn about a character's name where the story has one. With max_words, the story is cut after its last
+    whole sentence within that many words, so that the conversation fits a short context."""
     story = shorten(story.strip(), max_words)
     parts = sentences(story)
     if len(parts) < 3 or len(story) < 80:
@@ -86,31 +89,49 @@ def conversations_from_story(story: str, rng: random.Random, max_words: int | No
     name = story_name(story)
     if name:
         options.append(("story_about", f"Tell me a story about {name}.", story))
-    words = sorted({w for w in re.findall(r"\b[a-z]{4,}\b", story) if w not in STOP_WORDS})
+    # The words asked for are the story's own, and uncommon (in fewer than COMMON_SHARE of the stories: "little",
+    # "girl", "named" would be in any story), from its opening where it has three (a small model learns sooner to
+    # open with the words it was given than to work them in anywhere), else from the whole story.
+    def distinctive(text: str) -> list[str]:
+        return sorted({w for w in re.findall(r"\b[a-z]{4,}\b", text) if w not in STOP_WORDS and w not in common})
+
+    words = distinctive(" ".join(parts[:2]))
+    if len(words) < 3:
+        words = distinctive(story)
     if len(words) >= 3:
         a, b, c = rng.sample(words, 3)
         options.append(("uses_words", f"Write a story that uses the words {a}, {b} and {c}.", story))
     head = " ".join(parts[:2])
     options.append(("continue", f"Continue this story: {head}", " ".join(parts[2:])))
-    kind, question, answer = options[rng.randrange(len(options))]
-    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    found = ANIMAL_NAME.search(answer if kind != "continue" else story)
-    if found and kind != "continue":
-        animal, animal_name = found.group(1), found.group(2)
-        messages += [{"role": "user", "content": f"What was the {animal}'s name?"},
-                     {"role": "assistant", "content": f"The {animal}'s name was {animal_name}."}]
-    return [Conversation(messages, kind)]
+    made = []
+    for kind, question, answer in rng.sample(options, min(per_story, len(options))):
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        found = ANIMAL_NAME.search(answer)
+        if found and kind != "continue":  # asked about the story just told
+            animal, animal_name = found.group(1), found.group(2)
+            messages += [{"role": "user", "content": f"What was the {animal}'s name?"},
+                         {"role": "assistant", "content": f"The {animal}'s name was {animal_name}."}]
+        made.append(Conversation(messages, kind))
+    return made
 
 
-def conversations_from_stories(stories, seed: int, limit: int | None = None,
-                               max_words: int | None = None) -> list[Conversation]:
+def conversations_from_stories(stories, seed: int, limit: int | None = None, max_words: int | None = None,
+                               per_story: int = 1) -> list[Conversation]:
     rng = random.Random(seed)
+    stories = list(stories)
+    common = common_words(stories)
     conversations: list[Conversation] = []
     for story in stories:
-        conversations += conversations_from_story(story, rng, max_words)
+        conversations += conversations_from_story(story, rng, max_words, per_story, common)
         if limit is not None and len(conversations) >= limit:
             break
-    return conversations
+    return conversations[:limit]
+
+
+def common_words(stories: list[str]) -> frozenset[str]:
+    """Words found in at least COMMON_SHARE of the stories (never asked for: any story would use them)."""
+    seen = Counter(w for story in stories for w in set(re.findall(r"\b[a-z]{4,}\b", story)))
+    return frozenset(w for w, n in seen.items() if n >= COMMON_SHARE * len(stories))
 
 
 def read_conversations(path: Path, skip_bad: bool = False) -> tuple[list[Conversation], int]:
