@@ -131,6 +131,8 @@ class ChatConfig(_Section):
     conversation_files: list[str] | None = None  # your own JSONL messages files, for training
     val_conversation_files: list[str] | None = None  # and for validation
     skip_bad: bool = False  # skip bad JSONL records (and count them) instead of refusing the file
+    hub_dataset: str | None = None  # a Hugging Face Hub dataset with a `messages` column (needs the network)
+    hub_split: str = "train"  # its split to train on (validation conversations come from the other sources)
     seed: int = 1337  # which kind of conversation each story becomes, and the words asked for
 
     @field_validator("conversation_files", "val_conversation_files", mode="before")

@@ -11,9 +11,12 @@ alias, and records the base model's URI, version and run as params and tags.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Literal
 
+from jobs import atomic
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_data, chat_template
@@ -156,6 +159,9 @@ def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
     for path in chat.val_conversation_files or []:
         found, skipped[path] = chat_data.read_conversations(path, chat.skip_bad)
         validation += found
+    if chat.hub_dataset:
+        found, skipped[chat.hub_dataset] = chat_data.hub_conversations(chat.hub_dataset, chat.hub_split, chat.skip_bad)
+        train += found
     for path, n in skipped.items():
         if n:
             print(f"chat data: {path}: {n:,} bad record(s) skipped (chat.skip_bad)")
@@ -169,8 +175,25 @@ def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
                                                            chat.val_conversations, chat.max_answer_words,
                                                            chat.per_story)
     if not train:
-        raise ConfigError("no training conversations: set chat.from_stories or give chat.conversation_files")
+        raise ConfigError("no training conversations: set chat.from_stories, chat.conversation_files or chat.hub_dataset")
     return train, validation
+
+
+def write_conversations(cfg: ExperimentConfig) -> str:
+    """The config's conversations as JSONL (`prepare-data chat`): what fine-tuning trains and validates on."""
+    if cfg.chat is None:
+        raise ConfigError("the config has no chat section (see configs/chat_cpu.yaml)")
+    train, validation = conversations(cfg)
+    folder = Path(cfg.data.assets_dir).expanduser() / "chat" / cfg.experiment_name
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for split, found in (("train", train), ("validation", validation)):
+        lines = "".join(json.dumps({"messages": c.messages, "kind": c.kind}) + "\n" for c in found)
+        atomic.write_text(folder / f"{split}.jsonl", lines)
+        kinds = Counter(c.kind for c in found)
+        kinds["animal_name"] = sum(len(c.messages) > 2 and c.kind != "file" for c in found)
+        summary.append(f"{len(found):,} {split} ({', '.join(f'{k} {n:,}' for k, n in sorted(kinds.items()))})")
+    return f"conversations: {'; '.join(summary)}; written to {folder}"
 
 
 def base_name(ref: str, fallback: str) -> str:

@@ -1,7 +1,8 @@
 """`python -m jobs prepare-data [STEP] --config configs/X.yaml [--data.KEY=VALUE ...]`
 
 STEP is `all` (default: everything the config needs, reusing what exists), `download`, `train-tokenizer`,
-`analyze` or `pretokenize`.
+`analyze`, `pretokenize`, or `chat`: the conversations a chat config's fine-tuning makes (jobs/data/chat_data.py),
+counted per kind and written as JSONL (messages format) under assets_dir/chat/<experiment>/ to read or reuse.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from jobs.config import load_config
 from jobs.data import prepare
 from jobs.errors import InputError
 
-STEPS = ("all", "download", "train-tokenizer", "analyze", "pretokenize")
+STEPS = ("all", "download", "train-tokenizer", "analyze", "pretokenize", "chat")
 
 
 @typed
 def prepare_data(step: str = "all", config: str | None = None, **overrides) -> None:
     if step not in STEPS:
         raise InputError(f"unknown prepare-data step {step!r} (choose from {', '.join(STEPS)})")
-    data = load_config(config, overrides).data
-    if step == "download":
+    cfg = load_config(config, overrides)
+    data = cfg.data
+    if step == "chat":
+        from jobs.finetune import write_conversations
+
+        print(write_conversations(cfg))
+    elif step == "download":
         prepare.download(data)
     elif step == "train-tokenizer":
         prepare.train_tokenizer(data)

@@ -2,6 +2,7 @@
 for both architectures: float64 gradients equal autograd's and finite differences, masked tokens get no
 gradient, and the loss equals transformers' with labels=-100 on the masked positions."""
 
+import json
 import math
 import re
 
@@ -220,6 +221,20 @@ def test_jsonl_conversations_refused_with_file_and_line_or_skipped_and_counted(t
         chat_data.read_conversations(tmp_path / "missing.jsonl")
 
 
+def test_a_dataset_with_a_messages_column_loads_and_offline_hub_names_fail_in_one_line(tmp_path):
+    folder = tmp_path / "my-chats"  # a dataset folder in the Hub's layout, loaded by the same code path offline
+    folder.mkdir()
+    rows = [{"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello"}]}
+            for i in range(3)] + [{"messages": [{"role": "user", "content": "no answer"}]}]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match="row 4: the conversation must end with the assistant"):
+        chat_data.hub_conversations(str(folder), "train")
+    found, skipped = chat_data.hub_conversations(str(folder), "train", skip_bad=True)
+    assert len(found) == 3 and skipped == 1 and found[0].messages[0]["content"] == "Hi 0"
+    with pytest.raises(InputError, match="could not be loaded .*use chat.conversation_files instead"):
+        chat_data.hub_conversations("HuggingFaceH4/no_robots", "train")
+
+
 # --- the finetune job, end to end --------------------------------------------------------------------------------
 
 
@@ -238,6 +253,11 @@ def test_finetune_starts_from_the_base_registers_a_chat_model_and_resumes(tmp_pa
     values |= {"experiment_name": "tiny_chat", "model": {},
                "chat": {"base": "models:/tiny_torch@champion", "val_conversations": 10}}
     cfg = validate_config(values)
+    from jobs.finetune import write_conversations
+
+    assert "train (" in write_conversations(cfg)  # prepare-data chat: the conversations as JSONL, read back whole
+    written, skipped = chat_data.read_conversations(tmp_path / "chat" / "assets" / "chat" / "tiny_chat" / "train.jsonl")
+    assert skipped == 0 and len(written) > 100
     with signal_during_step(5):  # stopped part way, then resumed: the same run goes on
         first = run_finetuning(cfg)
     assert first.stopped_by == "SIGTERM"

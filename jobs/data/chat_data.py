@@ -157,6 +157,29 @@ def read_conversations(path: Path, skip_bad: bool = False) -> tuple[list[Convers
     return conversations, skipped
 
 
+def hub_conversations(name: str, split: str, skip_bad: bool = False) -> tuple[list[Conversation], int]:
+    """The `messages` column of a Hugging Face Hub dataset (e.g. a chat dataset in the messages format), each row
+    checked as a JSONL record is. Needs the network (or the local Hub cache)."""
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(name, split=split)
+    except Exception as error:  # offline, a wrong name or split: one line, not the library's traceback
+        raise InputError(f"chat.hub_dataset {name[:100]!r} (split {split!r}) could not be loaded "
+                         f"({type(error).__name__}); offline, use chat.conversation_files instead") from None
+    if "messages" not in rows.column_names:
+        raise InputError(f"chat.hub_dataset {name[:100]!r} has no 'messages' column ({', '.join(rows.column_names)})")
+    conversations, skipped = [], 0
+    for number, messages in enumerate(rows["messages"], 1):
+        try:
+            conversations.append(Conversation(_checked_messages(messages), "file"))
+        except InputError as error:
+            if not skip_bad:
+                raise InputError(f"{name}[{split}] row {number}: {error}") from None
+            skipped += 1
+    return conversations, skipped
+
+
 def _record_messages(line: str) -> list[dict]:
     try:
         record = json.loads(line)
@@ -164,7 +187,13 @@ def _record_messages(line: str) -> list[dict]:
         raise InputError(f"not JSON ({error.msg})") from None
     if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
         raise InputError('each line is an object with a "messages" list')
-    messages = chat_template.check_messages(record["messages"], "messages")
+    return _checked_messages(record["messages"])
+
+
+def _checked_messages(messages) -> list[dict]:
+    if not isinstance(messages, list):
+        raise InputError('"messages" must be a list')
+    messages = chat_template.check_messages(messages, "messages")
     if messages[-1]["role"] != "assistant":
         raise InputError("the conversation must end with the assistant")
     return messages
