@@ -129,3 +129,31 @@ def test_a_restarted_pod_resumes_from_the_newest_checkpoint_and_trains_as_if_nev
     assert third.returncode == 0 and "nothing to do" in third.stdout, third.stdout + third.stderr[-2000:]
     versions = MlflowClient(tracking_uri=uri).search_model_versions(f"name='{cfg.model_name}'")
     assert [int(v.version) for v in versions] == [1], "a start after the end registers nothing new"
+
+
+def test_finetune_on_two_gloo_ranks_equals_one_process(tmp_path, store):
+    """Chat fine-tuning runs the same loop: its (tokens, mask) batches split over ranks like text windows do."""
+    from jobs.config import validate_config
+    from jobs.finetune import run_finetuning
+
+    base = run_training(tiny(tmp_path / "base", model={"max_seq_len": 128}, max_steps=4))
+    chat = {"base": str(base.checkpoint_dir / "best"), "val_conversations": 10}
+
+    def chat_config(folder, batch_size):
+        values = tiny(folder, "custom", batch_size=batch_size, max_steps=6, gradient_accumulation_steps=1).to_dict()
+        return validate_config(values | {"experiment_name": "tiny_chat", "model": {}, "chat": chat})
+
+    single = run_finetuning(chat_config(tmp_path / "single", 4))
+    cfg = chat_config(tmp_path / "ddp", 2)
+    config_file = tmp_path / "ddp.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    ddp_store = f"sqlite:///{tmp_path / 'ddp-mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ddp_store, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "jobs", "finetune", "--config", str(config_file)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, "\n".join(l for l in done.stderr.splitlines() if "training:" not in l)[-8000:]
+    client = MlflowClient(tracking_uri=ddp_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny_chat").experiment_id])
+    ddp_losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
+    assert ddp_losses == pytest.approx(single.losses, rel=2e-5) and len(ddp_losses) == 6

@@ -50,14 +50,14 @@ class ModelRuntime:
         """One optimizer step over micro-batches of (B, T+1) windows (or chat windows: (tokens, mask)); returns
         (mean loss, grad norm before clipping).
 
-        Each micro-batch's loss is scaled by 1 / len(windows), so the accumulated gradient is that of the
-        mean loss over all of them, as if they had been one big batch. With several ranks, gradients are
-        averaged over ranks once, after the last micro-batch.
+        Each micro-batch's loss is scaled (loss_scales), so the accumulated gradient is that of the mean loss over
+        all of them, as if they had been one big batch. With several ranks, gradients are averaged over ranks
+        once, after the last micro-batch.
         """
         self.model.train()
-        scale = 1.0 / len(windows)
+        scales = self.loss_scales(windows)
         total_loss = 0.0
-        for i, window in enumerate(windows):
+        for i, (window, scale) in enumerate(zip(windows, scales)):
             idx, targets = inputs_and_targets(move(window, self.device))
             loss = self.forward_backward(idx, targets, scale, last=i == len(windows) - 1)
             total_loss += loss * scale
@@ -65,6 +65,18 @@ class ModelRuntime:
         self.optimizer.step()
         self.zero_grad()
         return total_loss, grad_norm
+
+    def loss_scales(self, windows: list) -> list[float]:
+        """What each micro-batch's mean loss is multiplied by, so that the step's gradient is that of the mean over
+        every scored token of the global batch (all micro-batches, all ranks). Text windows score every target
+        alike: 1/k each for k micro-batches. Chat windows score only the assistant's tokens, a different number in
+        each: a micro-batch weighs its count over the global count (one all-reduce adds up the ranks' counts),
+        times world_size, because the ranks' gradients are then averaged."""
+        if not isinstance(windows[0], (tuple, list)):
+            return [1.0 / len(windows)] * len(windows)
+        counts = [int(mask[:, 1:].sum()) for _, mask in windows]
+        (total,) = self.distributed.sum(float(sum(counts)))
+        return [count * self.distributed.world_size / max(total, 1.0) for count in counts]
 
     @torch.no_grad()
     def loss(self, window) -> float:
