@@ -65,3 +65,11 @@ def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
     elif champion is None or val_loss <= float(champion.tags.get("val_loss", "inf")):
         client.set_registered_model_alias(model_name, CHAMPION, version)
     return version
+
+
+def champion_version(model_name: str) -> str | None:
+    """The version the champion alias serves now (None without one, or when the registry cannot be asked)."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, CHAMPION).version)
+    except Exception:
+        return None

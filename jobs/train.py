@@ -34,7 +34,7 @@ from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_template, prepare
 from jobs.data.shards import TrainWindows, check_validation_fits, open_tokens
 from jobs.errors import CheckpointError
-from jobs.registry import CHAMPION
+from jobs.registry import CHAMPION, champion_version
 from jobs.training.distributed import Distributed
 from jobs.training.evaluation import validation_loss
 from jobs.training.run_folders import checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint
@@ -104,11 +104,16 @@ def next_steps(cfg: ExperimentConfig, result: TrainResult) -> str:
     ui = (f"open {uri}" if uri.startswith(("http://", "https://"))
           else f"mlflow ui --backend-store-uri {uri}   # then http://127.0.0.1:5000")
     model = f"models:/{cfg.model_name}@{CHAMPION}"
+    champion = champion_version(cfg.model_name) if result.model_version is not None else None
     if result.model_version is None:
         model = str(result.checkpoint_dir / "best")
         registered = "not registered (see the tracking warnings above); the checkpoint serves directly"
-    else:
-        registered = f"registered as version {result.model_version} of {cfg.model_name!r} ({model} serves the best version)"
+    elif champion == result.model_version:
+        registered = f"registered as version {result.model_version} of {cfg.model_name!r}, the champion: {model} serves it"
+    else:  # the alias stayed where it was (a better version, or one measured on other data: said above)
+        registered = (f"registered as version {result.model_version} of {cfg.model_name!r}; {model} still serves "
+                      f"version {champion}, so this run's model is models:/{cfg.model_name}/{result.model_version}")
+        model = f"models:/{cfg.model_name}/{result.model_version}"
     return (f"model: {registered}\n"
             f"next:  python -m jobs chat --model {model}\n"
             f"       python -m jobs generate --model {model} --prompt \"{cfg.training.sample_prompt}\"\n"

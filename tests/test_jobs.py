@@ -82,6 +82,13 @@ def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path
     same_data_better = register_copy("better", best_val_loss=0.02)
     assert (other_data, same_data_better) == ("2", "3")
     assert str(client.get_model_version_by_alias(cfg.model_name, "champion").version) == "3"
+    # what the job says at its end names the version the alias serves, not the one just registered
+    from jobs.train import TrainResult, next_steps
+
+    said = next_steps(cfg, TrainResult("r", 4, 1.0, result.checkpoint_dir, model_version="2"))
+    assert f"models:/{cfg.model_name}@champion still serves version 3" in said
+    assert f"chat --model models:/{cfg.model_name}/2" in said
+    assert "the champion: " in next_steps(cfg, TrainResult("r", 4, 1.0, result.checkpoint_dir, model_version="3"))
 
 
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
