@@ -16,6 +16,19 @@ from jobs.checkpoint import load_checkpoint
 pytestmark = pytest.mark.slow
 
 
+def torchrun_two_ranks(job: str, cfg, tmp_path) -> str:
+    """`torchrun --nproc_per_node=2 -m jobs JOB --config ...` (2 gloo processes); returns its MLflow store's URI."""
+    config_file = tmp_path / "ddp.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    ddp_store = f"sqlite:///{tmp_path / 'ddp-mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ddp_store, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "jobs", job, "--config", str(config_file)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, "\n".join(l for l in done.stderr.splitlines() if "training:" not in l)[-8000:]
+    return ddp_store
+
+
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, store, model_type, architecture):
@@ -24,14 +37,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, s
                                gradient_accumulation_steps=2))
 
     cfg = tiny(tmp_path / "ddp", model_type, model=model, batch_size=2, max_steps=8, gradient_accumulation_steps=2)
-    config_file = tmp_path / "ddp.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
-    ddp_store = f"sqlite:///{tmp_path / 'ddp-mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ddp_store, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "jobs", "train", "--config", str(config_file)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, "\n".join(l for l in done.stderr.splitlines() if "training:" not in l)[-8000:]
+    ddp_store = torchrun_two_ranks("train", cfg, tmp_path)
 
     client = MlflowClient(tracking_uri=ddp_store)
     experiment = client.get_experiment_by_name(cfg.experiment_name)
@@ -145,14 +151,7 @@ def test_finetune_on_two_gloo_ranks_equals_one_process(tmp_path, store):
 
     single = run_finetuning(chat_config(tmp_path / "single", 4))
     cfg = chat_config(tmp_path / "ddp", 2)
-    config_file = tmp_path / "ddp.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
-    ddp_store = f"sqlite:///{tmp_path / 'ddp-mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ddp_store, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "jobs", "finetune", "--config", str(config_file)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, "\n".join(l for l in done.stderr.splitlines() if "training:" not in l)[-8000:]
+    ddp_store = torchrun_two_ranks("finetune", cfg, tmp_path)
     client = MlflowClient(tracking_uri=ddp_store)
     (run,) = client.search_runs([client.get_experiment_by_name("tiny_chat").experiment_id])
     ddp_losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]

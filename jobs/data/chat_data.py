@@ -140,21 +140,12 @@ def read_conversations(path: Path, skip_bad: bool = False) -> tuple[list[Convers
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"conversation file not found: {path}")
-    conversations, skipped = [], 0
     with open(path, encoding="utf-8", errors="strict") as lines:
         try:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    conversations.append(Conversation(_record_messages(line), "file"))
-                except InputError as error:
-                    if not skip_bad:
-                        raise InputError(f"{path}:{number}: {error}") from None
-                    skipped += 1
+            numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
         except UnicodeDecodeError:
             raise InputError(f"{path}: not UTF-8 text") from None
-    return conversations, skipped
+    return _collect(numbered, _record_messages, lambda number: f"{path}:{number}", skip_bad)
 
 
 def hub_conversations(name: str, split: str, skip_bad: bool = False) -> tuple[list[Conversation], int]:
@@ -169,13 +160,20 @@ def hub_conversations(name: str, split: str, skip_bad: bool = False) -> tuple[li
                          f"({type(error).__name__}); offline, use chat.conversation_files instead") from None
     if "messages" not in rows.column_names:
         raise InputError(f"chat.hub_dataset {name[:100]!r} has no 'messages' column ({', '.join(rows.column_names)})")
+    return _collect(enumerate(rows["messages"], 1), _checked_messages, lambda number: f"{name}[{split}] row {number}",
+                    skip_bad)
+
+
+def _collect(numbered, check, where, skip_bad: bool) -> tuple[list[Conversation], int]:
+    """Conversations from numbered records, each checked; a bad one is refused naming where it is (`where(number)`),
+    or with skip_bad skipped and counted."""
     conversations, skipped = [], 0
-    for number, messages in enumerate(rows["messages"], 1):
+    for number, record in numbered:
         try:
-            conversations.append(Conversation(_checked_messages(messages), "file"))
+            conversations.append(Conversation(check(record), "file"))
         except InputError as error:
             if not skip_bad:
-                raise InputError(f"{name}[{split}] row {number}: {error}") from None
+                raise InputError(f"{where(number)}: {error}") from None
             skipped += 1
     return conversations, skipped
 
