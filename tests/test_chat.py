@@ -287,3 +287,23 @@ def test_finetune_starts_from_the_base_registers_a_chat_model_and_resumes(tmp_pa
     conversation.messages[0]["content"] = "word " * 200  # an old exchange that no longer fits the context
     conversation.reply("Hi.", 0.0, 0, None, 1)
     assert conversation.messages[0]["content"] == "What was the girl's name?" and len(conversation.messages) == 4
+
+
+@pytest.mark.slow
+def test_finetune_a_llama_base_with_the_twin(tmp_path, store):
+    """The other architecture: a custom Llama base, fine-tuned as the torch twin (weights move between types)."""
+    from conftest import tiny
+    from jobs.config import validate_config
+    from jobs.finetune import run_finetuning
+    from jobs.serving.loading import load_model
+    from jobs.train import run_training
+
+    llama = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48, "max_seq_len": 128}
+    base = run_training(tiny(tmp_path / "base", "custom", model=llama, max_steps=6))
+    values = tiny(tmp_path / "chat", "torch", max_steps=4, eval_every=2, checkpoint_every=2).to_dict()
+    values |= {"experiment_name": "tiny_llama_chat", "model": {},
+               "chat": {"base": str(base.checkpoint_dir / "best"), "val_conversations": 10}}
+    result = run_finetuning(validate_config(values))
+    assert result.steps == 4 and math.isfinite(result.best_val_loss) and result.model_version == "1"
+    chat_model = load_model(str(result.checkpoint_dir / "best"))
+    assert chat_model.config.architecture == "llama" and chat_model.model_type == "torch" and chat_model.chat
