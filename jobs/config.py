@@ -26,7 +26,8 @@ TRACKING_STORE = "mlflow.db"  # the embedded MLflow store when MLFLOW_TRACKING_U
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float field refuses NaN and infinities (a NaN learning rate trains nothing)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -41,7 +42,7 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.05, gt=0.0, lt=0.5)  # hold-out share where a dataset has no validation split
     subset_size: int | None = Field(None, gt=0)  # use at most this many training documents
     tokenizer: str = "bpe"  # "bpe": train a byte-level BPE here; "gpt2" (from the local HF cache) or a path
-    vocab_size: int = Field(4096, gt=0)  # for tokenizer: bpe
+    vocab_size: int = Field(4096, gt=0, le=1 << 20)  # for tokenizer: bpe
     seed: int = 1337  # for the hold-out split
     num_proc: int | None = Field(None, gt=0)  # worker processes for datasets' map
     assets_dir: str = ASSETS_DIR  # datasets, tokenizers, token shards and checkpoints live under here
@@ -68,7 +69,7 @@ class DataConfig(_Section):
 
 class TrainingConfig(_Section):
     model_type: Literal["torch", "custom"] = "torch"
-    batch_size: int = Field(8, gt=0)  # sequences per micro-batch
+    batch_size: int = Field(8, gt=0, le=1 << 16)  # sequences per micro-batch
     gradient_accumulation_steps: int = Field(1, gt=0)  # micro-batches per optimizer step
     max_steps: int | None = Field(None, gt=0)  # optimizer steps; when null, num_epochs decides
     num_epochs: float = Field(1.0, gt=0)  # passes over the training tokens (an epoch = train tokens / tokens per step)

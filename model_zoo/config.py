@@ -6,6 +6,8 @@ read them from here.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -22,6 +24,21 @@ class ConfigError(InputError):
 
 
 ARCHITECTURES = ("gpt2", "llama")
+
+
+# The largest sizes a config may ask for (beyond them a model does not fit any machine this project targets).
+SIZE_LIMITS = {"vocab_size": 1 << 20, "d_model": 1 << 16, "n_heads": 1 << 10, "n_blocks": 1 << 10,
+               "d_ffn": 1 << 18, "max_seq_len": 1 << 20}
+# Upper limits of the float settings: an eps of 1 or more, or a huge theta, trains a constant or position-blind model.
+FLOAT_LIMITS = {"layer_norm_eps": 1.0, "rms_norm_eps": 1.0, "init_std": 10.0, "rope_theta": 1e12}
+
+
+def _check_positive(name: str, value) -> None:
+    """A positive, finite number under its FLOAT_LIMITS entry, or a ConfigError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"model.{name} must be a positive finite number, got {str(value)[:40]!r}")
+    if value >= FLOAT_LIMITS[name]:
+        raise ConfigError(f"model.{name} must be below {FLOAT_LIMITS[name]:g}, got {value:g}")
 
 
 @dataclass(frozen=True)
@@ -65,24 +82,24 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_heads", "n_blocks", "d_ffn", "max_seq_len"):
+        for name, limit in SIZE_LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"model.{name} must be an integer, got {value!r}")
+                raise ConfigError(f"model.{name} must be an integer, got {str(value)[:40]!r}")
             if value <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {value}")
+            if value > limit:  # a size past these dies in the allocator, not here
+                raise ConfigError(f"model.{name} is {value:,}, over this project's limit of {limit:,}")
         if self.d_model % self.n_heads != 0:
             raise ConfigError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
             )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
             raise ConfigError(f"model.dropout must be a number, got {self.dropout!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:  # (NaN fails this too)
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         for name in ("layer_norm_eps", "init_std"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"model.{name} must be a positive number, got {value!r}")
+            _check_positive(name, getattr(self, name))
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"model.architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if not isinstance(self.tie_embeddings, bool):
@@ -108,9 +125,7 @@ class ModelConfig:
             raise ConfigError(f"rotary embeddings rotate pairs of features: the head size d_model / n_heads "
                               f"({self.head_size}) must be even")
         for name in ("rope_theta", "rms_norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"model.{name} must be a positive number, got {value!r}")
+            _check_positive(name, getattr(self, name))
 
     @property
     def head_size(self) -> int:

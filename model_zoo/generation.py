@@ -13,6 +13,9 @@ import torch
 from model_zoo.kv_cache import KVCache
 
 
+GREEDY_BELOW = 1e-5  # a temperature under this is taken as 0: dividing by it would overflow the logits
+
+
 def sample_next_token(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
     generator: torch.Generator | None = None,
@@ -27,7 +30,7 @@ def sample_next_token(
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     logits = logits.float()
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:  # 0, or so small that dividing by it would overflow the logits
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
     if top_k is not None and 0 < top_k < logits.shape[-1]:
@@ -42,9 +45,6 @@ def sample_next_token(
         logits = logits.masked_fill(drop, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
-GREEDY_BELOW = 1e-5  # a temperature under this is taken as 0: dividing by it would overflow the logits
 
 
 def sample_rows(logits: torch.Tensor, temperatures: Sequence[float], top_ps: Sequence[float | None],

@@ -192,6 +192,11 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store):
         ({"training": {"min_learning_rate": 1.0}}, "min_learning_rate"),
         ({"model": {"d_model": 30, "n_heads": 4}}, "divisible"),
         ({"data": {"dataset": "local"}}, "data.train_files is required"),
+        ({"training": {"learning_rate": float("nan")}}, "training.learning_rate: Input should be a finite number"),
+        ({"training": {"weight_decay": float("inf")}}, "training.weight_decay: Input should be a finite number"),
+        ({"training": {"max_time_minutes": float("inf")}}, "training.max_time_minutes: Input should be a finite"),
+        ({"training": {"batch_size": 10**12}}, "training.batch_size: Input should be less than or equal to 65536"),
+        ({"data": {"vocab_size": 2 * 10**9}}, "data.vocab_size: Input should be less than or equal to 1048576"),
     ],
 )
 def test_config_errors_name_the_key(change, message):

@@ -201,6 +201,12 @@ def test_flops_formula_matches_torch_flop_counter():
         ({"d_ffn": 2.5}, "d_ffn must be an integer"),
         ({"dropout": 1.0}, "dropout"),
         ({"n_layers": 4}, "unknown model config key"),
+        ({"vocab_size": 2_000_000_000}, "vocab_size is 2,000,000,000, over this project's limit of 1,048,576"),
+        ({"dropout": float("nan")}, "dropout must be in"),
+        ({"init_std": float("inf")}, "init_std must be a positive finite number"),
+        ({"architecture": "llama", "rms_norm_eps": float("inf")}, "rms_norm_eps must be a positive finite number"),
+        ({"architecture": "llama", "rms_norm_eps": 5.0}, "rms_norm_eps must be below 1"),
+        ({"architecture": "llama", "rope_theta": float("nan")}, "rope_theta must be a positive finite number"),
     ],
 )
 def test_bad_config_values_raise_clear_errors(values, message):
