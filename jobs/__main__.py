@@ -48,16 +48,26 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     import fire
 
+    import difflib
+
+    from jobs.cli import check_command_line
     from jobs.errors import exit_on_input_error
 
     argv = list(argv if argv is not None else sys.argv[1:])
     if not argv or argv[0] in ("--help", "-h") or (argv[0] in _jobs() and ("--help" in argv or "-h" in argv)):
         print(usage(argv[0] if argv and argv[0] in _jobs() else None))
         return
+    jobs = _jobs()
+    if argv[0] not in jobs:
+        near = difflib.get_close_matches(argv[0], list(jobs), n=1)
+        print(f"error: no job {argv[0][:40]!r}{f' (did you mean {near[0]}?)' if near else ''}; "
+              f"jobs: {', '.join(jobs)}", file=sys.stderr)
+        sys.exit(2)
     if argv[0] in ARGPARSE_JOBS:
-        exit_on_input_error(_jobs()[argv[0]], argv[1:])
+        exit_on_input_error(jobs[argv[0]], argv[1:])
         return
-    exit_on_input_error(fire.Fire, _jobs(), command=argv, name="python -m jobs")
+    exit_on_input_error(check_command_line, argv[0], jobs[argv[0]], argv[1:])
+    exit_on_input_error(fire.Fire, jobs, command=argv, name="python -m jobs")
 
 
 if __name__ == "__main__":

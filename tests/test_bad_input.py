@@ -111,6 +111,14 @@ CASES = [
      ["binary.txt", "not UTF-8 text", "byte 850"]),
     (["evaluate", "--model", "{best}", "--text-file", "{root}/missing.txt", "--log=False"], 2, ["--text-file", "not found"]),
     (["compare", "no_such_experiment"], 2, ["neither an experiment name nor a run id"]),
+    # the command line, checked whole before any work (fire alone ran the job first, or bound stray words)
+    (["trian", "--config", "{config}"], 2, ["no job 'trian'", "did you mean train?"]),
+    (["train", "--config", "{config}", "--training.learning_rate"], 2, ["--training.learning_rate needs a value"]),
+    (["train", "--config", "{config}", "--=5"], 2, ["a flag needs a name"]),
+    (["train", "--config", "{config}", "--modle-type", "custom"], 2, ["no flag --modle-type", "--model-type?"]),
+    (["generate", "--model", "{best}", "--prompt", "Once", "upon"], 2, ["stray word 'upon'", "quote a value"]),
+    (["generate", "--model", "{best}", "--promt", "x"], 2, ["no flag --promt", "did you mean --prompt?"]),
+    (["prepare-data", "all", "extra", "--config", "{config}"], 2, ["stray word 'extra'"]),
 ]
 
 
