@@ -37,7 +37,7 @@ from jobs.errors import CheckpointError
 from jobs.registry import CHAMPION, champion_version
 from jobs.training.distributed import Distributed
 from jobs.training.evaluation import validation_loss
-from jobs.training.run_folders import checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint
+from jobs.training.run_folders import RunLock, checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint
 from jobs.training.runtime import make_runtime
 from jobs.training.schedule import learning_rate
 from model_zoo.build import build_model, resolve_device
@@ -125,7 +125,12 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, traine
     device = resolve_device(cfg.training.device)
     distributed = Distributed.from_env(device)
     try:
-        return (trainer or Trainer)(cfg, resume, distributed.device(device), distributed).run()
+        run = (trainer or Trainer)(cfg, resume, distributed.device(device), distributed)
+        try:
+            return run.run()
+        finally:
+            if run.lock is not None:
+                run.lock.release()
     finally:
         distributed.close()
 
@@ -158,6 +163,7 @@ class Trainer:
         if checkpoint is not None and checkpoint.state["model_type"] != tc.model_type:
             raise CheckpointError(f"{checkpoint.folder} holds a {checkpoint.state['model_type']} model, not {tc.model_type}")
         self.root = checkpoint.folder.parent if checkpoint else new_run_folder(cfg)  # this run's checkpoints
+        self.lock = RunLock(self.root) if distributed.is_main else None  # one process continues a run at a time
 
         torch.manual_seed(tc.seed)
         model = self.initial_model(checkpoint is not None)

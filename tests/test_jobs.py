@@ -105,6 +105,21 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, m
     assert sorted(m.step for m in history) == list(range(1, 13))
 
 
+def test_a_run_another_process_is_training_is_refused_and_the_lock_ends_with_its_holder(tmp_path, store):
+    from jobs.errors import CheckpointError
+    from jobs.training.run_folders import RunLock
+
+    cfg = tiny(tmp_path, max_steps=4, checkpoint_every=2)
+    first = run_training(cfg)
+    more = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_steps": 6})})
+    holder = RunLock(first.checkpoint_dir)  # as another process training this run would hold it
+    with pytest.raises(CheckpointError, match="is being trained by pid"):
+        run_training(more, resume=True)
+    assert MlflowClient().get_run(first.run_id).info.status == "FINISHED"  # the refused resume changed nothing
+    holder.release()  # the holder ended (a killed process's lock is dropped by the kernel the same way)
+    assert run_training(more, resume=True).steps == 6
+
+
 def test_each_run_keeps_its_own_checkpoints(tmp_path, store):
     cfg = tiny(tmp_path, max_steps=4, eval_every=2, checkpoint_every=2)
     first = run_training(cfg)

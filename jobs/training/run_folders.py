@@ -70,3 +70,32 @@ def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Pa
                                   f"({cfg.training.model_type}) under {checkpoint_root(cfg)}")
         return newest
     return Path(resume)
+
+
+class RunLock:
+    """One writer per run: an exclusive lock on <run folder>/.lock while a process trains it. The kernel drops
+    the lock when that process ends, however it ends (kill -9 included), so a killed run never leaves it stuck;
+    a second process that tries to continue the run meanwhile is refused before it changes anything."""
+
+    def __init__(self, folder: Path):
+        import fcntl
+        import os
+        import socket
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = open(folder / ".lock", "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip()[:100] or "another process"
+            self.file.close()
+            raise CheckpointError(f"run {folder} is being trained by {holder}: one process at a time continues a "
+                                  f"run (wait for it to end, or stop it)") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()  # closing the file releases the lock
