@@ -37,7 +37,8 @@ from jobs.errors import CheckpointError
 from jobs.registry import CHAMPION, champion_version
 from jobs.training.distributed import Distributed
 from jobs.training.evaluation import validation_loss
-from jobs.training.run_folders import RunLock, checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint
+from jobs.training.run_folders import (RunLock, checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint,
+                                       resume_changes)
 from jobs.training.runtime import make_runtime
 from jobs.training.schedule import learning_rate
 from model_zoo.build import build_model, resolve_device
@@ -162,6 +163,13 @@ class Trainer:
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
         if checkpoint is not None and checkpoint.state["model_type"] != tc.model_type:
             raise CheckpointError(f"{checkpoint.folder} holds a {checkpoint.state['model_type']} model, not {tc.model_type}")
+        self.resume_changes = {}
+        if checkpoint is not None:  # the same experiment, trained with the same tokenizer, or a refusal saying why not
+            self.resume_changes = resume_changes(checkpoint.state.get("experiment"), cfg)
+            if checkpoint.state.get("tokenizer_sha256") not in (None, self.tokenizer.sha256):
+                raise CheckpointError(f"--resume: {checkpoint.folder} was trained with another tokenizer than the data "
+                                      f"prepared now ({self.tokenizer.path}): the training text or its settings changed; "
+                                      f"start a new run")
         self.root = checkpoint.folder.parent if checkpoint else new_run_folder(cfg)  # this run's checkpoints
         self.lock = RunLock(self.root) if distributed.is_main else None  # one process continues a run at a time
 
@@ -209,6 +217,10 @@ class Trainer:
         with self.tracked_run() as self.tracked, StopOnSignal() as signals, self.progress_bar() as self.bar:
             if not self.resumed:
                 self.log_run_params()
+            elif self.resume_changes:  # what this session changed, said and kept with the run
+                changed = {key: {"was": old, "now": new} for key, (old, new) in self.resume_changes.items()}
+                self.say("resumed with " + ", ".join(f"{k} {v['now']} (was {v['was']})" for k, v in changed.items()))
+                self.tracked.log_dict(changed, f"resume-changes/step-{self.progress.step:07d}.json")
             session_start = time.perf_counter()
             clock_start = session_start - self.progress.train_seconds  # the clock counts earlier sessions too
             while self.progress.step < self.total_steps:

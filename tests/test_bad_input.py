@@ -94,7 +94,9 @@ CASES = [
      ["validation split has", "model.max_seq_len"]),
     # checkpoints and resume
     (["train", "--config", "{config}", "--resume", "{best}", "--model.d_model=64", "--model.d_ffn=128"], 2,
-     ["weights do not fit", "in the configured model"]),
+     ["--resume: model.d_ffn is '128' here but '64' in the run being resumed"]),
+    (["train", "--config", "{config}", "--resume", "{best}", "--training.learning_rate=0.5"], 2,
+     ["--resume: training.learning_rate is '0.5' here", "start a new run"]),
     (["train", "--config", "{config}", "--resume", "{root}/nowhere"], 2, ["checkpoint not found"]),
     (["train", "--config", "{config}", "--experiment_name=never_trained", "--resume"], 2, ["nothing to resume"]),
     # generate, chat, evaluate flags

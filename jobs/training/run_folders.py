@@ -72,6 +72,32 @@ def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Pa
     return Path(resume)
 
 
+# What a resumed run may change from the settings it started with: how long it goes on, and how it is run and
+# watched. Anything else (the model, the data, the optimiser's settings) would make it another experiment.
+RESUMABLE_CHANGES = {f"training.{key}" for key in (
+    "max_steps", "max_time_minutes", "num_epochs", "device", "num_threads", "compile", "log_every", "eval_every",
+    "checkpoint_every", "keep_checkpoints", "sample_every", "sample_prompt", "sample_length")} | {"data.num_proc"}
+
+
+def resume_changes(saved: dict | None, cfg: ExperimentConfig) -> dict[str, tuple]:
+    """{key: (run's value, new value)} of the settings a resume changes, all of them in RESUMABLE_CHANGES; a
+    CheckpointError naming the first other difference (a checkpoint without its experiment is not compared)."""
+    from jobs.tracking import flatten
+
+    if not saved:
+        return {}
+    before, after = flatten("", saved), flatten("", cfg.to_dict())
+    changes = {key: (before.get(key), after.get(key)) for key in sorted(set(before) | set(after))
+               if before.get(key) != after.get(key)}
+    for key, (old, new) in changes.items():
+        if key not in RESUMABLE_CHANGES:
+            raise CheckpointError(
+                f"--resume: {key} is {str(new)[:60]!r} here but {str(old)[:60]!r} in the run being resumed; a resumed "
+                f"run keeps its settings (only how long it trains and how it is run may change): give the run's "
+                f"value, or start a new run without --resume")
+    return changes
+
+
 class RunLock:
     """One writer per run: an exclusive lock on <run folder>/.lock while a process trains it. The kernel drops
     the lock when that process ends, however it ends (kill -9 included), so a killed run never leaves it stuck;
