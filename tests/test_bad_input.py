@@ -113,6 +113,10 @@ CASES = [
      ["binary.txt", "not UTF-8 text", "byte 850"]),
     (["evaluate", "--model", "{best}", "--text-file", "{root}/missing.txt", "--log=False"], 2, ["--text-file", "not found"]),
     (["compare", "no_such_experiment"], 2, ["neither an experiment name nor a run id"]),
+    # Hub sources without the network (the tests run offline): one line pointing to local files
+    (["prepare-data", "--config", "{config}", "--data.dataset=tinystories"], 2,
+     ["cannot reach the Hugging Face Hub for roneneldan/TinyStories", "data.dataset: local"]),
+    (["prepare-data", "--config", "{config}", "--data.dataset=fineweb-edu"], 2, ["cannot reach the Hugging Face Hub"]),
     # the command line, checked whole before any work (fire alone ran the job first, or bound stray words)
     (["trian", "--config", "{config}"], 2, ["no job 'trian'", "did you mean train?"]),
     (["train", "--config", "{config}", "--training.learning_rate"], 2, ["--training.learning_rate needs a value"]),

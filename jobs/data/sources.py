@@ -10,6 +10,8 @@ documents (datasets' `train_test_split(test_size=val_fraction, seed=data.seed)`)
 
 from __future__ import annotations
 
+import contextlib
+
 import glob
 import os
 from dataclasses import dataclass
@@ -66,8 +68,34 @@ def download(config: DataConfig, cache_dir: Path) -> Path | None:
         return None
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id=source.repo_id, repo_type="dataset", cache_dir=str(cache_dir),
-                                  allow_patterns=list(source.allow_patterns) if source.allow_patterns else None))
+    with reaching_the_hub(source.repo_id):
+        return Path(snapshot_download(repo_id=source.repo_id, repo_type="dataset", cache_dir=str(cache_dir),
+                                      allow_patterns=list(source.allow_patterns) if source.allow_patterns else None))
+
+
+@contextlib.contextmanager
+def reaching_the_hub(repo_id: str):
+    """A Hub source that cannot be reached (no network, offline mode, nothing cached) is one line, not a traceback."""
+    try:
+        yield
+    except _unreachable_errors() as error:
+        raise DataError(f"cannot reach the Hugging Face Hub for {repo_id} ({type(error).__name__}); offline, use "
+                        f"local files: data.dataset: local with data.train_files (see README)") from None
+
+
+def _unreachable_errors() -> tuple[type, ...]:
+    errors: list[type] = [ConnectionError, TimeoutError]
+    from huggingface_hub import errors as hub_errors
+
+    errors += [getattr(hub_errors, name) for name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
+               if hasattr(hub_errors, name)]
+    for module, name in (("requests", "ConnectionError"), ("httpx", "TransportError")):
+        try:
+            library = __import__(module)
+            errors.append(getattr(library.exceptions if module == "requests" else library, name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
 
 
 def load_documents(config: DataConfig, cache_dir: Path):
@@ -117,8 +145,9 @@ def _load_hub(source: HubSource, config: DataConfig, cache_dir: Path):
 
     if source.streaming:  # take the first subset_size documents of a stream, then keep them as a Dataset
         limit = config.subset_size or 100_000
-        stream = datasets.load_dataset(source.repo_id, source.config_name, split="train", streaming=True)
-        rows = [{"text": row[source.text_field]} for row, _ in zip(stream, range(limit))]
+        with reaching_the_hub(source.repo_id):
+            stream = datasets.load_dataset(source.repo_id, source.config_name, split="train", streaming=True)
+            rows = [{"text": row[source.text_field]} for row, _ in zip(stream, range(limit))]
         return datasets.Dataset.from_list(rows), None
     folder = download(config, cache_dir)
     loaded = datasets.load_dataset(str(folder), source.config_name, cache_dir=str(cache_dir))
