@@ -26,7 +26,6 @@ from jobs.train import Trainer, TrainResult, report, run_training
 from jobs.training.distributed import Distributed
 from jobs.training.evaluation import masked_validation_loss
 from model_zoo.build import build_model
-from model_zoo.generation import generate_tokens
 
 
 @typed
@@ -75,23 +74,13 @@ class ChatTrainer(Trainer):
         super().log_run_params()
         self.tracked.set_tags({f"base_{key}": value for key, value in self.data.lineage.items()})
 
-    def log_sample(self) -> None:
-        """A reply to training.sample_prompt as a user's message, printed and kept (rank 0)."""
-        tc, step = self.tc, self.progress.step
-        if not self.main:
-            return
-        ids, _ = chat_template.render(self.tokenizer, [{"role": "user", "content": tc.sample_prompt}],
-                                      add_generation_prompt=True)
-        end = chat_template.end_of_turn_id(self.tokenizer)
-        reply = []
-        for token in generate_tokens(self.runtime.model, ids, max_new_tokens=tc.sample_length, temperature=0.8,
-                                     top_k=50, seed=step, eos_id=end):
-            if token in (end, self.tokenizer.eot_id):
-                break
-            reply.append(token)
-        text = f"user: {tc.sample_prompt}\nassistant: {self.tokenizer.decode(reply)}"
-        self.say(f"sample @ {step}: {text!r}")
-        self.tracked.log_text(text, f"samples/step-{step:07d}.txt")
+    def sample_prompt_ids(self) -> list[int]:
+        """The sample's prompt: training.sample_prompt as a user's message, the assistant's reply to come."""
+        return chat_template.render(self.tokenizer, [{"role": "user", "content": self.tc.sample_prompt}],
+                                    add_generation_prompt=True)[0]
+
+    def sample_text(self, generated: str) -> str:
+        return f"user: {self.tc.sample_prompt}\nassistant: {generated}"
 
 
 class ChatData:

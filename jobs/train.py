@@ -318,17 +318,26 @@ class Trainer:
         return step % self.tc.sample_every == 0
 
     def log_sample(self) -> None:
-        """A short completion of training.sample_prompt, printed and kept as an artifact (rank 0)."""
+        """A short generation from training.sample_prompt, printed and kept as an artifact (rank 0)."""
         tc, step = self.tc, self.progress.step
-        prompt_ids = self.tokenizer.encode(tc.sample_prompt)
-        if not self.main or not prompt_ids:
+        if not self.main:
             return
-        stops = {self.tokenizer.eot_id, chat_template.end_of_turn_id(self.tokenizer)} - {None}
+        prompt_ids = self.sample_prompt_ids()
+        if not prompt_ids:
+            return
+        stops = chat_template.stop_ids(self.tokenizer)
         ids = [i for i in generate_tokens(self.runtime.model, prompt_ids, max_new_tokens=tc.sample_length,
                                           temperature=0.8, top_k=50, seed=step, stop_ids=stops) if i not in stops]
-        text = tc.sample_prompt + self.tokenizer.decode(ids)
+        text = self.sample_text(self.tokenizer.decode(ids))
         self.say(f"sample @ {step}: {text!r}")
         self.tracked.log_text(text, f"samples/step-{step:07d}.txt")
+
+    def sample_prompt_ids(self) -> list[int]:
+        """The sample's prompt: training.sample_prompt as text to continue."""
+        return self.tokenizer.encode(self.tc.sample_prompt)
+
+    def sample_text(self, generated: str) -> str:
+        return self.tc.sample_prompt + generated
 
     # --- checkpoints and the end -----------------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """`python -m jobs serve`: the OpenAI-compatible server, tested through the official `openai` client and raw HTTP
 against a real server process, plus its continuous-batching engine in-process and its chat page in Chromium."""
 
-import json
 import os
 import shutil
 import subprocess

@@ -79,3 +79,8 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
 
 def end_of_turn_id(tokenizer) -> int | None:
     return tokenizer.tokenizer.token_to_id(END_OF_TURN)
+
+
+def stop_ids(tokenizer) -> set[int]:
+    """Where generation ends: <|endoftext|>, and a chat turn's <|end|> (for a tokenizer that has it)."""
+    return {tokenizer.eot_id, end_of_turn_id(tokenizer)} - {None}

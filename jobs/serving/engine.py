@@ -122,13 +122,16 @@ class Engine:
                     self._leave({i for i, s in enumerate(self._active) if s.request.cancelled.is_set()})
                     if self._active:
                         self._decode_step()
-            except Exception as error:  # a bug: its traceback is logged, the requests in flight hear of it,
-                log.exception("engine step failed")  # and the engine goes on serving the next ones
-                for sequence in self._active:
-                    sequence.request.emit(("error", f"internal error ({type(error).__name__})"))
+            except Exception as error:  # a bug: its traceback is logged, the requests in flight (admitted ones
+                log.exception("engine step failed")  # included) hear of it, and the engine serves the next ones
+                in_flight = {id(s.request): s.request for s in self._active} | {id(r): r for r in admitted}
+                for request in in_flight.values():
+                    request.emit(("error", f"internal error ({type(error).__name__})"))
                 self._active, self._cache = [], BatchedKVCache(self.model.config.n_blocks)
-        for sequence in self._active:
-            sequence.request.emit(("error", "the server is shutting down"))
+        with self._wake:
+            left = [s.request for s in self._active] + list(self._waiting)
+        for request in left:
+            request.emit(("error", "the server is shutting down"))
 
     def _prefill(self, request: Request) -> None:
         """The prompt alone through the model, its first token sampled; then the sequence joins the batch."""

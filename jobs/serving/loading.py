@@ -47,7 +47,7 @@ class LoadedModel:
         """Where generation ends: <|endoftext|>, and a chat turn's <|end|>."""
         from jobs.data import chat_template
 
-        return {self.tokenizer.eot_id, chat_template.end_of_turn_id(self.tokenizer)} - {None}
+        return chat_template.stop_ids(self.tokenizer)
 
 
 def resolve_checkpoint_folder(model: str) -> Path:
@@ -87,11 +87,15 @@ def load_model(model: str, device: str = "auto") -> LoadedModel:
 def complete(loaded: LoadedModel, prompt: str, max_length: int = 100, temperature: float = 0.8,
              top_k: int | None = 50, top_p: float | None = None, seed: int | None = None):
     """Yield the text pieces of a completion as tokens arrive (decoded incrementally, so UTF-8 stays whole)."""
-    tokenizer = loaded.tokenizer
+    yield from stream_text(loaded, encode_prompt(loaded.tokenizer, prompt), max_length, temperature, top_k, top_p, seed)
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """A prompt's token ids; an empty prompt starts from <|endoftext|> (an InputError if the tokenizer has none)."""
     prompt_ids = tokenizer.encode(prompt) or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
     if not prompt_ids:
         raise InputError("the prompt is empty and the tokenizer has no end-of-text token to start from")
-    yield from stream_text(loaded, prompt_ids, max_length, temperature, top_k, top_p, seed)
+    return prompt_ids
 
 
 def stream_text(loaded: LoadedModel, prompt_ids: list[int], max_length: int = 100, temperature: float = 0.8,

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import threading
 import json
+import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from jobs.data import chat_template
 from jobs.errors import InputError
 from jobs.serving.engine import Engine, Request as EngineRequest
+from jobs.serving.loading import encode_prompt
 
 MAX_BODY_BYTES = 1_000_000  # a request body over this is refused (413) before it is parsed
 MAX_STOP_SEQUENCES = 4  # as OpenAI
@@ -48,7 +50,7 @@ class APIError(Exception):
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error"}.get(
+    kind = {401: "authentication_error", 404: "not_found_error"}.get(
         status, "invalid_request_error" if status < 500 else "server_error")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
 
@@ -152,12 +154,11 @@ def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI
     async def completions(body: CompletionBody, request: Request):
         served = find(body)
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-        tokenizer = served.loaded.tokenizer
-        prompt_ids = tokenizer.encode(prompt) or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
-        if not prompt_ids:
-            raise APIError(400, "the prompt is empty (and this tokenizer has no <|endoftext|> to start from)", "prompt")
-        stop_ids = {tokenizer.eot_id} - {None}
-        return await respond(served, body, request, prompt_ids, stop_ids, "text_completion")
+        try:
+            prompt_ids = encode_prompt(served.loaded.tokenizer, prompt)
+        except InputError as error:
+            raise APIError(400, str(error), "prompt") from None
+        return await respond(served, body, request, prompt_ids, "text_completion")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatBody, request: Request):
@@ -170,9 +171,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI
                                                  add_generation_prompt=True)
         except InputError as error:
             raise APIError(400, str(error), "messages") from None
-        tokenizer = served.loaded.tokenizer
-        stop_ids = {chat_template.end_of_turn_id(tokenizer), tokenizer.eot_id} - {None}
-        return await respond(served, body, request, prompt_ids, stop_ids, "chat.completion")
+        return await respond(served, body, request, prompt_ids, "chat.completion")
 
     def find(body: _Sampling) -> ServedModel:
         body.refuse_unsupported()
@@ -209,9 +208,9 @@ class Guard:
         return await self.app(scope, receive, send)
 
 
-async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_ids: list[int], stop_ids: set[int],
-                  kind: str):
-    """Submit the request to the model's engine and answer, streamed or whole."""
+async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_ids: list[int], kind: str):
+    """Submit the request to the model's engine and answer, streamed or whole. Generation ends at the model's stop
+    tokens (<|endoftext|>, <|end|>) unless ignore_eos."""
     context = served.loaded.config.max_seq_len
     if len(prompt_ids) > context:
         raise APIError(400, f"the prompt is {len(prompt_ids):,} tokens; this model's context is {context:,}",
@@ -222,7 +221,7 @@ async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_id
     outbox = Outbox.of(asyncio.get_running_loop())
     job = EngineRequest(prompt_ids, max_tokens, lambda event: outbox.put(events, event), body.temperature,
                         body.top_p if body.top_p < 1 else None, body.seed,
-                        frozenset() if body.ignore_eos else frozenset(stop_ids))
+                        frozenset() if body.ignore_eos else frozenset(served.loaded.stop_ids))
     served.engine.submit(job)
     answer = Answer(served, kind, stops, len(prompt_ids))
     if body.stream:
@@ -241,14 +240,16 @@ class Outbox:
     for all the tokens of a decode step, instead of one per request (each wake-up costs a system call and a turn
     of the interpreter lock, which the engine's thread needs too)."""
 
-    _by_loop: dict = {}
+    _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Outbox]" = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop, self.pending, self.lock, self.scheduled = loop, [], threading.Lock(), False
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> "Outbox":
-        return cls._by_loop.setdefault(id(loop), cls(loop))
+        if loop not in cls._by_loop:  # keyed by the loop itself: a closed loop's outbox goes with it
+            cls._by_loop[loop] = cls(loop)
+        return cls._by_loop[loop]
 
     def put(self, queue: asyncio.Queue, event: tuple) -> None:  # the engine's thread
         with self.lock:
