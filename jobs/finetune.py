@@ -179,8 +179,7 @@ def write_conversations(cfg: ExperimentConfig) -> str:
     for split, found in (("train", train), ("validation", validation)):
         lines = "".join(json.dumps({"messages": c.messages, "kind": c.kind}) + "\n" for c in found)
         atomic.write_text(folder / f"{split}.jsonl", lines)
-        kinds = Counter(c.kind for c in found)
-        kinds["animal_name"] = sum(len(c.messages) > 2 and c.kind != "file" for c in found)
+        kinds = chat_data.kind_counts(found)
         summary.append(f"{len(found):,} {split} ({', '.join(f'{k} {n:,}' for k, n in sorted(kinds.items()))})")
     return f"conversations: {'; '.join(summary)}; written to {folder}"
 

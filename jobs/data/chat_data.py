@@ -221,7 +221,7 @@ def pack(conversations: list[Conversation], tokenizer, seq_len: int) -> PackedCh
     windows, masks = [], []
     ids_now: list[int] = []
     mask_now: list[bool] = []
-    kinds: Counter = Counter()
+    kept: list[Conversation] = []
     dropped = 0
     for conversation in conversations:
         ids, mask = chat_template.render(tokenizer, conversation.messages)
@@ -229,8 +229,7 @@ def pack(conversations: list[Conversation], tokenizer, seq_len: int) -> PackedCh
         if len(ids) > width:
             dropped += 1
             continue
-        kinds[conversation.kind] += 1
-        kinds["animal_name"] += len(conversation.messages) > 2 and conversation.kind != "file"  # a second turn
+        kept.append(conversation)
         if len(ids_now) + len(ids) > width:
             windows.append(ids_now), masks.append(mask_now)
             ids_now, mask_now = [], []
@@ -241,7 +240,14 @@ def pack(conversations: list[Conversation], tokenizer, seq_len: int) -> PackedCh
     scored = np.zeros((len(windows), width), dtype=bool)
     for i, (ids, mask) in enumerate(zip(windows, masks)):
         tokens[i, :len(ids)], scored[i, :len(mask)] = ids, mask
-    return PackedChat(tokens, scored, kinds, dropped)
+    return PackedChat(tokens, scored, kind_counts(kept), dropped)
+
+
+def kind_counts(conversations: list[Conversation]) -> Counter:
+    """Conversations per kind, and as animal_name those made from stories with a second turn (a name asked)."""
+    kinds = Counter(c.kind for c in conversations)
+    kinds["animal_name"] = sum(len(c.messages) > 2 and c.kind != "file" for c in conversations)
+    return +kinds  # without zero counts
 
 
 class ChatWindows:
