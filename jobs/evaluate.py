@@ -1,9 +1,13 @@
 """`python -m jobs evaluate --model REF [--config X.yaml] [--text-file PATH] [--max-batches N] [--json]`
+`python -m jobs evaluate --model REF --suite FOLDER [--paradigms] [--json]`
 
 Loss, perplexity and bits per byte of a trained model (REF: registry URI, run URI or checkpoint folder) on the
-configured validation split, or on any UTF-8 text file tokenized with the model's own tokenizer. Logged to
-MLflow as an evaluation run. With `--json`, standard output holds one JSON object and nothing else (every
-human-readable line goes to standard error), so `python -m jobs evaluate ... --json | jq .loss` works.
+configured validation split, or on any UTF-8 text file tokenized with the model's own tokenizer. With --suite,
+instead, its accuracy on a suite of grammar minimal pairs (Zorro or BLiMP files; see jobs/minimal_pairs.py): per
+phenomenon (per paradigm with --paradigms) and overall. Logged to MLflow as an evaluation run, and for a
+registry URI also on the model version (metrics of its logged model, and tags). With `--json`, standard output
+holds one JSON object and nothing else (every human-readable line goes to standard error), so
+`python -m jobs evaluate ... --json | jq .loss` works.
 """
 
 from __future__ import annotations
@@ -29,12 +33,39 @@ from jobs.serving.loading import load_model
 
 @typed
 def evaluate(model: str, config: str | None = None, text_file: str | None = None, max_batches: Positive | None = None,
-             batch_size: Positive = 8, device: Device = "auto", json: bool = False, log: bool = True, **overrides) -> None:
+             batch_size: Positive = 8, device: Device = "auto", json: bool = False, log: bool = True,
+             suite: str | None = None, paradigms: bool = False, **overrides) -> None:
     """Fire entry point (returns nothing, so fire prints nothing after the JSON line)."""
+    if suite is not None and (config or text_file or max_batches or overrides):
+        raise InputError("--suite scores minimal pairs; --config, --text-file, --max-batches and config overrides "
+                         "are for the loss: give them in a separate evaluate")
     with contextlib.redirect_stdout(sys.stderr) if json else contextlib.nullcontext():
-        result = run_evaluation(model, config, text_file, max_batches, batch_size, device, log, **overrides)
+        if suite is not None:
+            result = run_suite(model, suite, device, log, paradigms)
+        else:
+            result = run_evaluation(model, config, text_file, max_batches, batch_size, device, log, **overrides)
     if json:
         print(jsonlib.dumps(result))
+
+
+def run_suite(model: str, suite_path: str, device: str = "auto", log: bool = True, paradigms: bool = False) -> dict:
+    """A model's accuracy on a minimal-pair suite, printed as a table and logged."""
+    from jobs import minimal_pairs
+
+    suite = minimal_pairs.read_suite(suite_path)  # a bad suite is refused before a model loads
+    if log:
+        tracking.connect()
+    loaded = load_model(model, device)
+    print(f"{suite.name}: {suite.n_pairs:,} pairs in {len(suite.paradigms)} paradigms ({suite.layout} layout)")
+    score = minimal_pairs.score_suite(loaded.model, loaded.tokenizer, suite, loaded.device, progress=True)
+    print(score.table(paradigms))
+    print(f"{score.tokens:,} tokens scored in {score.seconds:.1f} s ({score.tokens / score.seconds:,.0f} tokens/s); "
+          f"chance is 50%")
+    if log:
+        tracking.log_evaluation(loaded.state, model, {"eval_source": f"suite {suite.name}", "suite": suite.name},
+                                score.metrics(), {"suite": suite.name, "suite_sha256": suite.sha256},
+                                run_name=f"evaluate-{suite.name}", version_tags=score.version_tags())
+    return score.to_dict()
 
 
 def run_evaluation(model: str, config: str | None = None, text_file: str | None = None,
@@ -74,7 +105,8 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
     print(f"{source}: loss {loss:.4f}, perplexity {result['perplexity']:.2f}, bits/byte {result['bits_per_byte']:.4f} "
           f"over {n_tokens:,} tokens")
     if log:
-        _log_evaluation(loaded, model, source, result)
+        tracking.log_evaluation(loaded.state, model, {"eval_source": source[:500]},
+                                {f"eval/{k}": v for k, v in result.items()})
     return result
 
 
@@ -82,17 +114,3 @@ def _data_config_from_state(state: dict):
     from jobs.config import DataConfig
 
     return DataConfig(**state["experiment"]["data"])
-
-
-def _log_evaluation(loaded, model_ref: str, source: str, result: dict) -> None:
-    import mlflow
-
-    try:
-        experiment = loaded.state.get("experiment", {}).get("experiment_name", "evaluations")
-        tracking.setup(experiment)
-        mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name="evaluate"):
-            mlflow.log_params({"model": model_ref, "eval_source": source[:500]})
-            mlflow.log_metrics({f"eval/{k}": v for k, v in result.items()})
-    except Exception as error:
-        print(f"tracking: evaluation not logged ({type(error).__name__}: {str(error)[:200]})")

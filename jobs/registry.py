@@ -73,3 +73,27 @@ def champion_version(model_name: str) -> str | None:
         return str(MlflowClient().get_model_version_by_alias(model_name, CHAMPION).version)
     except Exception:
         return None
+
+
+def version_of(model_ref: str):
+    """The model version a registry URI names (`models:/<name>@<alias>`, `models:/<name>/<version>`, or
+    `models:/<name>/latest`), else None: a run URI or a checkpoint folder is not a version."""
+    if not model_ref.startswith("models:/"):
+        return None
+    name, _, which = model_ref.removeprefix("models:/").partition("@")
+    client = MlflowClient()
+    if which:
+        return client.get_model_version_by_alias(name, which)
+    name, _, number = name.rstrip("/").partition("/")
+    if number == "latest":
+        return max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    return client.get_model_version(name, number)
+
+
+def logged_model_id(version) -> str | None:
+    """The id of the logged model a version was registered from (MLflow 3: metrics logged with it show on the
+    version's page). The registry does not always fill model_id in; the version's source `models:/<id>` holds it."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = getattr(version, "source", "") or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from jobs.config import TRACKING_STORE
-from jobs.errors import TrackingError
+from jobs.errors import InputError, TrackingError
 
 # Stores MLflow can use: a tracking server, a database (SQLAlchemy URLs), a file store (a path or file:).
 SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", ""}
@@ -287,6 +287,39 @@ class NullRun:
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
+
+
+def log_evaluation(state: dict, model_ref: str, params: dict[str, Any], metrics: dict[str, float],
+                   tags: dict[str, str] | None = None, run_name: str = "evaluate",
+                   version_tags: dict[str, str] | None = None, step: int | None = None) -> None:
+    """An evaluation of a trained model, as a run of its experiment: params, metrics and tags, with the training
+    run it came from (`trained_in_run`, which `compare` follows). For a registry URI the metrics are also the
+    model version's (logged against its logged model, which the version page shows) and version_tags are set on
+    the version (the registry's list shows them). A tracking failure is a warning: the figures are printed."""
+    from jobs.registry import logged_model_id, version_of
+
+    try:
+        experiment_id = setup((state.get("experiment") or {}).get("experiment_name") or "evaluations")
+        version = version_of(model_ref)
+        client = MlflowClient()
+        run = client.create_run(experiment_id, run_name=run_name, tags={
+            **(tags or {}), "trained_in_run": str(state.get("mlflow_run_id")), "model": model_ref[:500],
+            **({"model_version": f"{version.name}/{version.version}"} if version else {})})
+        now = int(time.time() * 1000)
+        model_id = logged_model_id(version) if version else None
+        client.log_batch(run.info.run_id, [Metric(key, float(value), now, step or 0, model_id=model_id)
+                                           for key, value in metrics.items()],
+                         [Param(key, str(value)[:500]) for key, value in {"model": model_ref, **params}.items()])
+        client.set_terminated(run.info.run_id)
+        if version is not None:
+            for key, value in (version_tags or {}).items():
+                client.set_model_version_tag(version.name, version.version, key, value)
+        print(f"logged to MLflow: run {run.info.run_id} of experiment {experiment_id}"
+              + (f", and on version {version.version} of {version.name}" if version else ""))
+    except InputError:
+        raise
+    except Exception as error:
+        print(f"tracking: evaluation not logged ({type(error).__name__}: {str(error)[:200]})")
 
 
 def safely(what: str, fn, *args, **kwargs) -> Any:

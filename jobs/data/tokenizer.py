@@ -48,6 +48,10 @@ class LoadedTokenizer:
         end of a turn). A second Tokenizer, so the shared one is never switched back and forth between threads."""
         return self._plain_text_tokenizer.encode(text).ids
 
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """encode_text of many texts at once (the tokenizer spreads them over the cores)."""
+        return [encoding.ids for encoding in self._plain_text_tokenizer.encode_batch(texts)]
+
     @functools.cached_property
     def _plain_text_tokenizer(self) -> Tokenizer:
         plain = Tokenizer.from_str(self.tokenizer.to_str())
