@@ -1,8 +1,10 @@
-"""`python -m jobs compare REF [REF ...] [--out FOLDER] [--config X.yaml] [--log]`
+"""`python -m jobs compare REF [REF ...] [--out FOLDER] [--config X.yaml] [--log] [--phenomena]`
 
 REF is an experiment name (all its training runs) or a run id. Prints the summary table (parameters, best
-validation loss, training TFLOPs, tokens/s) and draws the comparison figures: train and validation loss
-against step and against training FLOPs, the learning-rate schedule, and throughput. Figures are saved as PNG
+validation loss, training TFLOPs, tokens/s, and the accuracy on each minimal-pair suite the run's model was
+scored on: by training.final_evals or `evaluate --suite`) and draws the comparison figures: train and validation
+loss against step and against training FLOPs, the learning-rate schedule, throughput, and loss beside accuracy
+(per phenomenon with --phenomena). Figures are saved as PNG
 files (in --out, else <data.assets_dir>/compare/<time>, the assets folder of --config or the default one)
 and, with --log, logged to MLflow in a `compare` run of the first run's experiment.
 
@@ -24,14 +26,15 @@ from jobs.figures import load_runs, plot, summary_table
 
 
 @typed
-def compare(*refs: str, out: str | None = None, config: str | None = None, log: bool = False) -> None:
+def compare(*refs: str, out: str | None = None, config: str | None = None, log: bool = False,
+            phenomena: bool = False) -> None:
     if not refs:
         raise InputError("name at least one experiment or run id: python -m jobs compare tinystories_cpu")
     runs = load_runs(list(refs))
-    print(summary_table(runs))
+    print(summary_table(runs, phenomena))
     assets_dir = load_config(config).data.assets_dir if config else ASSETS_DIR
     folder = Path(out) if out else Path(assets_dir) / "compare" / time.strftime("%Y%m%d-%H%M%S")
-    paths = plot(runs, folder)
+    paths = plot(runs, folder, phenomena)
     print(f"figures: {', '.join(str(p) for p in paths)}")
     if log:
         with mlflow.start_run(experiment_id=runs[0].experiment_id, run_name="compare"):

@@ -96,6 +96,14 @@ class TrainingConfig(_Section):
     compile: bool = False  # torch.compile the torch model
     seed: int = 1337
     num_threads: int | None = Field(None, gt=0)  # CPU threads for torch (default: torch's choice)
+    final_evals: list[str] = []  # minimal-pair suites (folders, see jobs/minimal_pairs.py) scored on the registered
+    # model when the run ends, logged with the run and the model version: e.g. ../shared/data/zorro
+    final_evals_history: bool = False  # also score the kept step-N checkpoints: how accuracy grew during the run
+
+    @field_validator("final_evals", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _lr_order(self) -> "TrainingConfig":

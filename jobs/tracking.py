@@ -259,6 +259,17 @@ class TrackedRun:
 
         return safely("register the model", log_and_register, checkpoint, model_name, self.run_id)
 
+    def log_scores(self, metrics: dict[str, float], step: int, model_name: str, version: str | None,
+                   version_tags: dict[str, str]) -> None:
+        """Evaluation scores of the registered model: the run's metrics at `step`, and the version's (see
+        log_version_scores)."""
+        def log():
+            registered = MlflowClient().get_model_version(model_name, version) if version else None
+            log_version_scores(self.run_id, metrics, step, registered, version_tags)
+
+        self.flush()
+        safely("log the evaluation scores", log)
+
     def log_figures(self, folder: Path) -> None:
         """The run's loss (vs step and vs FLOPs), schedule and throughput figures, drawn from its logged metrics."""
         from jobs.figures import load_runs, plot
@@ -291,12 +302,11 @@ class NullRun:
 
 def log_evaluation(state: dict, model_ref: str, params: dict[str, Any], metrics: dict[str, float],
                    tags: dict[str, str] | None = None, run_name: str = "evaluate",
-                   version_tags: dict[str, str] | None = None, step: int | None = None) -> None:
+                   version_tags: dict[str, str] | None = None) -> None:
     """An evaluation of a trained model, as a run of its experiment: params, metrics and tags, with the training
     run it came from (`trained_in_run`, which `compare` follows). For a registry URI the metrics are also the
-    model version's (logged against its logged model, which the version page shows) and version_tags are set on
-    the version (the registry's list shows them). A tracking failure is a warning: the figures are printed."""
-    from jobs.registry import logged_model_id, version_of
+    model version's (see log_version_scores). A tracking failure is a warning: the figures are printed."""
+    from jobs.registry import version_of
 
     try:
         experiment_id = setup((state.get("experiment") or {}).get("experiment_name") or "evaluations")
@@ -305,21 +315,31 @@ def log_evaluation(state: dict, model_ref: str, params: dict[str, Any], metrics:
         run = client.create_run(experiment_id, run_name=run_name, tags={
             **(tags or {}), "trained_in_run": str(state.get("mlflow_run_id")), "model": model_ref[:500],
             **({"model_version": f"{version.name}/{version.version}"} if version else {})})
-        now = int(time.time() * 1000)
-        model_id = logged_model_id(version) if version else None
-        client.log_batch(run.info.run_id, [Metric(key, float(value), now, step or 0, model_id=model_id)
-                                           for key, value in metrics.items()],
-                         [Param(key, str(value)[:500]) for key, value in {"model": model_ref, **params}.items()])
+        client.log_batch(run.info.run_id, params=[Param(key, str(value)[:500])
+                                                  for key, value in {"model": model_ref, **params}.items()])
+        log_version_scores(run.info.run_id, metrics, 0, version, version_tags)
         client.set_terminated(run.info.run_id)
-        if version is not None:
-            for key, value in (version_tags or {}).items():
-                client.set_model_version_tag(version.name, version.version, key, value)
         print(f"logged to MLflow: run {run.info.run_id} of experiment {experiment_id}"
               + (f", and on version {version.version} of {version.name}" if version else ""))
     except InputError:
         raise
     except Exception as error:
         print(f"tracking: evaluation not logged ({type(error).__name__}: {str(error)[:200]})")
+
+
+def log_version_scores(run_id: str, metrics: dict[str, float], step: int, version=None,
+                       version_tags: dict[str, str] | None = None) -> None:
+    """Metrics of a run that measure a registered model version: logged against the version's logged model too
+    (MLflow 3 shows them on the version's page), and version_tags set on the version (the registry's list shows
+    tags)."""
+    from jobs.registry import logged_model_id
+
+    client = MlflowClient()
+    model_id = logged_model_id(version) if version is not None else None
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, [Metric(key, float(value), now, step, model_id=model_id) for key, value in metrics.items()])
+    for key, value in (version_tags or {}).items() if version is not None else ():
+        client.set_model_version_tag(version.name, version.version, key, value)
 
 
 def safely(what: str, fn, *args, **kwargs) -> Any:

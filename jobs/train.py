@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from jobs import tracking
+from jobs import minimal_pairs, tracking
 from jobs.checkpoint import Checkpoint, load_checkpoint, load_weights, restore_rng_state, rng_state, rotate, \
     save_checkpoint
 from jobs.cli import typed
@@ -159,6 +159,8 @@ class Trainer:
         self.cfg = cfg = self.data.experiment(cfg)
         self.tc, self.model_config = tc, cfg.model_config_
         T = self.model_config.max_seq_len
+        # The suites to score at the end, read now: a bad suite is refused before any training
+        self.suites = [minimal_pairs.read_suite(path) for path in tc.final_evals] if distributed.is_main else []
         resume_from = checkpoint_to_resume(cfg, resume)
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
         if checkpoint is not None and checkpoint.state["model_type"] != tc.model_type:
@@ -238,8 +240,9 @@ class Trainer:
                     stopped_by = (signals.caught or "signal on another rank") if signalled else "time limit"
                     break
             self.save("latest")
-            if stopped_by in (None, "time limit"):  # reached its end: register the best checkpoint
+            if stopped_by in (None, "time limit"):  # reached its end: register the best checkpoint, score it
                 model_version = self.register()
+                self.final_evaluations(model_version)
             if self.progress.best_val_loss == math.inf:  # stopped before its first validation
                 self.progress.best_val_loss = self.validation_loss()
             if signals.caught:
@@ -371,6 +374,36 @@ class Trainer:
         version = self.tracked.register(best, self.cfg.model_name)
         self.tracked.log_figures(self.root / "figures")
         return version
+
+    def final_evaluations(self, version: str | None) -> None:
+        """training.final_evals: each minimal-pair suite scored on the registered (best) checkpoint, logged with the
+        run and the model version; with final_evals_history also on each kept step-N checkpoint, logged at its
+        step (the metric's history in MLflow is how accuracy grew), and drawn as a figure."""
+        if not self.main or not self.suites:
+            return
+        from jobs.figures import plot_suite_history
+        from jobs.serving.loading import load_model
+
+        best = self.root / "best" if (self.root / "best").is_dir() else self.root / "latest"
+        steps = sorted(self.root.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+        history: dict[str, dict[int, minimal_pairs.SuiteScore]] = {suite.name: {} for suite in self.suites}
+        for folder in (steps if self.tc.final_evals_history else []) + [best]:
+            loaded = load_model(str(folder), self.device)
+            for suite in self.suites:
+                score = minimal_pairs.score_suite(loaded.model, loaded.tokenizer, suite, self.device)
+                history[suite.name][loaded.state["step"]] = score
+                self.say(f"{suite.name} @ step {loaded.state['step']} ({folder.name}): {score.accuracy:.1%} of "
+                         f"{score.pairs:,} pairs ({score.seconds:.0f} s)")
+                if folder == best:
+                    self.say(score.table())
+                    self.tracked.log_scores(score.metrics(), loaded.state["step"], self.cfg.model_name, version,
+                                            score.version_tags())
+                else:
+                    self.tracked.log_metrics(score.metrics(), loaded.state["step"])
+        for name, scores in history.items():
+            if len(scores) > 1:
+                figure = plot_suite_history(name, scores, self.root / "figures" / f"{name}_accuracy.png")
+                self.tracked.log_artifact(figure, "figures")
 
     # --- tracking and the terminal ----------------------------------------------------------------------------
 

@@ -76,7 +76,21 @@ def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Pa
 # watched. Anything else (the model, the data, the optimiser's settings) would make it another experiment.
 RESUMABLE_CHANGES = {f"training.{key}" for key in (
     "max_steps", "max_time_minutes", "num_epochs", "device", "num_threads", "compile", "log_every", "eval_every",
-    "checkpoint_every", "keep_checkpoints", "sample_every", "sample_prompt", "sample_length")} | {"data.num_proc"}
+    "checkpoint_every", "keep_checkpoints", "sample_every", "sample_prompt", "sample_length", "final_evals",
+    "final_evals_history")} | {"data.num_proc"}
+
+
+def _with_defaults(saved: dict) -> dict:
+    """A saved experiment with the keys added to the schema since it was written at their defaults (a run
+    started before a key existed resumes with the key's default, which is no change)."""
+    from pydantic import ValidationError
+
+    from jobs.config import ExperimentConfig
+
+    try:
+        return ExperimentConfig.model_validate(saved).to_dict()
+    except ValidationError:  # a schema that changed otherwise: compare what was saved, key by key
+        return saved
 
 
 def resume_changes(saved: dict | None, cfg: ExperimentConfig) -> dict[str, tuple]:
@@ -86,7 +100,7 @@ def resume_changes(saved: dict | None, cfg: ExperimentConfig) -> dict[str, tuple
 
     if not saved:
         return {}
-    before, after = flatten("", saved), flatten("", cfg.to_dict())
+    before, after = flatten("", _with_defaults(saved)), flatten("", cfg.to_dict())
     changes = {key: (before.get(key), after.get(key)) for key in sorted(set(before) | set(after))
                if before.get(key) != after.get(key)}
     for key, (old, new) in changes.items():
