@@ -8,8 +8,9 @@ For each config, ours (the torch twin) and transformers' model of the same archi
 dimensions, dropout, tokenizer, data windows, AdamW settings (decay on matrices only), warmup + cosine
 schedule, gradient clipping and validation batches, one after the other. Each trains until the budget is spent
 (warmup in steps, decay following elapsed time, as the train job does with training.max_time_minutes), so a
-faster model gets more steps: that is the point. Then each is evaluated on the whole validation split. Prints
-losses in nats/token and bits per byte. (transformers' Llama has attention dropout only: with dropout > 0 it
+faster model gets more steps: that is the point. Then each is evaluated on the whole validation split and on
+the Zorro grammar minimal pairs (--suite; jobs/minimal_pairs.py, the same scorer for all four). Prints losses in
+nats/token, bits per byte, Zorro accuracy, and how long scoring the suite took. (transformers' Llama has attention dropout only: with dropout > 0 it
 drops less than ours, which also drops the embeddings and the residual branches.)
 """
 
@@ -29,6 +30,7 @@ from jobs.training.runtime import make_runtime
 from model_zoo.build import build_model
 from jobs.training.schedule import learning_rate
 from model_zoo.config import count_parameters
+from jobs.minimal_pairs import read_suite, score_suite
 
 
 class HFRuntime:
@@ -70,9 +72,20 @@ class HFRuntime:
         return float(self._loss(window))
 
 
-def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple[float, int, float]:
+class AsOurs(torch.nn.Module):
+    """A transformers causal LM behind our models' forward, `model(idx) -> (logits, loss)`, for the suite scorer."""
+
+    def __init__(self, hf_model, config):
+        super().__init__()
+        self.hf_model, self.config = hf_model, config
+
+    def forward(self, idx, targets=None):
+        return self.hf_model(idx).logits, None
+
+
+def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple[float, int, float, object]:
     """Train until the time budget is spent (warmup in steps, decay following elapsed time, as the train job
-    does); then evaluate."""
+    does); then evaluate. Returns (validation loss, steps, tokens/s, the runtime)."""
     tc = cfg.training
     torch.manual_seed(tc.seed)
     runtime = make_runtime()
@@ -86,7 +99,7 @@ def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple
         step += 1
     elapsed = time.perf_counter() - start
     loss, _ = validation_loss(runtime, val_tokens, tc.batch_size, T)
-    return loss, step, step * tc.batch_size * T / elapsed
+    return loss, step, step * tc.batch_size * T / elapsed, runtime
 
 
 def main() -> None:
@@ -95,8 +108,10 @@ def main() -> None:
                         default=["configs/tinystories_cpu.yaml", "configs/tinystories_llama_cpu.yaml"])
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--suite", default="../shared/data/zorro", help="minimal-pair suite scored after training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    suite = read_suite(args.suite)
     rows = []
     for config_file in args.configs:
         cfg = load_config(config_file)
@@ -108,13 +123,21 @@ def main() -> None:
         baseline = "LlamaForCausalLM" if config.architecture == "llama" else "GPT2LMHeadModel"
         for name, make in ((f"transformers {baseline}", lambda: HFRuntime(config, cfg.training)),
                            (f"ours: {config.architecture} torch twin", lambda: _ours(config, cfg))):
-            loss, steps, tps = train_for(make, tokens, val_tokens, cfg, T, args.minutes)
-            rows.append((name, count_parameters(config), loss, prepared.bits_per_byte(loss), steps, tps))
-            print(f"{name}: val loss {loss:.4f} after {steps} steps ({tps:,.0f} tokens/s)", flush=True)
-    print(f"\n{args.minutes:g} minutes each, {args.threads} threads, {', '.join(args.configs)}")
-    print(f"{'model':<36}{'params':>11}{'val loss':>10}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}")
-    for name, n_params, loss, bpb, steps, tps in rows:
-        print(f"{name:<36}{n_params:>11,}{loss:>10.4f}{bpb:>11.4f}{steps:>8}{tps:>10,.0f}")
+            loss, steps, tps, runtime = train_for(make, tokens, val_tokens, cfg, T, args.minutes)
+            model = AsOurs(runtime.model, config) if isinstance(runtime, HFRuntime) else runtime.model
+            score = score_suite(model, prepared.tokenizer, suite)
+            rows.append((name, count_parameters(config), loss, prepared.bits_per_byte(loss), steps, tps, score))
+            print(f"{name}: val loss {loss:.4f} after {steps} steps ({tps:,.0f} tokens/s); {suite.name} "
+                  f"{score.accuracy:.1%} (scored in {score.seconds:.0f} s, {score.tokens / score.seconds:,.0f} tokens/s)",
+                  flush=True)
+            print(score.table(), flush=True)
+    print(f"\n{args.minutes:g} minutes each, {args.threads} threads, {', '.join(args.configs)}; {suite.name}: "
+          f"{suite.n_pairs:,} pairs")
+    print(f"{'model':<36}{'params':>11}{'val loss':>10}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}"
+          f"{suite.name[:8]:>9}{'scoring s':>11}")
+    for name, n_params, loss, bpb, steps, tps, score in rows:
+        print(f"{name:<36}{n_params:>11,}{loss:>10.4f}{bpb:>11.4f}{steps:>8}{tps:>10,.0f}{score.accuracy:>9.1%}"
+              f"{score.seconds:>11.0f}")
 
 
 def _ours(config, cfg):

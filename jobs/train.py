@@ -154,13 +154,13 @@ class Trainer:
         self.distributed, self.device, self.main = distributed, device, distributed.is_main
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
+        # The suites to score at the end, read first: a bad suite is refused before any work
+        self.suites = [minimal_pairs.read_suite(path) for path in tc.final_evals] if distributed.is_main else []
         self.data = self.load_data(cfg, distributed)  # what this run learns from: text, or conversations
         self.tokenizer = self.data.tokenizer
         self.cfg = cfg = self.data.experiment(cfg)
         self.tc, self.model_config = tc, cfg.model_config_
         T = self.model_config.max_seq_len
-        # The suites to score at the end, read now: a bad suite is refused before any training
-        self.suites = [minimal_pairs.read_suite(path) for path in tc.final_evals] if distributed.is_main else []
         resume_from = checkpoint_to_resume(cfg, resume)
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
         if checkpoint is not None and checkpoint.state["model_type"] != tc.model_type:

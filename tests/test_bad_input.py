@@ -113,6 +113,15 @@ CASES = [
      ["binary.txt", "not UTF-8 text", "byte 850"]),
     (["evaluate", "--model", "{best}", "--text-file", "{root}/missing.txt", "--log=False"], 2, ["--text-file", "not found"]),
     (["compare", "no_such_experiment"], 2, ["neither an experiment name nor a run id"]),
+    # minimal-pair suites: refused before a model loads or training starts, naming the file (and line)
+    (["evaluate", "--model", "{best}", "--suite", "{root}/nowhere", "--log=False"], 2, ["--suite", "not found"]),
+    (["evaluate", "--model", "{best}", "--suite", "{root}/binary.txt", "--log=False"], 2, ["binary.txt:51", "not UTF-8"]),
+    (["evaluate", "--model", "{best}", "--suite", "{root}/nulls.jsonl", "--log=False"], 2,
+     ["nulls.jsonl:1", "sentence_good is missing"]),
+    (["evaluate", "--model", "{best}", "--suite", "{root}/a-file", "--log=False"], 2, ["a-file", "not a paradigm file"]),
+    (["evaluate", "--model", "{best}", "--suite", "{root}/one-paragraph.txt", "--text-file", "{root}/empty.txt"], 2,
+     ["--suite scores minimal pairs", "separate evaluate"]),
+    (["train", "--config", "{config}", "--training.final_evals={root}/empty.txt"], 2, ["empty.txt", "empty"]),
     # Hub sources without the network (the tests run offline): one line pointing to local files
     (["prepare-data", "--config", "{config}", "--data.dataset=tinystories"], 2,
      ["cannot reach the Hugging Face Hub for roneneldan/TinyStories", "data.dataset: local"]),

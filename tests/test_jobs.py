@@ -420,3 +420,44 @@ def test_llama_trains_resumes_registers_and_generates(tmp_path, store, model_typ
     assert type(loaded.model).__name__ == ("TorchLlama" if model_type == "torch" else "CustomLlama")
     text = "".join(complete(loaded, "Once upon a time", max_length=8, temperature=0.0))
     assert text == "".join(complete(loaded, "Once upon a time", max_length=8, temperature=0.0)) and text
+
+
+def test_final_evals_score_the_registered_model_log_its_growth_and_agree_with_evaluate_and_compare(tmp_path, store):
+    """training.final_evals scores the registered (best) checkpoint and, with the history, each kept step
+    checkpoint; the scores are the run's metrics (at each checkpoint's step), the version's (logged-model metrics
+    and tags) and a figure. `evaluate --suite` of the same version gives the same accuracy; compare shows it."""
+    from test_minimal_pairs import ZORRO_PAIRS, write_zorro
+
+    suite = write_zorro(tmp_path / "zorro", {"agreement-a": ZORRO_PAIRS * 3, "other-b": ZORRO_PAIRS[:2]})
+    cfg = tiny(tmp_path, final_evals=str(suite), final_evals_history=True, keep_checkpoints=5)
+    result = run_training(cfg)
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    steps = sorted(m.step for m in client.get_metric_history(result.run_id, "zorro/accuracy"))
+    best_step = load_checkpoint(result.checkpoint_dir / "best").state["step"]
+    assert steps == sorted([4, 8, best_step]), "each kept checkpoint (4, 8) and the registered one, at its step"
+    accuracy = run.data.metrics["zorro/accuracy"]
+    assert 0 <= accuracy <= 1 and {"zorro/phenomenon/agreement", "zorro/paradigm/other-b"} <= set(run.data.metrics)
+    version = client.get_model_version(cfg.model_name, result.model_version)
+    assert version.tags["zorro_accuracy"] == f"{accuracy:.4f}" and len(version.tags["zorro_sha256"]) == 16
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert {m.key for m in logged.metrics} >= {"zorro/accuracy"}, "the version's page shows the score"
+    assert "figures/zorro_accuracy.png" in {a.path for a in client.list_artifacts(result.run_id, "figures")}
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "jobs", "evaluate", "--model", f"models:/{cfg.model_name}@champion",
+                          "--suite", str(suite), "--json"], capture_output=True, text=True, env=env, timeout=180,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    scored = json.loads(out.stdout)
+    assert scored["accuracy"] == pytest.approx(accuracy) and scored["pairs"] == 14
+    assert set(scored["phenomena"]) == {"agreement", "other"} and scored["sha256"].startswith(version.tags["zorro_sha256"])
+    (evaluation,) = client.search_runs([run.info.experiment_id], f"tags.trained_in_run = '{result.run_id}'")
+    assert evaluation.data.tags["model_version"] == f"{cfg.model_name}/{result.model_version}"
+
+    from jobs.figures import load_runs, summary_table
+
+    (curves,) = load_runs([cfg.experiment_name])
+    assert curves.suite_accuracy() == {"zorro": pytest.approx(accuracy)}
+    table = summary_table([curves], phenomena=True)
+    assert "zorro" in table.splitlines()[0] and f"{accuracy:.1%}" in table and "agreement" in table
