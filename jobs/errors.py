@@ -2,8 +2,11 @@
 that names the input; `python -m jobs` prints that one line and exits with status 2. Nothing else is caught
 there: any other exception is a bug, and keeps its traceback."""
 
-from jobs.data.sources import DataError
 from model_zoo.config import ConfigError, InputError
+
+
+class DataError(InputError):
+    """Bad data input: a missing file, an empty dataset, a missing text field... The message names it."""
 
 
 class CheckpointError(InputError):

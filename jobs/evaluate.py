@@ -36,6 +36,9 @@ def evaluate(model: str, config: str | None = None, text_file: str | None = None
              batch_size: Positive = 8, device: Device = "auto", json: bool = False, log: bool = True,
              suite: str | None = None, paradigms: bool = False, **overrides) -> None:
     """Fire entry point (returns nothing, so fire prints nothing after the JSON line)."""
+    if text_file is not None and (config or overrides):
+        raise InputError("--text-file is scored with the model's own tokenizer and context; --config and config "
+                         "overrides describe other data: give one or the other")
     if suite is not None and (config or text_file or max_batches or overrides):
         raise InputError("--suite scores minimal pairs; --config, --text-file, --max-batches and config overrides "
                          "are for the loss: give them in a separate evaluate")
@@ -83,6 +86,9 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
         text = path.read_text(encoding="utf-8")
         tokens = np.asarray(loaded.tokenizer.encode(text), dtype=np.int64)
         n_bytes, source = len(text.encode("utf-8")), str(path)
+        if len(tokens) < 2:
+            raise InputError(f"--text-file {path}: {len(tokens)} token(s); the loss needs at least 2 (a token and "
+                             f"the next)")
         if len(tokens) < T + 1:
             T = max(1, len(tokens) - 1)
     else:

@@ -67,7 +67,8 @@ def _scores(client: MlflowClient, run) -> dict[str, float]:
     """A training run's minimal-pair scores: its own (training.final_evals), else the newest `evaluate --suite` of
     its model (evaluation runs name the training run they measure in the tag trained_in_run)."""
     def accuracies(metrics: dict) -> dict[str, float]:
-        return {k: v for k, v in metrics.items() if k.endswith("/accuracy") or "/phenomenon/" in k}
+        return {k: v for k, v in metrics.items()
+                if (k.endswith("/accuracy") or "/phenomenon/" in k) and "/during_training/" not in k}
 
     scores = {}
     evaluations = client.search_runs([run.info.experiment_id], f"tags.trained_in_run = '{run.info.run_id}'",

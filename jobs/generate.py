@@ -37,8 +37,13 @@ def _resolve(model: str | None, config: str | None) -> str:
 def generate(prompt: str, model: str | None = None, config: str | None = None, max_length: Positive = 100,
              temperature: Temperature = 0.8, top_k: TopK = 50, top_p: TopP | None = None, seed: int | None = None,
              device: Device = "auto") -> None:
+    prompt = str(prompt)
+    try:  # bytes that are not UTF-8 reach Python as lone surrogates, which no tokenizer can encode
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(f"--prompt: not UTF-8 text (character {error.start}); give the prompt as UTF-8") from None
     loaded = load_model(_resolve(model, config), device)
-    _stream(loaded, str(prompt), str(prompt), max_length, temperature, top_k, top_p, seed)
+    _stream(loaded, prompt, prompt, max_length, temperature, top_k, top_p, seed)
 
 
 def _stream(loaded, prompt: str, prefix: str, max_length, temperature, top_k, top_p, seed) -> None:

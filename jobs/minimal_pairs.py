@@ -272,11 +272,13 @@ class SuiteScore:
     def accuracy(self) -> float:
         return sum(right for right, _ in self.per_paradigm.values()) / max(self.pairs, 1)
 
-    def metrics(self) -> dict[str, float]:
-        """MLflow metrics: <suite>/accuracy, <suite>/phenomenon/<name> and <suite>/paradigm/<name>."""
-        metrics = {f"{self.suite}/accuracy": self.accuracy}
+    def metrics(self, group: str | None = None) -> dict[str, float]:
+        """MLflow metrics: <suite>/accuracy, <suite>/phenomenon/<name> and <suite>/paradigm/<name> (with a group,
+        <suite>/<group>/accuracy and so on)."""
+        prefix = f"{self.suite}/{group}" if group else self.suite
+        metrics = {f"{prefix}/accuracy": self.accuracy}
         for kind, table in (("phenomenon", self.per_phenomenon), ("paradigm", self.per_paradigm)):
-            metrics |= {f"{self.suite}/{kind}/{name}": right / pairs for name, (right, pairs) in table.items()}
+            metrics |= {f"{prefix}/{kind}/{name}": right / pairs for name, (right, pairs) in table.items()}
         return metrics
 
     def version_tags(self) -> dict[str, str]:

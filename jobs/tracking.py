@@ -286,7 +286,8 @@ class TrackedRun:
 
 
 class NullRun:
-    """What ranks other than 0 get in a distributed run (only rank 0 tracks): every tracking call does nothing."""
+    """What ranks other than 0 get in a distributed run (only rank 0 tracks): TrackedRun's calls, each doing
+    nothing. Written out, so that a misspelt call fails on every rank, not only on rank 0."""
 
     run_id, status, overhead_seconds = None, "FINISHED", (0.0, 0.0)
 
@@ -296,8 +297,36 @@ class NullRun:
     def __exit__(self, *exc_info) -> None:
         pass
 
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_dict(self, values: dict, name: str) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, folder: str) -> None:
+        pass
+
+    def log_text(self, text: str, name: str) -> None:
+        pass
+
+    def register(self, checkpoint: Path, model_name: str) -> None:
+        return None
+
+    def log_scores(self, metrics: dict[str, float], step: int, model_name: str, version: str | None,
+                   version_tags: dict[str, str]) -> None:
+        pass
+
+    def log_figures(self, folder: Path) -> None:
+        pass
 
 
 def log_evaluation(state: dict, model_ref: str, params: dict[str, Any], metrics: dict[str, float],

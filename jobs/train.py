@@ -219,6 +219,8 @@ class Trainer:
         with self.tracked_run() as self.tracked, StopOnSignal() as signals, self.progress_bar() as self.bar:
             if not self.resumed:
                 self.log_run_params()
+                if self.suites and self.tc.final_evals_history:  # the untrained model: where the growth starts
+                    self.save(f"step-{0:07d}")
             elif self.resume_changes:  # what this session changed, said and kept with the run
                 changed = {key: {"was": old, "now": new} for key, (old, new) in self.resume_changes.items()}
                 self.say("resumed with " + ", ".join(f"{k} {v['now']} (was {v['was']})" for k, v in changed.items()))
@@ -377,8 +379,9 @@ class Trainer:
 
     def final_evaluations(self, version: str | None) -> None:
         """training.final_evals: each minimal-pair suite scored on the registered (best) checkpoint, logged with the
-        run and the model version; with final_evals_history also on each kept step-N checkpoint, logged at its
-        step (the metric's history in MLflow is how accuracy grew), and drawn as a figure."""
+        run and the model version; with final_evals_history also on each kept step-N checkpoint (and the untrained
+        model, saved as step 0), logged at its step as <suite>/during_training/... (the metrics' history in MLflow
+        is how accuracy grew), and drawn as a figure."""
         if not self.main or not self.suites:
             return
         from jobs.figures import plot_suite_history
@@ -398,8 +401,8 @@ class Trainer:
                     self.say(score.table())
                     self.tracked.log_scores(score.metrics(), loaded.state["step"], self.cfg.model_name, version,
                                             score.version_tags())
-                else:
-                    self.tracked.log_metrics(score.metrics(), loaded.state["step"])
+                else:  # apart from the registered model's scores, which a later step-N must not shadow
+                    self.tracked.log_metrics(score.metrics("during_training"), loaded.state["step"])
         for name, scores in history.items():
             if len(scores) > 1:
                 figure = plot_suite_history(name, scores, self.root / "figures" / f"{name}_accuracy.png")

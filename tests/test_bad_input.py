@@ -112,6 +112,10 @@ CASES = [
     (["evaluate", "--model", "{best}", "--text-file", "{root}/binary.txt", "--log=False"], 2,
      ["binary.txt", "not UTF-8 text", "byte 850"]),
     (["evaluate", "--model", "{best}", "--text-file", "{root}/missing.txt", "--log=False"], 2, ["--text-file", "not found"]),
+    (["evaluate", "--model", "{best}", "--text-file", "{root}/empty.txt", "--log=False"], 2, ["empty.txt", "0 token(s)"]),
+    (["evaluate", "--model", "{best}", "--text-file", "{root}/short-valid.txt", "--training.batch_size=4"], 2,
+     ["--text-file", "give one or the other"]),
+    (["generate", "--model", "{best}", "--prompt", "Once \udcff upon"], 2, ["--prompt", "not UTF-8"]),
     (["compare", "no_such_experiment"], 2, ["neither an experiment name nor a run id"]),
     # minimal-pair suites: refused before a model loads or training starts, naming the file (and line)
     (["evaluate", "--model", "{best}", "--suite", "{root}/nowhere", "--log=False"], 2, ["--suite", "not found"]),

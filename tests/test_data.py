@@ -10,7 +10,7 @@ from jobs.__main__ import main as jobs_main
 from jobs.config import DataConfig
 from jobs.data import prepare, shards, sources
 from jobs.data.shards import TrainWindows, validation_batches
-from jobs.data.sources import DataError
+from jobs.errors import DataError
 from jobs.data.tokenizer import load_tokenizer, train_bpe
 
 

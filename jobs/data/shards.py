@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jobs import atomic
-from jobs.data.sources import DataError
+from jobs.errors import DataError
 from jobs.data.tokenizer import LoadedTokenizer
 
 SPLITS = ("train", "validation")

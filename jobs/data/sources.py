@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.config import DataConfig
-from model_zoo.config import InputError
+from jobs.errors import DataError
 
 TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -26,10 +26,6 @@ TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": 
 # Part of every dataset's identity (prepare.dataset_id): bumped when the way files become documents changes, so
 # token files made under the old rule are not reused. 2: a .txt file without separator lines is one document.
 DOCUMENT_RULES_VERSION = 2
-
-
-class DataError(InputError):
-    """Bad data input: a missing file, an empty dataset, a missing text field... The message names it."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from jobs import atomic
 from jobs.config import END_OF_TEXT
 from jobs.data.chat_template import CHAT_TOKENS
-from jobs.data.sources import DataError
+from jobs.errors import DataError
 
 # <|endoftext|> separates documents (generation stops on it); the chat tokens are reserved in every tokenizer, so
 # any base model trained on it can later be fine-tuned to chat (chat_template.py).
