@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from jobs.errors import CheckpointError
+from jobs.errors import CheckpointError, first_problem
 from model_zoo.build import build_model
 from model_zoo.config import ConfigError, ModelConfig
 
@@ -62,10 +62,9 @@ def _check_state(folder: Path, state: Any, schema: type[BaseModel]) -> None:
     try:
         schema.model_validate(state)
     except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        got = f" (got {first['input']!r})" if first["type"] != "missing" else ""
-        raise CheckpointError(f"{folder / 'state.json'}: {key}: {first['msg']}{got}") from None
+        where, message = first_problem(error)
+        key = ".".join(str(part) for part in where) or "(top level)"
+        raise CheckpointError(f"{folder / 'state.json'}: {key}: {message}") from None
 
 
 def check_weights_fit(folder: Path, weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, validate_call
 
-from jobs.errors import InputError
+from jobs.errors import InputError, first_problem
 
 # Reused flag types: what generation and evaluation accept.
 Positive = Annotated[int, Field(gt=0)]
@@ -36,11 +36,10 @@ def typed(job):
         try:
             args, kwargs = check(*args, **kwargs)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = first["loc"][0] if first["loc"] else "?"
+            where, message = first_problem(error)
+            where = where[0] if where else "?"
             name = names[where] if isinstance(where, int) and where < len(names) else str(where)
-            got = f" (got {first['input']!r})" if "input" in first and first["type"] != "missing" else ""
-            raise InputError(f"--{name.replace('_', '-')}: {first['msg']}{got}") from None
+            raise InputError(f"--{name.replace('_', '-')}: {message}") from None
         return job(*args, **kwargs)
 
     return run

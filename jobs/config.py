@@ -15,6 +15,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from jobs.errors import first_problem
 from model_zoo.config import ConfigError, ModelConfig
 
 END_OF_TEXT = "<|endoftext|>"
@@ -224,14 +225,7 @@ def validate_config(raw: Mapping[str, Any], source: str = "config") -> Experimen
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif "input" in first and first["type"] != "missing" and not isinstance(first["input"], dict):
-            message += f" (got {first['input']!r})"
-        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-        raise ConfigError(f"{source}: {key}: {message}{more}") from None
+        where, message = first_problem(error)
+        raise ConfigError(f"{source}: {'.'.join(str(part) for part in where) or '(top level)'}: {message}") from None
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
