@@ -25,7 +25,7 @@ from jobs.data import chat_data, chat_template
 from jobs.finetune import conversations
 from jobs.serving.engine import Engine, Request
 from jobs.serving.loading import load_model
-from jobs.training.evaluation import masked_validation_loss
+from jobs.training.validation import masked_validation_loss
 from jobs.training.runtime import make_runtime
 
 

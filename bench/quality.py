@@ -23,9 +23,9 @@ import time
 import torch
 
 from jobs.config import load_config
-from jobs.data import prepare
+from jobs.data import pipeline
 from jobs.data.shards import TrainWindows, open_tokens
-from jobs.training.evaluation import validation_loss
+from jobs.training.validation import validation_loss
 from jobs.training.runtime import make_runtime
 from model_zoo.build import build_model
 from jobs.training.schedule import learning_rate
@@ -115,7 +115,7 @@ def main() -> None:
     rows = []
     for config_file in args.configs:
         cfg = load_config(config_file)
-        prepared = prepare.prepare(cfg.data)
+        prepared = pipeline.prepare(cfg.data)
         cfg = cfg.model_copy(update={"model": {**cfg.model, "vocab_size": prepared.tokenizer.vocab_size}})
         config, T = cfg.model_config_, cfg.model_config_.max_seq_len
         tokens = open_tokens(prepared.tokens_dir, "train", prepared.tokenizer)

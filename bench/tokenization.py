@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.config import DataConfig
-from jobs.data import prepare, shards, sources
+from jobs.data import pipeline, shards, sources
 from jobs.data.tokenizer import load_tokenizer
 
 DEFAULT_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "train.txt"
@@ -36,8 +36,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = DataConfig(dataset="local", train_files=[args.train_file], assets_dir=tmp, vocab_size=4096)
-        documents = sources.load_documents(config, prepare.cache_dir(config))
-        tokenizer = prepare.train_tokenizer(config, documents)
+        documents = sources.load_documents(config, pipeline.cache_dir(config))
+        tokenizer = pipeline.train_tokenizer(config, documents)
         import datasets
 
         corpus = datasets.concatenate_datasets([documents["train"]] * args.repeat)

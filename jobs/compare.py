@@ -22,7 +22,8 @@ import mlflow
 from jobs.cli import typed
 from jobs.config import ASSETS_DIR, load_config
 from jobs.errors import InputError
-from jobs.figures import load_runs, plot, summary_table
+from jobs.figures import plot, summary_table
+from jobs.tracking import load_runs
 
 
 @typed

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from jobs import tracking
-from jobs.data import prepare
+from jobs.data import pipeline
 from jobs.data.shards import open_tokens
-from jobs.training.evaluation import validation_loss
+from jobs.training.validation import validation_loss
 from jobs.training.runtime import make_runtime
 from jobs.data.sources import check_utf8
 from jobs.cli import Device, Positive, typed
@@ -96,7 +96,7 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
 
         experiment = load_config(config, overrides) if (config or overrides) else None
         data_config = experiment.data if experiment else _data_config_from_state(loaded.state)
-        prepared = prepare.prepare(data_config)
+        prepared = pipeline.prepare(data_config)
         if prepared.tokenizer.sha256 != loaded.tokenizer.sha256:
             raise InputError(f"the configured data ({prepared.tokens_dir}) was tokenized with another tokenizer than "
                              f"the model's ({loaded.folder / 'tokenizer.json'})")
@@ -107,7 +107,7 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
     loss, n_tokens = validation_loss(runtime, tokens, batch_size, T, max_batches)
     covered_bytes = n_bytes * n_tokens / max(len(tokens) - 1, 1)
     result = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n_tokens,
-              "bits_per_byte": prepare.bits_per_byte(loss, n_tokens, covered_bytes)}
+              "bits_per_byte": pipeline.bits_per_byte(loss, n_tokens, covered_bytes)}
     print(f"{source}: loss {loss:.4f}, perplexity {result['perplexity']:.2f}, bits/byte {result['bits_per_byte']:.4f} "
           f"over {n_tokens:,} tokens")
     if log:

@@ -1,15 +1,11 @@
-"""A run's curves from MLflow, the summary table, and the comparison figures: what `python -m jobs compare`
-prints and draws, and what the train job logs as its own figures at the end of a run."""
+"""The summary table and the figures, drawn from plain numbers (RunCurves: a run's metric curves and scores):
+what `python -m jobs compare` prints and draws, and what the train job logs as its own figures at the end of a
+run. Nothing here talks to MLflow: tracking.load_runs reads the curves and hands them over."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from mlflow.tracking import MlflowClient
-
-from jobs import tracking
-from jobs.errors import InputError
 
 CURVES = ["train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "train/flops_seen"]
 
@@ -34,48 +30,6 @@ class RunCurves:
     def last(self, key: str) -> float | None:
         values = self.curves.get(key, ([], []))[1]
         return values[-1] if values else None
-
-
-def load_runs(refs: list[str]) -> list[RunCurves]:
-    tracking.connect()
-    client = MlflowClient()
-    found = []
-    for ref in refs:
-        experiment = client.get_experiment_by_name(ref)
-        if experiment is not None:
-            candidates = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-            found += [r for r in candidates if "flops_per_token" in r.data.params]  # training runs only
-            continue
-        try:
-            found.append(client.get_run(ref))
-        except Exception:
-            raise InputError(f"{ref!r} is neither an experiment name nor a run id in {tracking.tracking_uri()}") from None
-    if not found:
-        raise InputError(f"no training runs found for {', '.join(refs)}")
-    runs = []
-    for run in found:
-        curves = {}
-        for key in CURVES:
-            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-            curves[key] = ([m.step for m in history], [m.value for m in history])
-        runs.append(RunCurves(run.info.run_id, run.info.run_name or run.info.run_id[:8], run.info.experiment_id,
-                              run.data.params, curves, _scores(client, run)))
-    return runs
-
-
-def _scores(client: MlflowClient, run) -> dict[str, float]:
-    """A training run's minimal-pair scores: its own (training.final_evals), else the newest `evaluate --suite` of
-    its model (evaluation runs name the training run they measure in the tag trained_in_run)."""
-    def accuracies(metrics: dict) -> dict[str, float]:
-        return {k: v for k, v in metrics.items()
-                if (k.endswith("/accuracy") or "/phenomenon/" in k) and "/during_training/" not in k}
-
-    scores = {}
-    evaluations = client.search_runs([run.info.experiment_id], f"tags.trained_in_run = '{run.info.run_id}'",
-                                     order_by=["attributes.start_time ASC"])
-    for evaluation in evaluations:  # oldest first, so the newest evaluation of a suite wins
-        scores |= accuracies(evaluation.data.metrics)
-    return scores | accuracies(run.data.metrics)
 
 
 def summary_table(runs: list[RunCurves], phenomena: bool = False) -> str:

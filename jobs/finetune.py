@@ -24,7 +24,7 @@ from jobs.data.sources import load_documents
 from jobs.errors import ConfigError
 from jobs.train import Trainer, TrainResult, report, run_training
 from jobs.training.distributed import Distributed
-from jobs.training.evaluation import masked_validation_loss
+from jobs.training.validation import masked_validation_loss
 from model_zoo.build import build_model
 
 
@@ -155,7 +155,7 @@ def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
         if n:
             print(f"chat data: {path}: {n:,} bad record(s) skipped (chat.skip_bad)")
     if chat.from_stories:
-        from jobs.data.prepare import cache_dir
+        from jobs.data.pipeline import cache_dir
 
         stories = load_documents(cfg.data, cache_dir(cfg.data))
         train += chat_data.conversations_from_stories(stories["train"]["text"], chat.seed, chat.max_conversations,

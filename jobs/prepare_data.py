@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from jobs.cli import typed
 from jobs.config import load_config
-from jobs.data import prepare
+from jobs.data import pipeline
 from jobs.errors import InputError
 
 STEPS = ("all", "download", "train-tokenizer", "analyze", "pretokenize", "chat")
@@ -26,13 +26,13 @@ def prepare_data(step: str = "all", config: str | None = None, **overrides) -> N
 
         print(write_conversations(cfg))
     elif step == "download":
-        prepare.download(data)
+        pipeline.download(data)
     elif step == "train-tokenizer":
-        prepare.train_tokenizer(data)
+        pipeline.train_tokenizer(data)
     elif step == "analyze":
-        print(prepare.analyze_data(data))
+        print(pipeline.analyze_data(data))
     elif step == "pretokenize":
-        prepare.pretokenize(data)
+        pipeline.pretokenize(data)
     else:
-        prepared = prepare.prepare(data)
+        prepared = pipeline.prepare(data)
         print(f"prepared: tokenizer {prepared.tokenizer.path}, tokens {prepared.tokens_dir}")

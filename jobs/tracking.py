@@ -24,7 +24,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities import Metric, Param
@@ -32,6 +32,9 @@ from mlflow.tracking import MlflowClient
 
 from jobs.config import TRACKING_STORE
 from jobs.errors import InputError, TrackingError
+
+if TYPE_CHECKING:
+    from jobs.figures import RunCurves
 
 # Stores MLflow can use: a tracking server, a database (SQLAlchemy URLs), a file store (a path or file:).
 SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", ""}
@@ -272,7 +275,7 @@ class TrackedRun:
 
     def log_figures(self, folder: Path) -> None:
         """The run's loss (vs step and vs FLOPs), schedule and throughput figures, drawn from its logged metrics."""
-        from jobs.figures import load_runs, plot
+        from jobs.figures import plot
 
         self.flush()
         paths = safely("draw the figures", lambda: plot(load_runs([self.run_id]), folder)) or []
@@ -369,6 +372,52 @@ def log_version_scores(run_id: str, metrics: dict[str, float], step: int, versio
     client.log_batch(run_id, [Metric(key, float(value), now, step, model_id=model_id) for key, value in metrics.items()])
     for key, value in (version_tags or {}).items() if version is not None else ():
         client.set_model_version_tag(version.name, version.version, key, value)
+
+
+def load_runs(refs: list[str]) -> list[RunCurves]:
+    """The curves and scores of training runs, by experiment name (all its training runs) or run id, for the
+    figures (jobs/figures.py draws them; it never talks to MLflow itself)."""
+    from jobs.figures import CURVES, RunCurves
+
+    connect()
+    client = MlflowClient()
+    found = []
+    for ref in refs:
+        experiment = client.get_experiment_by_name(ref)
+        if experiment is not None:
+            candidates = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+            found += [r for r in candidates if "flops_per_token" in r.data.params]  # training runs only
+            continue
+        try:
+            found.append(client.get_run(ref))
+        except Exception:
+            raise InputError(f"{ref!r} is neither an experiment name nor a run id in {tracking_uri()}") from None
+    if not found:
+        raise InputError(f"no training runs found for {', '.join(refs)}")
+    runs = []
+    for run in found:
+        curves = {}
+        for key in CURVES:
+            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            curves[key] = ([m.step for m in history], [m.value for m in history])
+        runs.append(RunCurves(run.info.run_id, run.info.run_name or run.info.run_id[:8], run.info.experiment_id,
+                              run.data.params, curves, _scores(client, run)))
+    return runs
+
+
+def _scores(client: MlflowClient, run) -> dict[str, float]:
+    """A training run's minimal-pair scores: its own (training.final_evals), else the newest `evaluate --suite` of
+    its model (evaluation runs name the training run they measure in the tag trained_in_run)."""
+    def accuracies(metrics: dict) -> dict[str, float]:
+        return {k: v for k, v in metrics.items()
+                if (k.endswith("/accuracy") or "/phenomenon/" in k) and "/during_training/" not in k}
+
+    scores = {}
+    evaluations = client.search_runs([run.info.experiment_id], f"tags.trained_in_run = '{run.info.run_id}'",
+                                     order_by=["attributes.start_time ASC"])
+    for evaluation in evaluations:  # oldest first, so the newest evaluation of a suite wins
+        scores |= accuracies(evaluation.data.metrics)
+    return scores | accuracies(run.data.metrics)
 
 
 def safely(what: str, fn, *args, **kwargs) -> Any:

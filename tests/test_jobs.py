@@ -457,7 +457,8 @@ def test_final_evals_score_the_registered_model_log_its_growth_and_agree_with_ev
     (evaluation,) = client.search_runs([run.info.experiment_id], f"tags.trained_in_run = '{result.run_id}'")
     assert evaluation.data.tags["model_version"] == f"{cfg.model_name}/{result.model_version}"
 
-    from jobs.figures import load_runs, summary_table
+    from jobs.figures import summary_table
+    from jobs.tracking import load_runs
 
     (curves,) = load_runs([cfg.experiment_name])
     assert curves.suite_accuracy() == {"zorro": pytest.approx(accuracy)}

@@ -23,7 +23,7 @@ from jobs.errors import DataError
 TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-# Part of every dataset's identity (prepare.dataset_id): bumped when the way files become documents changes, so
+# Part of every dataset's identity (pipeline.dataset_id): bumped when the way files become documents changes, so
 # token files made under the old rule are not reused. 2: a .txt file without separator lines is one document.
 DOCUMENT_RULES_VERSION = 2
 
