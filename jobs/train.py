@@ -13,6 +13,7 @@ says so, trains nothing and registers nothing.
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import platform
@@ -50,9 +51,26 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-NOTHING_TO_DO = "nothing to do"
-SIGNAL_EXIT_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM,
-                      "signal on another rank": 128 + signal.SIGTERM}
+class StopReason(str, enum.Enum):
+    """Why a training session ended, and the exit status the job ends with. A str, so `reason == "SIGTERM"`."""
+
+    END = "end"  # trained its steps
+    TIME_LIMIT = "time limit"  # training.max_time_minutes spent
+    SIGINT = "SIGINT"
+    SIGTERM = "SIGTERM"
+    OTHER_RANK = "signal on another rank"  # under torchrun: this rank stops because another was signalled
+    NOTHING_TO_DO = "nothing to do"  # a resumed run that had already reached its end
+
+    @property
+    def reached_the_end(self) -> bool:
+        """The run is complete: its best checkpoint is registered and scored."""
+        return self in (StopReason.END, StopReason.TIME_LIMIT)
+
+    @property
+    def exit_status(self) -> int:
+        """128 + N after signal N (what shells and schedulers read as "stopped by signal N"), else 0."""
+        return {StopReason.SIGINT: 128 + signal.SIGINT, StopReason.SIGTERM: 128 + signal.SIGTERM,
+                StopReason.OTHER_RANK: 128 + signal.SIGTERM}.get(self, 0)
 
 
 @dataclass
@@ -63,7 +81,7 @@ class TrainResult:
     checkpoint_dir: Path
     losses: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
-    stopped_by: str | None = None  # a signal's name, "time limit" or NOTHING_TO_DO; None when training ran its steps
+    stopped_by: StopReason = StopReason.END
     model_version: str | None = None  # the registered version, when the run registered one
 
 
@@ -82,18 +100,18 @@ def train(config: str | None = None, model_type: Literal["torch", "custom"] | No
 def report(cfg: ExperimentConfig, result: "TrainResult", command: str) -> None:
     """What the job prints at its end (rank 0), and its exit status after a signal (every rank)."""
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
-        if result.stopped_by in SIGNAL_EXIT_STATUS:
-            sys.exit(SIGNAL_EXIT_STATUS[result.stopped_by])
+        if result.stopped_by.exit_status:
+            sys.exit(result.stopped_by.exit_status)
         return
-    if result.stopped_by == NOTHING_TO_DO:
+    if result.stopped_by == StopReason.NOTHING_TO_DO:
         print(f"nothing to do: the run in {result.checkpoint_dir} already reached its end at step {result.steps} "
               f"(training.max_steps or training.max_time_minutes); to train it further, resume with a larger "
               f"--training.max_steps=N or --training.max_time_minutes=M")
         return
-    if result.stopped_by in SIGNAL_EXIT_STATUS:  # shells and schedulers read 128+N as "stopped by signal N"
-        print(f"stopped by {result.stopped_by} at step {result.steps}; continue with:\n"
+    if result.stopped_by.exit_status:
+        print(f"stopped by {result.stopped_by.value} at step {result.steps}; continue with:\n"
               f"  {command} --resume {result.checkpoint_dir / 'latest'}", file=sys.stderr)
-        sys.exit(SIGNAL_EXIT_STATUS[result.stopped_by])
+        sys.exit(result.stopped_by.exit_status)
     print(f"done: {result.steps} steps, best val loss {result.best_val_loss:.4f}, run {result.run_id}, "
           f"checkpoints in {result.checkpoint_dir}")
     print(next_steps(cfg, result))
@@ -213,9 +231,9 @@ class Trainer:
     def run(self) -> TrainResult:
         if self.resumed and self.reached_the_end():  # before MLflow: a finished run stays as it is
             return TrainResult(self.run_id, self.progress.step, self.progress.best_val_loss, self.root,
-                               stopped_by=NOTHING_TO_DO)
+                               stopped_by=StopReason.NOTHING_TO_DO)
         self.peak_flops = _peak_flops(self.device)  # for MFU; measured only when there is training to do
-        losses, stopped_by, model_version = [], None, None
+        losses, stopped_by, model_version = [], StopReason.END, None
         with self.tracked_run() as self.tracked, StopOnSignal() as signals, self.progress_bar() as self.bar:
             if not self.resumed:
                 self.log_run_params()
@@ -233,16 +251,20 @@ class Trainer:
                 last = self.progress.step == self.total_steps
                 out_of_time = self.budget is not None and self.progress.train_seconds > self.budget
                 if self.progress.step % self.tc.eval_every == 0 or last or out_of_time:
-                    self.validate()
+                    val_loss = self.validate()
+                    if val_loss < self.progress.best_val_loss:  # the best so far is kept: it is what gets registered
+                        self.progress.best_val_loss = val_loss
+                        self.save("best")
                 if self.sample_due(last or out_of_time):
                     self.log_sample()
                 if self.progress.step % self.tc.checkpoint_every == 0 and not last:
                     self.save_periodic()
                 if signalled or out_of_time:
-                    stopped_by = (signals.caught or "signal on another rank") if signalled else "time limit"
+                    stopped_by = (StopReason(signals.caught or StopReason.OTHER_RANK) if signalled
+                                  else StopReason.TIME_LIMIT)
                     break
             self.save("latest")
-            if stopped_by in (None, "time limit"):  # reached its end: register the best checkpoint, score it
+            if stopped_by.reached_the_end:  # register the best checkpoint, and score it
                 model_version = self.register()
                 self.final_evaluations(model_version)
             if self.progress.best_val_loss == math.inf:  # stopped before its first validation
@@ -306,14 +328,13 @@ class Trainer:
         return self.data.validation_loss(self.runtime, self.tc.batch_size, self.model_config.max_seq_len,
                                          self.tc.eval_batches, self.distributed)
 
-    def validate(self) -> None:
+    def validate(self) -> float:
+        """The validation loss now: logged, said, returned."""
         step, loss = self.progress.step, self.validation_loss()
         perplexity = math.exp(min(loss, 50))
         self.tracked.log_metrics({"val/loss": loss, "val/perplexity": perplexity} | self.data.metrics(loss), step)
         self.say(f"step {step}: val loss {loss:.4f} (perplexity {perplexity:.1f})")
-        if loss < self.progress.best_val_loss:
-            self.progress.best_val_loss = loss
-            self.save("best")
+        return loss
 
     def sample_due(self, end: bool) -> bool:
         """training.sample_every steps, or with each validation when it is unset."""
