@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from jobs.errors import CheckpointError, first_problem
 from model_zoo.build import build_model
@@ -43,7 +43,7 @@ class ServingState(BaseModel):
 
 class LoaderState(BaseModel):
     position: StrictInt = Field(ge=0)
-    seed: StrictInt
+    seed: StrictInt = Field(ge=0)  # numpy's generators take no negative seed
 
 
 class TrainingState(ServingState):
@@ -56,6 +56,20 @@ class TrainingState(ServingState):
     mlflow_run_id: str | None
     train_seconds: float = Field(ge=0)
     tokenizer_sha256: str
+
+    @field_validator("rng")
+    @classmethod
+    def _rng_states_are_bytes(cls, rng: dict[str, list[int]]) -> dict[str, list[int]]:
+        """torch's generator states, as saved by rng_state(): bytes, and the CPU one of the size torch expects."""
+        if "torch" not in rng:
+            raise ValueError("the CPU generator's state ('torch') is missing")
+        size = torch.get_rng_state().numel()
+        if len(rng["torch"]) != size:
+            raise ValueError(f"the CPU generator's state holds {len(rng['torch'])} bytes, not {size}")
+        for name, values in rng.items():
+            if any(not 0 <= value <= 255 for value in values):
+                raise ValueError(f"{name!r} holds values outside 0..255 (a generator state is bytes)")
+        return rng
 
 
 def _check_state(folder: Path, state: Any, schema: type[BaseModel]) -> None:

@@ -79,6 +79,16 @@ def setup(experiment_name: str) -> str:
                                     tags={"mlflow.experimentKind": "custom_model_development"})
 
 
+def run_exists(run_id: str) -> bool:
+    """Whether the store holds this run (asked before a resume reopens it)."""
+    connect()
+    try:
+        MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
 def check_server(uri: str, timeout: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:

@@ -218,13 +218,22 @@ class Trainer:
         return build_model(self.model_config, self.tc.model_type)
 
     def restore(self, checkpoint: Checkpoint) -> None:
+        """Weights, optimizer, data position, RNG and progress from the checkpoint, and its MLflow run, which must
+        exist: all of it checked before the run is reopened, so a refused resume leaves the run as it was."""
         load_weights(self.runtime.model, checkpoint)
-        self.runtime.load_optimizer_state(checkpoint.optimizer, checkpoint.state.get("optimizer_scalars", {}))
+        try:  # the optimizer's layout (moments per parameter, torch's param_groups) must fit this model
+            self.runtime.load_optimizer_state(checkpoint.optimizer, checkpoint.state.get("optimizer_scalars", {}))
+        except (KeyError, ValueError, TypeError, IndexError) as error:
+            raise CheckpointError(f"{checkpoint.folder}: the optimizer state does not fit the model "
+                                  f"({type(error).__name__}: {str(error)[:120]})") from None
         self.loader.load_state_dict(checkpoint.state["loader"])
         restore_rng_state(checkpoint.state["rng"])
         self.progress = Progress(checkpoint.state["step"], checkpoint.state.get("best_val_loss", math.inf),
                                  checkpoint.state.get("train_seconds", 0.0))  # the time budget goes on from here
         self.run_id = checkpoint.state.get("mlflow_run_id")
+        if self.main and self.run_id is not None and not tracking.run_exists(self.run_id):
+            raise CheckpointError(f"{checkpoint.folder / 'state.json'}: mlflow_run_id {self.run_id[:40]!r} is not a "
+                                  f"run in {tracking.tracking_uri()} (another tracking store?)")
 
     # --- the loop ------------------------------------------------------------------------------------------
 

@@ -166,6 +166,11 @@ def _corrupt_copy(world, name: str, change) -> Path:
     ("step-text", lambda s: s.update(step="fifteen"), ["state.json", "step", "fifteen"]),
     ("no-loader", lambda s: s.pop("loader"), ["state.json", "loader", "Field required"]),
     ("no-rng", lambda s: s.pop("rng"), ["state.json", "rng", "Field required"]),
+    ("negative-seed", lambda s: s["loader"].update(seed=-1), ["state.json", "loader.seed", "greater than or equal to 0"]),
+    ("short-rng", lambda s: s["rng"].update(torch=[1, 2, 3]), ["state.json", "rng", "holds 3 bytes, not 5056"]),
+    ("rng-300", lambda s: s["rng"]["torch"].__setitem__(0, 300), ["state.json", "rng", "outside 0..255"]),
+    ("no-param-groups", lambda s: s.update(optimizer_scalars={}), ["optimizer state does not fit", "KeyError"]),
+    ("unknown-run", lambda s: s.update(mlflow_run_id="0123456789abcdef"), ["mlflow_run_id", "is not a run in"]),
 ])
 def test_a_corrupt_checkpoint_is_refused_before_mlflow_and_the_run_stays_as_it_was(world, name, change, words, capsys,
                                                                                   monkeypatch):
