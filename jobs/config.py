@@ -62,10 +62,12 @@ class DataConfig(_Section):
     @field_validator("assets_dir")
     @classmethod
     def _assets_is_a_folder(cls, value: str) -> str:
-        if Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
+        """`~` is expanded here, once, so that every path under the assets folder agrees on where it is."""
+        folder = Path(value).expanduser()
+        if folder.exists() and not folder.is_dir():
             raise ValueError(f"{value} exists and is not a folder (data.assets_dir holds datasets, tokenizers and "
                              f"checkpoints)")
-        return value
+        return str(folder) if value.startswith("~") else value
 
 
 class TrainingConfig(_Section):
@@ -191,14 +193,34 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError(f"--config {path} is a directory; name a YAML file in it, e.g. configs/cpu_demo.yaml")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     raw = apply_overrides(raw, overrides or {})
     return validate_config(raw, source=str(path) if path else "config")
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of settings; anything bigger is not one
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content, read safely: UTF-8 text, at most MAX_CONFIG_BYTES, no tags (safe_load) and no aliases
+    (`*name`): a few hundred bytes of nested aliases expand to gigabytes, and a config has no use for them."""
+    data = path.read_bytes()[:MAX_CONFIG_BYTES + 1]
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes; a config is a YAML page of settings")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start:,}); save the config as UTF-8") from None
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{path}: line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                                  f"accepted in configs; write the value out")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
 
 
 YAML_NULLS = {"null", "Null", "NULL", "~", "None"}  # fire passes `--key=null` on as the string 'null'

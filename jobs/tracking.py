@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -41,14 +42,40 @@ SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "d
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, or the embedded sqlite store in the working folder; a scheme MLflow cannot use is an
-    input error here, not a traceback deep inside MLflow."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(TRACKING_STORE).resolve()}"
+    """MLFLOW_TRACKING_URI, or the embedded sqlite store in the working folder. A store MLflow cannot use is an
+    input error here, in one line that never shows a password, not a traceback (or a long wait) deep in MLflow."""
+    uri = (os.environ.get("MLFLOW_TRACKING_URI") or "").strip() or f"sqlite:///{Path(TRACKING_STORE).resolve()}"
+    shown = redact(uri)
     scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
     if scheme not in SCHEMES:
-        raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: unsupported scheme {scheme!r} (use http(s)://host:port for "
-                            f"a server, sqlite:///path/mlflow.db, or unset it for the embedded store)")
+        raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: unsupported scheme {scheme!r} (use http(s)://host:port "
+                            f"for a server, sqlite:///path/mlflow.db, or unset it for the embedded store)")
+    if scheme in ("file", "") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: MLflow 3 refuses file stores (they lack the model "
+                            f"registry); use sqlite:///path/mlflow.db, a server, or unset it for the embedded store")
+    if scheme == "sqlite":
+        database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        if database is not None and not database.exists():
+            folder = database.parent
+            if not folder.is_dir():
+                raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: the folder {folder} does not exist (create it, "
+                                    f"or point at an existing folder)")
+            try:  # a folder where no file can be made (read-only, /proc) fails now, not after minutes of retries
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+            except OSError as error:
+                raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: cannot create the database in {folder} "
+                                    f"({error.strerror})") from None
     return uri
+
+
+def redact(uri: str) -> str:
+    """The URI without a password (user:password@host -> user:***@host): what may be printed."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect() -> str:
@@ -90,12 +117,22 @@ def run_exists(run_id: str) -> bool:
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
+    """The server answers /health within seconds. Credentials in the URI (user:password@host) go in a basic-auth
+    header, as MLflow's client sends them, and never into a message."""
+    import base64
+
+    parts = urllib.parse.urlsplit(uri)
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    request = urllib.request.Request(f"{bare.rstrip('/')}/health")
+    if parts.username is not None:
+        login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
     except OSError as error:
-        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({error}); start it or unset "
-                            f"MLFLOW_TRACKING_URI to use the embedded store") from None
+        raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(error))}); start it or "
+                            f"unset MLFLOW_TRACKING_URI to use the embedded store") from None
 
 
 class RunLogger:

@@ -62,6 +62,8 @@ def world(tmp_path_factory):
     (root / "one-paragraph.txt").write_text("Once upon a time there was one short story and nothing else.\n")
     (root / "short-valid.txt").write_text("Tim had a ball.\n")
     (root / "a-file").write_text("not a folder\n")
+    (root / "latin1.yaml").write_bytes(b"experiment_name: caf\xe9\n")
+    (root / "bomb.yaml").write_text('a: &a ["x", "x"]\nb: &b [*a, *a]\nc: &c [*b, *b]\nexperiment_name: x\n')
     return files
 
 
@@ -74,6 +76,8 @@ def _case(world, template):
 CASES = [
     # config and names
     (["train", "--config", "{root}"], 2, ["is a directory"]),
+    (["train", "--config", "{root}/latin1.yaml"], 2, ["latin1.yaml", "not UTF-8 text (byte 20)"]),
+    (["train", "--config", "{root}/bomb.yaml"], 2, ["bomb.yaml", "line 2", "YAML aliases"]),
     (["train", "--config", "{config}", "--experiment_name=../../x"], 2, ["experiment_name", "not a usable name"]),
     (["train", "--config", "{config}", "--experiment_name=a/b"], 2, ["experiment_name", "not a usable name"]),
     (["train", "--config", "{config}", "--data.assets_dir={root}/a-file"], 2, ["data.assets_dir", "not a folder"]),
@@ -228,10 +232,20 @@ def test_an_unreachable_tracking_server_fails_within_seconds(world, job, capsys,
     assert time.perf_counter() - start < 15
 
 
-def test_an_unsupported_tracking_scheme_is_named(world, capsys, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://example/mlflow")
-    code, _, err = run(["generate", "--model", "models:/tiny_bad@champion", "--prompt", "x"], capsys)
-    assert code == 2 and "unsupported scheme 'ftp'" in err, err
+@pytest.mark.parametrize("uri, words", [
+    ("ftp://example/mlflow", ["unsupported scheme 'ftp'"]),
+    ("file:///tmp/mlruns", ["refuses file stores", "MLFLOW_ALLOW_FILE_STORE"]),
+    ("sqlite:///{root}/no/such/folder/mlflow.db", ["does not exist"]),
+    ("sqlite:////proc/mlflow.db", ["cannot create the database in /proc"]),
+    ("http://bob:s3cret@127.0.0.1:9", ["http://bob:***@127.0.0.1:9 is unreachable"]),
+])
+def test_a_tracking_store_that_cannot_work_is_named_without_its_password(world, uri, words, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(root=world["root"]))
+    start = time.perf_counter()
+    code, out, err = run(["generate", "--model", "models:/tiny_bad@champion", "--prompt", "x"], capsys)
+    assert code == 2 and all(w in err for w in words), err
+    assert "s3cret" not in out + err and time.perf_counter() - start < 15
+    assert not (world["root"] / "no").exists(), "no folder is made for a store that was refused"
 
 
 def test_binary_bytes_on_chats_stdin_are_one_clear_line(world):
@@ -252,3 +266,12 @@ def test_an_internal_bug_keeps_its_traceback(world, capsys, monkeypatch):
     monkeypatch.setattr(jobs.generate, "load_model", broken)
     with pytest.raises(ValueError, match="a bug"):
         jobs_main(["generate", "--model", str(world["best"]), "--prompt", "x"])
+
+
+def test_a_tilde_in_assets_dir_is_home_everywhere(tmp_path, monkeypatch):
+    """`assets_dir: ~/x` is expanded once, where the config is read, so no path under it keeps a literal `~`."""
+    from jobs.config import validate_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = validate_config({"experiment_name": "x", "data": {"assets_dir": "~/assets"}})
+    assert cfg.data.assets_dir == str(tmp_path / "assets")
