@@ -14,6 +14,7 @@ folder that looks whole; loading uses safetensors and json only, never pickle.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
@@ -30,6 +32,8 @@ from model_zoo.build import build_model
 from model_zoo.config import ConfigError, ModelConfig
 
 REQUIRED_FILES = ("model.safetensors", "state.json", "tokenizer.json")
+UMASK = os.umask(0o022)  # read once, at import (setting it back at once): the mode checkpoint folders get
+os.umask(UMASK)
 
 
 class ServingState(BaseModel):
@@ -107,10 +111,17 @@ def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer: d
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{folder.name}.", suffix=".tmp"))  # unique per writer
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in optimizer.items()}, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it 0700: readable by a job of another uid, as mkdir would be
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in optimizer.items()},
+                  str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    except (OSError, SafetensorError) as error:  # disk full, a file-size limit...: nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write the checkpoint {folder} ({error}); the previous checkpoints are "
+                              f"intact") from None
     old = folder.with_name(folder.name + ".old")
     if folder.exists():  # swap: the previous checkpoint stays whole until the new one is in place
         shutil.rmtree(old, ignore_errors=True)

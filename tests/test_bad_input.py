@@ -275,3 +275,45 @@ def test_a_tilde_in_assets_dir_is_home_everywhere(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     cfg = validate_config({"experiment_name": "x", "data": {"assets_dir": "~/assets"}})
     assert cfg.data.assets_dir == str(tmp_path / "assets")
+
+
+def test_a_failed_checkpoint_write_leaves_no_half_folder_and_the_previous_one_intact(world, tmp_path, monkeypatch):
+    """Disk full (or a file-size limit) while a checkpoint is written: one clear error, the temporary folder is
+    removed, and the checkpoint that was there stays whole. A stale temporary folder is cleaned at the next start."""
+    import errno
+
+    from jobs import checkpoint
+    from jobs.errors import CheckpointError
+    from jobs.training.run_folders import RunLock
+
+    folder = tmp_path / "run" / "latest"
+    shutil.copytree(world["latest"], folder)
+    before = (folder / "state.json").read_text()
+    state = json.loads(before)
+    weights = checkpoint.load_checkpoint(folder).weights
+
+    def full_disk(tensors, path):
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        checkpoint.save_checkpoint(folder, weights, {}, {**state, "step": 99}, folder / "tokenizer.json")
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["latest"], "no .tmp folder is left"
+    assert (folder / "state.json").read_text() == before
+    (folder.parent / "latest.abc.tmp").mkdir()  # what a kill -9 mid-write leaves
+    RunLock(folder.parent).release()
+    assert not (folder.parent / "latest.abc.tmp").exists()
+
+
+def test_a_file_where_the_checkpoints_folder_should_be_is_refused_before_training(world, tmp_path, capsys,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
+    assets = tmp_path / "assets"
+    shutil.copytree(world["root"] / "assets" / "tokens", assets / "tokens")
+    shutil.copytree(world["root"] / "assets" / "tokenizers", assets / "tokenizers")
+    (assets / "checkpoints").write_text("a file, not a folder\n")
+    code, out, err = run(["train", "--config", world["config"], f"--data.assets_dir={assets}",
+                          "--experiment_name=blocked"], capsys)
+    assert code == 2 and "cannot write checkpoints in" in err and "Traceback" not in err, err[-2000:]
+    assert "step 1" not in out + err

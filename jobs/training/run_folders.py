@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -122,8 +123,12 @@ class RunLock:
         import os
         import socket
 
-        folder.mkdir(parents=True, exist_ok=True)
-        self.file = open(folder / ".lock", "a+")
+        try:  # a read-only assets folder, or a file where a folder should be, is refused before any training
+            folder.mkdir(parents=True, exist_ok=True)
+            self.file = open(folder / ".lock", "a+")
+        except OSError as error:
+            raise CheckpointError(f"cannot write checkpoints in {folder} ({error.strerror or error}): data.assets_dir "
+                                  f"must be a folder this process can write") from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -136,6 +141,10 @@ class RunLock:
         self.file.truncate()
         self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
         self.file.flush()
+        # Half-written checkpoints of a process that died mid-write: only the lock holder writes here, so any
+        # temporary folder now is stale (and may be what filled the disk)
+        for stale in folder.glob("*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def release(self) -> None:
         self.file.close()  # closing the file releases the lock
