@@ -464,3 +464,18 @@ def test_final_evals_score_the_registered_model_log_its_growth_and_agree_with_ev
     assert curves.suite_accuracy() == {"zorro": pytest.approx(accuracy)}
     table = summary_table([curves], phenomena=True)
     assert "zorro" in table.splitlines()[0] and f"{accuracy:.1%}" in table and "agreement" in table
+
+
+def test_resume_auto_skips_a_damaged_newest_checkpoint_and_each_architecture_resumes_its_own(tmp_path, store,
+                                                                                             capsys):
+    gpt2 = tiny(tmp_path, max_steps=4, checkpoint_every=2)
+    llama = tiny(tmp_path, max_steps=4, checkpoint_every=2, model=LLAMA)  # the same experiment and model type
+    with signal_during_step(3):
+        stopped = run_training(gpt2)  # latest at step 3, step-0000002 beside it
+    finished_llama = run_training(llama)  # a newer run, of the other architecture
+    assert stopped.stopped_by == "SIGTERM" and finished_llama.steps == 4
+    (stopped.checkpoint_dir / "latest" / "model.safetensors").write_bytes(b"a write the disk never finished")
+    resumed = run_training(gpt2, resume="auto")  # what a restarted pod runs
+    assert resumed.run_id == stopped.run_id, "the GPT-2 run, not the newer Llama run of the same experiment"
+    assert resumed.steps == 4 and len(resumed.losses) == 2, "went on from the intact step-2 checkpoint"
+    assert "skipping" in capsys.readouterr().err

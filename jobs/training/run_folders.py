@@ -1,7 +1,8 @@
 """Where a training run keeps its checkpoints, and which checkpoint `--resume` continues.
 
     <data.assets_dir>/checkpoints/<experiment>/<model type>/
-        LATEST                                   the name of the newest run folder (what a bare --resume continues)
+        LATEST                                   the name of the newest GPT-2 run folder (what a bare --resume
+                                                 continues); LATEST-llama the newest Llama run's
         <model type>-<date>-<time>-<6 hex>/      one run: best/, latest/, step-N/, metrics-journal.jsonl
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -29,25 +31,32 @@ def new_run_folder(cfg: ExperimentConfig) -> Path:
     return checkpoint_root(cfg) / f"{cfg.training.model_type}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+def latest_marker(cfg: ExperimentConfig) -> Path:
+    """The file naming the newest run of the experiment, model type and architecture (GPT-2 and Llama runs of one
+    experiment each resume their own)."""
+    architecture = cfg.model_config_.architecture
+    return checkpoint_root(cfg) / ("LATEST" if architecture == "gpt2" else f"LATEST-{architecture}")
+
+
 def mark_latest(cfg: ExperimentConfig, run_folder: Path) -> None:
     """Make run_folder the one a bare --resume continues (once, when it saves its first checkpoint)."""
-    marker = checkpoint_root(cfg) / "LATEST"
+    marker = latest_marker(cfg)
     if not marker.is_file() or marker.read_text().strip() != run_folder.name:
         run_folder.mkdir(parents=True, exist_ok=True)
         atomic.write_text(marker, run_folder.name)
 
 
 def latest_run_folder(cfg: ExperimentConfig) -> Path:
-    marker = checkpoint_root(cfg) / "LATEST"
+    marker = latest_marker(cfg)
     if not marker.is_file():
         raise CheckpointError(f"nothing to resume: no run of {cfg.experiment_name} ({cfg.training.model_type}) "
                               f"under {checkpoint_root(cfg)}")
     return checkpoint_root(cfg) / marker.read_text().strip()
 
 
-def newest_checkpoint(run_folder: Path) -> Path | None:
-    """The checkpoint of a run folder with the highest step (latest, best or step-N; each holds the full training
-    state), or None when the run saved none yet."""
+def checkpoints_newest_first(run_folder: Path) -> list[Path]:
+    """The checkpoints of a run folder (latest, best, step-N; each holds the full training state), highest step
+    first (latest before another of the same step); one whose state.json cannot be read comes last."""
     found = []
     for folder in run_folder.iterdir() if run_folder.is_dir() else []:
         state = folder / "state.json"
@@ -56,7 +65,32 @@ def newest_checkpoint(run_folder: Path) -> Path | None:
                 found.append((int(json.loads(state.read_text())["step"]), folder.name == "latest", folder))
             except (ValueError, KeyError, TypeError):
                 found.append((-1, False, folder))  # damaged: load_checkpoint names the problem if it is chosen
-    return max(found, key=lambda f: f[:2])[2] if found else None
+    return [folder for *_, folder in sorted(found, key=lambda f: f[:2], reverse=True)]
+
+
+def newest_checkpoint(run_folder: Path) -> Path | None:
+    """The checkpoint of a run folder with the highest step, or None when the run saved none yet."""
+    found = checkpoints_newest_first(run_folder)
+    return found[0] if found else None
+
+
+def newest_usable_checkpoint(run_folder: Path) -> Path | None:
+    """The newest checkpoint that loads whole: a damaged newer one (a crash mid-write on a disk that lies, an
+    edited file) is skipped, and said, so a restarted pod goes on from the intact one beside it."""
+    from jobs.checkpoint import load_checkpoint
+
+    first_error = None
+    for folder in checkpoints_newest_first(run_folder):
+        try:
+            load_checkpoint(folder)
+        except CheckpointError as error:
+            first_error = first_error or error
+            print(f"--resume: skipping {folder} ({error})", file=sys.stderr)
+            continue
+        return folder
+    if first_error is not None:
+        raise first_error
+    return None
 
 
 def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Path | None:
@@ -64,8 +98,7 @@ def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Pa
     if not resume:
         return None
     if resume is True or resume == "auto":
-        marker = checkpoint_root(cfg) / "LATEST"
-        newest = newest_checkpoint(latest_run_folder(cfg)) if marker.is_file() else None
+        newest = newest_usable_checkpoint(latest_run_folder(cfg)) if latest_marker(cfg).is_file() else None
         if newest is None and resume is True:
             raise CheckpointError(f"nothing to resume: no checkpoint of {cfg.experiment_name} "
                                   f"({cfg.training.model_type}) under {checkpoint_root(cfg)}")
