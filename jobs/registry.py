@@ -97,3 +97,12 @@ def logged_model_id(version) -> str | None:
         return version.model_id
     source = getattr(version, "source", "") or ""
     return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def registered_version(run_id: str | None) -> str | None:
+    """The model version a training run registered (its newest, if several), or None: how a restarted job tells
+    a run that reached its end and was registered from one that crashed while registering."""
+    if run_id is None:
+        return None
+    versions = MlflowClient().search_model_versions(f"run_id='{run_id}'")
+    return str(max(int(v.version) for v in versions)) if versions else None

@@ -35,7 +35,7 @@ from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_template, pipeline
 from jobs.data.shards import TrainWindows, check_validation_fits, open_tokens
 from jobs.errors import CheckpointError
-from jobs.registry import CHAMPION, champion_version
+from jobs.registry import CHAMPION, champion_version, registered_version
 from jobs.training.distributed import Distributed
 from jobs.training.validation import validation_loss
 from jobs.training.run_folders import (RunLock, checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint,
@@ -62,6 +62,29 @@ class StopReason(str, enum.Enum):
     NOTHING_TO_DO = "nothing to do"  # a resumed run that had already reached its end
 
     @property
+    def finished_in_tracking(self) -> bool:
+        """A run that reached its end is finished when its model is registered and no metric waits in its journal
+        (a crash or an outage during the final registration leaves one or the other undone)."""
+        if not self.main:
+            return True
+        journal = self.root / "metrics-journal.jsonl"
+        return registered_version(self.run_id) is not None and not journal.exists()
+
+    def finish(self) -> TrainResult:
+        """The end of a run that reached it in an earlier session but was not registered (or its metrics not all
+        sent): reopen the run (which sends the journal), register once, score, end it FINISHED."""
+        if self.main:
+            print(f"run {self.run_id} reached its end at step {self.progress.step} but was not finished in MLflow "
+                  f"(a crash or an outage during registration): finishing it", file=sys.stderr)
+        model_version = registered_version(self.run_id)
+        with self.tracked_run() as self.tracked:
+            if model_version is None:
+                model_version = self.register()
+                self.final_evaluations(model_version)
+        self.distributed.barrier()
+        return TrainResult(self.tracked.run_id, self.progress.step, self.progress.best_val_loss, self.root,
+                           stopped_by=StopReason.END, model_version=model_version)
+
     def reached_the_end(self) -> bool:
         """The run is complete: its best checkpoint is registered and scored."""
         return self in (StopReason.END, StopReason.TIME_LIMIT)
@@ -238,9 +261,11 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        if self.resumed and self.reached_the_end():  # before MLflow: a finished run stays as it is
-            return TrainResult(self.run_id, self.progress.step, self.progress.best_val_loss, self.root,
-                               stopped_by=StopReason.NOTHING_TO_DO)
+        if self.resumed and self.reached_the_end():
+            if self.finished_in_tracking():  # before MLflow is written to: a finished run stays as it is
+                return TrainResult(self.run_id, self.progress.step, self.progress.best_val_loss, self.root,
+                                   stopped_by=StopReason.NOTHING_TO_DO)
+            return self.finish()
         self.peak_flops = _peak_flops(self.device)  # for MFU; measured only when there is training to do
         losses, stopped_by, model_version = [], StopReason.END, None
         with self.tracked_run() as self.tracked, StopOnSignal() as signals, self.progress_bar() as self.bar:
@@ -288,6 +313,29 @@ class Trainer:
         self.report_overhead(train_seconds)
         return TrainResult(self.tracked.run_id, self.progress.step, self.progress.best_val_loss, self.root, losses,
                            train_seconds, stopped_by, model_version)
+
+    def finished_in_tracking(self) -> bool:
+        """A run that reached its end is finished when its model is registered and no metric waits in its journal
+        (a crash or an outage during the final registration leaves one or the other undone)."""
+        if not self.main:
+            return True
+        journal = self.root / "metrics-journal.jsonl"
+        return registered_version(self.run_id) is not None and not journal.exists()
+
+    def finish(self) -> TrainResult:
+        """The end of a run that reached it in an earlier session but was not registered (or its metrics not all
+        sent): reopen the run (which sends the journal), register once, score, end it FINISHED."""
+        if self.main:
+            print(f"run {self.run_id} reached its end at step {self.progress.step} but was not finished in MLflow "
+                  f"(a crash or an outage during registration): finishing it", file=sys.stderr)
+        model_version = registered_version(self.run_id)
+        with self.tracked_run() as self.tracked:
+            if model_version is None:
+                model_version = self.register()
+                self.final_evaluations(model_version)
+        self.distributed.barrier()
+        return TrainResult(self.tracked.run_id, self.progress.step, self.progress.best_val_loss, self.root,
+                           stopped_by=StopReason.END, model_version=model_version)
 
     def reached_the_end(self) -> bool:
         out_of_budget = self.budget is not None and self.progress.train_seconds >= self.budget

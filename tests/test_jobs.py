@@ -479,3 +479,28 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint_and_each_architecture_res
     assert resumed.run_id == stopped.run_id, "the GPT-2 run, not the newer Llama run of the same experiment"
     assert resumed.steps == 4 and len(resumed.losses) == 2, "went on from the intact step-2 checkpoint"
     assert "skipping" in capsys.readouterr().err
+
+
+def test_a_run_that_died_while_registering_is_finished_by_the_next_start(tmp_path, store):
+    """kill -9 (here: an exception nothing catches) during the final registration: the next `--resume auto`
+    registers the run's model once, and ends the run FINISHED; the start after that has nothing to do."""
+    from unittest import mock
+
+    from jobs.train import Trainer
+
+    class Killed(BaseException):
+        pass
+
+    def dies(self):
+        raise Killed
+
+    cfg = tiny(tmp_path, max_steps=4)
+    with mock.patch.object(Trainer, "register", dies), pytest.raises(Killed):
+        run_training(cfg)
+    client = MlflowClient()
+    assert client.search_model_versions(f"name='{cfg.model_name}'") == []
+    finished = run_training(cfg, resume="auto")
+    assert finished.stopped_by == "end" and finished.model_version == "1" and finished.steps == 4
+    assert client.get_run(finished.run_id).info.status == "FINISHED"
+    again = run_training(cfg, resume="auto")
+    assert again.stopped_by == "nothing to do" and len(client.search_model_versions(f"name='{cfg.model_name}'")) == 1
