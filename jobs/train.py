@@ -303,8 +303,8 @@ class Trainer:
                 self.final_evaluations(model_version)
             if self.progress.best_val_loss == math.inf:  # stopped before its first validation
                 self.progress.best_val_loss = self.validation_loss()
-            if signals.caught:
-                self.tracked.status = "KILLED"
+            if stopped_by.exit_status:  # a signal stopped training (one that comes during registration does not:
+                self.tracked.status = "KILLED"  # the run is whole and registered, so it ends FINISHED, exit 0)
         # All ranks leave together: rank 0 may still be registering the model, and a rank that tears its process
         # group down and exits meanwhile was seen to end with torchrun stopping every worker (about 1 run in 8 of
         # the 2-process test), rank 0 mid-registration included.
