@@ -164,11 +164,12 @@ def expand(argv: list[str], container: dict, config_map: dict[str, str]) -> list
 
 
 def job_argv(argv: list[str]) -> list[str]:
-    """The job's own command line from `python -m jobs JOB ...` or `torchrun [options] -m jobs JOB ...`."""
+    """The job's own command line from `python -m jobs JOB ...` or `python -m jobs.launch [options] -m jobs JOB ...`
+    (torchrun, with a signal's exit status)."""
     start = argv.index("jobs")
-    assert argv[start - 1] == "-m" and argv[0] in ("python", "torchrun"), argv
-    if argv[0] == "torchrun":
-        assert start == 2, "torchrun takes its rendezvous from the PET_* environment, not from flags: " + str(argv)
+    assert argv[start - 1] == "-m" and argv[:start - 1] in (["python"], ["python", "-m", "jobs.launch"]), argv
+    if argv[1:3] == ["-m", "jobs.launch"]:
+        assert start == 4, "torchrun takes its rendezvous from the PET_* environment, not from flags: " + str(argv)
     return argv[start + 1:]
 
 
@@ -187,7 +188,7 @@ def test_training_restarts_resume_and_reads_the_rendezvous_environment():
     (pod,) = pod_specs(find("train-jobset", "JobSet"))
     (node,) = pod["containers"]
     for command in (trainer["command"], node["command"]):
-        assert command[0] == "torchrun" and command[-2:] == ["--resume", "auto"]
+        assert command[:3] == ["python", "-m", "jobs.launch"] and command[-2:] == ["--resume", "auto"]
     env = {v["name"]: v for v in node["env"]}
     assert {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"} <= set(env)
     assert "job-completion-index" in env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
