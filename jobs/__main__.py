@@ -44,8 +44,18 @@ def usage(job: str | None = None) -> str:
     return f"{inspect.getdoc(sys.modules[function.__module__])}\n\noptions: {job}{inspect.signature(function)}"
 
 
+def quiet_libraries() -> None:
+    """What the jobs print is theirs: MLflow's INFO lines (system metrics started and stopped, signature checks)
+    and its "Downloading artifacts" bars (eleven of them before `chat` starts) are hidden; its warnings stay."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    quiet_libraries()
     import fire
 
     import difflib

@@ -62,6 +62,15 @@ class StopReason(str, enum.Enum):
     NOTHING_TO_DO = "nothing to do"  # a resumed run that had already reached its end
 
     @property
+    def header(self) -> str:
+        """One line saying what trains: architecture, size, model type, device, data, run."""
+        config = self.model_config
+        budget = f"{self.tc.max_time_minutes:g} min" if self.budget else f"{self.total_steps:,} steps"
+        return (f"{'resuming' if self.resumed else 'training'} {config.architecture} ({count_parameters(config):,} "
+                f"parameters, {config.n_blocks} blocks, d_model {config.d_model}) as the {self.tc.model_type} model "
+                f"on {self.device} x{self.distributed.world_size}: {self.data.train_tokens:,} training tokens, "
+                f"{budget} of batches of {self.tokens_per_step:,} tokens; run {self.root.name}")
+
     def finished_in_tracking(self) -> bool:
         """A run that reached its end is finished when its model is registered and no metric waits in its journal
         (a crash or an outage during the final registration leaves one or the other undone)."""
@@ -268,6 +277,8 @@ class Trainer:
             return self.finish()
         self.peak_flops = _peak_flops(self.device)  # for MFU; measured only when there is training to do
         losses, stopped_by, model_version = [], StopReason.END, None
+        if self.main:  # what is about to train, before the progress bar
+            print(self.header(), file=sys.stderr)
         with self.tracked_run() as self.tracked, StopOnSignal() as signals, self.progress_bar() as self.bar:
             if not self.resumed:
                 self.log_run_params()
@@ -313,6 +324,15 @@ class Trainer:
         self.report_overhead(train_seconds)
         return TrainResult(self.tracked.run_id, self.progress.step, self.progress.best_val_loss, self.root, losses,
                            train_seconds, stopped_by, model_version)
+
+    def header(self) -> str:
+        """One line saying what trains: architecture, size, model type, device, data, run."""
+        config = self.model_config
+        budget = f"{self.tc.max_time_minutes:g} min" if self.budget else f"{self.total_steps:,} steps"
+        return (f"{'resuming' if self.resumed else 'training'} {config.architecture} ({count_parameters(config):,} "
+                f"parameters, {config.n_blocks} blocks, d_model {config.d_model}) as the {self.tc.model_type} model "
+                f"on {self.device} x{self.distributed.world_size}: {self.data.train_tokens:,} training tokens, "
+                f"{budget} of batches of {self.tokens_per_step:,} tokens; run {self.root.name}")
 
     def finished_in_tracking(self) -> bool:
         """A run that reached its end is finished when its model is registered and no metric waits in its journal
