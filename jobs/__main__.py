@@ -10,20 +10,35 @@ import os
 import sys
 
 
-def _jobs() -> dict:
-    from jobs.compare import compare
-    from jobs.evaluate import evaluate
-    from jobs.finetune import finetune
-    from jobs.generate import chat, generate
-    from jobs.prepare_data import prepare_data
-    from jobs.serve import serve
-    from jobs.train import train
+# Each job: its module and function. Modules are imported only when their job runs (or --help shows its
+# options): `python -m jobs --help` reads the docstrings from the files, so it needs neither torch nor MLflow.
+JOBS = {"prepare-data": ("jobs.prepare_data", "prepare_data"), "train": ("jobs.train", "train"),
+        "evaluate": ("jobs.evaluate", "evaluate"), "generate": ("jobs.generate", "generate"),
+        "chat": ("jobs.generate", "chat"), "compare": ("jobs.compare", "compare"),
+        "finetune": ("jobs.finetune", "finetune"), "serve": ("jobs.serve", "serve")}
 
-    return {"prepare-data": prepare_data, "train": train, "evaluate": evaluate, "generate": generate, "chat": chat,
-            "compare": compare, "finetune": finetune, "serve": serve}
+
+def job_function(name: str):
+    import importlib
+
+    module, function = JOBS[name]
+    return getattr(importlib.import_module(module), function)
+
+
+def _jobs() -> dict:
+    """Every job's function (imports every job module: for tests that check each job's flags)."""
+    return {name: job_function(name) for name in JOBS}
 
 
 ARGPARSE_JOBS = ("serve",)  # jobs whose flags argparse reads (serve's --model repeats, which fire cannot express)
+
+
+def _module_docstring(module: str) -> str:
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
 
 
 def usage(job: str | None = None) -> str:
@@ -31,17 +46,16 @@ def usage(job: str | None = None) -> str:
     fire would read --help as a config override for jobs that take **overrides."""
     import inspect
 
-    jobs = _jobs()
     if job is None:
         lines = ["usage: python -m jobs <job> [--config configs/X.yaml] [--section.key=value ...]", "", "jobs:"]
-        for name, function in jobs.items():
-            lines.append(f"  {name:<14}{inspect.getdoc(sys.modules[function.__module__]).splitlines()[0]}")
+        for name, (module, _) in JOBS.items():
+            lines.append(f"  {name:<14}{_module_docstring(module).splitlines()[0]}")
         lines.append("\n`python -m jobs <job> --help` for one job's options.")
         return "\n".join(lines)
-    function = jobs[job]
+    doc = _module_docstring(JOBS[job][0])
     if job in ARGPARSE_JOBS:
-        return inspect.getdoc(sys.modules[function.__module__])
-    return f"{inspect.getdoc(sys.modules[function.__module__])}\n\noptions: {job}{inspect.signature(function)}"
+        return doc
+    return f"{doc}\n\noptions: {job}{inspect.signature(job_function(job))}"
 
 
 def quiet_libraries() -> None:
@@ -64,20 +78,20 @@ def main(argv: list[str] | None = None) -> None:
     from jobs.errors import exit_on_input_error
 
     argv = list(argv if argv is not None else sys.argv[1:])
-    if not argv or argv[0] in ("--help", "-h") or (argv[0] in _jobs() and ("--help" in argv or "-h" in argv)):
-        print(usage(argv[0] if argv and argv[0] in _jobs() else None))
+    if not argv or argv[0] in ("--help", "-h") or (argv[0] in JOBS and ("--help" in argv or "-h" in argv)):
+        print(usage(argv[0] if argv and argv[0] in JOBS else None))
         return
-    jobs = _jobs()
-    if argv[0] not in jobs:
-        near = difflib.get_close_matches(argv[0], list(jobs), n=1)
+    if argv[0] not in JOBS:
+        near = difflib.get_close_matches(argv[0], list(JOBS), n=1)
         print(f"error: no job {argv[0][:40]!r}{f' (did you mean {near[0]}?)' if near else ''}; "
-              f"jobs: {', '.join(jobs)}", file=sys.stderr)
+              f"jobs: {', '.join(JOBS)}", file=sys.stderr)
         sys.exit(2)
+    job = job_function(argv[0])
     if argv[0] in ARGPARSE_JOBS:
-        exit_on_input_error(jobs[argv[0]], argv[1:])
+        exit_on_input_error(job, argv[1:])
         return
-    exit_on_input_error(check_command_line, argv[0], jobs[argv[0]], argv[1:])
-    exit_on_input_error(fire.Fire, jobs, command=argv, name="python -m jobs")
+    exit_on_input_error(check_command_line, argv[0], job, argv[1:])
+    exit_on_input_error(fire.Fire, {argv[0]: job}, command=argv, name="python -m jobs")
 
 
 if __name__ == "__main__":
