@@ -95,11 +95,10 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
         from jobs.config import load_config
 
         experiment = load_config(config, overrides) if (config or overrides) else None
-        data_config = experiment.data if experiment else _data_config_from_state(loaded.state)
-        prepared = pipeline.prepare(data_config)
-        if prepared.tokenizer.sha256 != loaded.tokenizer.sha256:
-            raise InputError(f"the configured data ({prepared.tokens_dir}) was tokenized with another tokenizer than "
-                             f"the model's ({loaded.folder / 'tokenizer.json'})")
+        data_config = experiment.data if experiment else _data_config_from_state(loaded)
+        # The model's own tokenizer encodes the text (reusing token files it made before): no tokenizer is
+        # trained only to be refused
+        prepared = pipeline.pretokenize(data_config, loaded.tokenizer)
         tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
         n_bytes = prepared.meta["text_bytes"]["validation"] * len(tokens) / prepared.meta["tokens"]["validation"]
         source = f"{prepared.meta['source']} (validation)"
@@ -116,7 +115,21 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
     return result
 
 
-def _data_config_from_state(state: dict):
-    from jobs.config import DataConfig
+def _data_config_from_state(loaded):
+    """The data the model was validated on, from its checkpoint, with this project's assets folder: what a file
+    says never decides where files are written (the checkpoint's own assets_dir is not used)."""
+    from pydantic import ValidationError
 
-    return DataConfig(**state["experiment"]["data"])
+    from jobs.config import ASSETS_DIR, DataConfig
+    from jobs.errors import CheckpointError, first_problem
+
+    saved = (loaded.state.get("experiment") or {}).get("data")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{loaded.folder / 'state.json'} does not say what data the model was trained on "
+                              f"(no experiment.data): give --text-file FILE or --config X.yaml")
+    try:
+        return DataConfig.model_validate({**saved, "assets_dir": ASSETS_DIR})
+    except ValidationError as error:
+        where, message = first_problem(error)
+        raise CheckpointError(f"{loaded.folder / 'state.json'}: experiment.data.{'.'.join(map(str, where))}: "
+                              f"{message}") from None

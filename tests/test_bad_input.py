@@ -317,3 +317,19 @@ def test_a_file_where_the_checkpoints_folder_should_be_is_refused_before_trainin
                           "--experiment_name=blocked"], capsys)
     assert code == 2 and "cannot write checkpoints in" in err and "Traceback" not in err, err[-2000:]
     assert "step 1" not in out + err
+
+
+def test_evaluate_writes_only_under_this_projects_assets_whatever_the_checkpoint_says(world, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """A checkpoint's state.json names its data and an assets folder; evaluate re-reads the data with the model's
+    own tokenizer, and writes under the configured assets folder (./assets), never where the file says."""
+    monkeypatch.chdir(tmp_path)
+    folder = _corrupt_copy(world, "elsewhere", lambda s: s["experiment"]["data"].update(
+        assets_dir=str(tmp_path / "elsewhere")))
+    code, out, err = run(["evaluate", "--model", folder, "--log=False"], capsys)
+    assert code == 0, err[-2000:]
+    assert "loss" in out and not (tmp_path / "elsewhere").exists() and (tmp_path / "assets" / "tokens").is_dir()
+    assert not (tmp_path / "assets" / "tokenizers").exists(), "no tokenizer was trained: the model's own is used"
+    bare = _corrupt_copy(world, "no-experiment", lambda s: s.pop("experiment"))
+    code, _, err = run(["evaluate", "--model", bare, "--log=False"], capsys)
+    assert code == 2 and "no experiment.data" in err and "--text-file" in err and "Traceback" not in err, err

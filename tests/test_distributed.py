@@ -31,7 +31,8 @@ def torchrun_two_ranks(job: str, cfg, tmp_path) -> str:
 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
-def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, store, model_type, architecture):
+def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, store, model_type, architecture,
+                                                                      monkeypatch):
     model = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48} if architecture == "llama" else {}
     single = run_training(tiny(tmp_path / "single", model_type, model=model, batch_size=4, max_steps=8,
                                gradient_accumulation_steps=2))
@@ -52,6 +53,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, s
     from jobs.evaluate import run_evaluation
 
     (latest,) = (tmp_path / "ddp" / "assets" / "checkpoints").glob("*/*/*/latest")
+    monkeypatch.chdir(tmp_path)  # evaluate writes its token files under ./assets, the configured assets folder
     one_process = run_evaluation(str(latest), max_batches=cfg.training.eval_batches,
                                  batch_size=cfg.training.batch_size, device="cpu", log=False)["loss"]
     ddp_val = max(client.get_metric_history(run.info.run_id, "val/loss"), key=lambda m: m.step)
