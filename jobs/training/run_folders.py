@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -51,7 +52,11 @@ def latest_run_folder(cfg: ExperimentConfig) -> Path:
     if not marker.is_file():
         raise CheckpointError(f"nothing to resume: no run of {cfg.experiment_name} ({cfg.training.model_type}) "
                               f"under {checkpoint_root(cfg)}")
-    return checkpoint_root(cfg) / marker.read_text().strip()
+    name = marker.read_text(errors="replace").strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name) or ".." in name:  # a marker leads nowhere else
+        raise CheckpointError(f"{marker} does not hold a run folder's name (it holds {name[:40]!r}); resume with "
+                              f"--resume PATH, or delete the marker")
+    return checkpoint_root(cfg) / name
 
 
 def checkpoints_newest_first(run_folder: Path) -> list[Path]:
