@@ -333,3 +333,15 @@ def test_evaluate_writes_only_under_this_projects_assets_whatever_the_checkpoint
     bare = _corrupt_copy(world, "no-experiment", lambda s: s.pop("experiment"))
     code, _, err = run(["evaluate", "--model", bare, "--log=False"], capsys)
     assert code == 2 and "no experiment.data" in err and "--text-file" in err and "Traceback" not in err, err
+
+
+def test_a_latest_marker_never_leads_outside_the_experiments_folder(tmp_path):
+    from conftest import tiny
+    from jobs.errors import CheckpointError
+    from jobs.training.run_folders import checkpoint_root, checkpoint_to_resume
+
+    cfg = tiny(tmp_path)
+    checkpoint_root(cfg).mkdir(parents=True)
+    (checkpoint_root(cfg) / "LATEST").write_text("../../../../elsewhere\n")
+    with pytest.raises(CheckpointError, match="does not hold a run folder's name"):
+        checkpoint_to_resume(cfg, "auto")
