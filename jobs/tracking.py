@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -31,6 +32,7 @@ import mlflow
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from jobs import atomic
 from jobs.config import TRACKING_STORE
 from jobs.errors import InputError, TrackingError
 
@@ -159,7 +161,7 @@ class RunLogger:
         self.client = MlflowClient()
         self.run_id, self.journal_file = run_id, journal_file
         self.new: list[Metric] = []  # logged, not yet sent
-        self.lock, self.send_lock = threading.Lock(), threading.Lock()
+        self.lock, self.send_lock, self.journal_lock = threading.Lock(), threading.Lock(), threading.Lock()
         self.wake, self.closed = threading.Event(), False
         self.failing = False
         self.seconds_spent = 0.0
@@ -180,9 +182,16 @@ class RunLogger:
         self.seconds_spent += time.perf_counter() - start
 
     def flush(self) -> None:
-        """Send everything logged so far, or journal it, before returning (before a checkpoint is written)."""
+        """Send everything logged so far, or journal it, before returning (before a checkpoint is written). During
+        an outage it is journalled at once: the training thread never waits on MLflow's retries, the sender thread
+        keeps trying in the background."""
         start = time.perf_counter()
-        self._send()
+        if self.failing:
+            with self.lock:
+                new, self.new = self.new, []
+            self._append_journal(new)
+        else:
+            self._send()
         self.seconds_spent += time.perf_counter() - start
 
     def close(self) -> None:
@@ -212,28 +221,52 @@ class RunLogger:
             cpu_start = time.thread_time()
             with self.lock:
                 new, self.new = self.new, []
-            pending = self._journalled() + new
-            if pending:
-                self._send_batch(pending, new)
+            journalled, journal_bytes = self._journalled()
+            if journalled or new:
+                self._send_batch(journalled + new, new, journal_bytes)
             self.sender_cpu_seconds += time.thread_time() - cpu_start
 
-    def _journalled(self) -> list[Metric]:
-        if not self.journal_file.is_file():
-            return []
+    def _journalled(self) -> tuple[list[Metric], int]:
+        """The journal's metrics, and how many of its bytes they came from (flush may append more meanwhile)."""
+        with self.journal_lock:
+            data = self.journal_file.read_bytes() if self.journal_file.is_file() else b""
         metrics = []
-        for line in self.journal_file.read_text().splitlines():
+        for line in data.decode("utf-8", errors="replace").splitlines():
             try:
                 m = json.loads(line)
                 metrics.append(Metric(m["key"], m["value"], m["timestamp"], m["step"]))
             except (ValueError, KeyError, TypeError):  # a line cut short by a crash mid-write
                 continue
-        return metrics
+        return metrics, len(data)
 
-    def _send_batch(self, pending: list[Metric], new: list[Metric]) -> None:
+    def _append_journal(self, metrics: list[Metric]) -> None:
+        if not metrics:
+            return
+        with self.journal_lock:
+            self.journal_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.journal_file, "a") as out:
+                for metric in metrics:
+                    out.write(json.dumps({"key": metric.key, "value": metric.value, "step": metric.step,
+                                          "timestamp": metric.timestamp}) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+
+    def _drop_sent_journal(self, sent_bytes: int) -> None:
+        """Remove the journal's first sent_bytes (sent), keeping what was appended while they were being sent."""
+        with self.journal_lock:
+            if not self.journal_file.is_file():
+                return
+            rest = self.journal_file.read_bytes()[sent_bytes:]
+            if rest:
+                atomic.write_bytes(self.journal_file, rest)
+            else:
+                self.journal_file.unlink()
+
+    def _send_batch(self, pending: list[Metric], new: list[Metric], journal_bytes: int) -> None:
         try:
             for start in range(0, len(pending), 1000):  # MLflow takes at most 1000 metrics a call
                 self.client.log_batch(self.run_id, metrics=pending[start : start + 1000], synchronous=True)
-            self.journal_file.unlink(missing_ok=True)
+            self._drop_sent_journal(journal_bytes)
             if self.failing:
                 print("tracking: MLflow answers again; journalled metrics sent", file=sys.stderr)
             self.failing = False
@@ -242,13 +275,7 @@ class RunLogger:
                 print(f"tracking: MLflow unavailable ({type(error).__name__}); training goes on, metrics are "
                       f"journalled to {self.journal_file} and sent when it answers", file=sys.stderr)
             self.failing = True
-            self.journal_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.journal_file, "a") as out:
-                for metric in new:
-                    out.write(json.dumps({"key": metric.key, "value": metric.value, "step": metric.step,
-                                          "timestamp": metric.timestamp}) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
+            self._append_journal(new)
 
 
 class TrackedRun:
@@ -280,6 +307,7 @@ class TrackedRun:
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         self.logger.close()
+        self._upload_pending_artifacts()
         safely("end the run", mlflow.end_run, status="FAILED" if exc_type else self.status)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -295,13 +323,42 @@ class TrackedRun:
         safely("set tags", mlflow.set_tags, tags)
 
     def log_dict(self, values: dict, name: str) -> None:
-        safely(f"log {name}", mlflow.log_dict, values, name)
+        if not self._keep_while_down(name, lambda path: path.write_text(json.dumps(values, indent=2))):
+            safely(f"log {name}", mlflow.log_dict, values, name)
 
     def log_artifact(self, path: str | Path, folder: str) -> None:
-        safely(f"log {path}", mlflow.log_artifact, str(path), folder)
+        name = f"{folder}/{Path(path).name}"
+        if not self._keep_while_down(name, lambda kept: shutil.copyfile(path, kept)):
+            safely(f"log {path}", mlflow.log_artifact, str(path), folder)
 
     def log_text(self, text: str, name: str) -> None:
-        safely(f"log {name}", mlflow.log_text, text, name)
+        if not self._keep_while_down(name, lambda path: path.write_text(text)):
+            safely(f"log {name}", mlflow.log_text, text, name)
+
+    @property
+    def pending_artifacts(self) -> Path:
+        return self.journal_file.parent / "pending-artifacts"
+
+    def _keep_while_down(self, name: str, write) -> bool:
+        """During an outage (the metric sender found MLflow down) an artifact is kept on disk instead of waiting
+        on MLflow's retries in the training thread; kept ones are uploaded when the run ends. True if kept."""
+        if not self.logger.failing:
+            return False
+        kept = self.pending_artifacts / name
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write(kept)
+        return True
+
+    def _upload_pending_artifacts(self) -> None:
+        if not self.pending_artifacts.is_dir() or self.logger.failing:
+            return  # still down: they stay on disk, in the run's folder
+        try:
+            mlflow.log_artifacts(str(self.pending_artifacts))
+        except Exception as error:
+            print(f"tracking: the artifacts kept during the outage stay in {self.pending_artifacts} "
+                  f"({type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
+            return
+        shutil.rmtree(self.pending_artifacts, ignore_errors=True)
 
     def register(self, checkpoint: Path, model_name: str) -> str | None:
         """Log `checkpoint` as this run's model, a new version of model_name (see jobs/registry.py); the version."""

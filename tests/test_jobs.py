@@ -333,6 +333,9 @@ def test_tracking_outage_mid_run_does_not_stop_or_lose_training(tmp_path, mlflow
     assert load_checkpoint(result.checkpoint_dir / "latest").state["step"] == 8
     kept = [json.loads(line) for line in (result.checkpoint_dir / "metrics-journal.jsonl").read_text().splitlines()]
     assert {m["step"] for m in kept if m["key"] == "train/loss"} >= {4, 5, 6, 7, 8}, "metrics after the outage are kept"
+    # samples made during the outage are kept on disk, not waited for in the training thread
+    samples = sorted(p.name for p in (result.checkpoint_dir / "pending-artifacts" / "samples").iterdir())
+    assert samples == ["step-0000006.txt", "step-0000008.txt"]
 
 
 def test_kill_9_then_resume_keeps_every_step_exactly_once(tmp_path, store):
