@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from conftest import assert_gradients_equal_autograd, assert_gradients_match_finite_differences, random_batch
+from proofs import assert_gradients_equal_autograd, assert_gradients_match_finite_differences, random_batch
 from jobs.data import chat_template
 from jobs.data.tokenizer import SPECIAL_TOKENS, train_bpe, LoadedTokenizer
 from jobs.errors import InputError

@@ -6,7 +6,7 @@ the GPU. Skipped where no CUDA device is available (CI, the dev machines); run o
 import pytest
 import torch
 
-from conftest import assert_gradients_equal_autograd, random_batch
+from proofs import assert_gradients_equal_autograd, random_batch
 from model_zoo.build import build_model
 from model_zoo.config import ModelConfig
 

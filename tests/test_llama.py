@@ -5,7 +5,7 @@ outputs, KV-cache generation equal to full recomputation, and LlamaForCausalLM's
 import pytest
 import torch
 
-from conftest import (
+from proofs import (
     assert_flops_formula_counts, assert_gradients_equal_autograd, assert_gradients_match_finite_differences,
     assert_same_adamw_training, random_batch,
 )
