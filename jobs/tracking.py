@@ -53,8 +53,9 @@ def tracking_uri() -> str:
         raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: unsupported scheme {scheme!r} (use http(s)://host:port "
                             f"for a server, sqlite:///path/mlflow.db, or unset it for the embedded store)")
     if scheme in ("file", "") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
-        raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: MLflow 3 refuses file stores (they lack the model "
-                            f"registry); use sqlite:///path/mlflow.db, a server, or unset it for the embedded store")
+        raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: MLflow 3 refuses file stores unless "
+                            f"MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///path/mlflow.db, a server, or unset it for "
+                            f"the embedded store")
     if scheme == "sqlite":
         database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
         if database is not None and not database.exists():
