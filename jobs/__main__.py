@@ -64,6 +64,7 @@ def quiet_libraries() -> None:
     import logging
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when MLflow configures its loggers, on import
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 

@@ -62,38 +62,6 @@ class StopReason(str, enum.Enum):
     NOTHING_TO_DO = "nothing to do"  # a resumed run that had already reached its end
 
     @property
-    def header(self) -> str:
-        """One line saying what trains: architecture, size, model type, device, data, run."""
-        config = self.model_config
-        budget = f"{self.tc.max_time_minutes:g} min" if self.budget else f"{self.total_steps:,} steps"
-        return (f"{'resuming' if self.resumed else 'training'} {config.architecture} ({count_parameters(config):,} "
-                f"parameters, {config.n_blocks} blocks, d_model {config.d_model}) as the {self.tc.model_type} model "
-                f"on {self.device} x{self.distributed.world_size}: {self.data.train_tokens:,} training tokens, "
-                f"{budget} of batches of {self.tokens_per_step:,} tokens; run {self.root.name}")
-
-    def finished_in_tracking(self) -> bool:
-        """A run that reached its end is finished when its model is registered and no metric waits in its journal
-        (a crash or an outage during the final registration leaves one or the other undone)."""
-        if not self.main:
-            return True
-        journal = self.root / "metrics-journal.jsonl"
-        return registered_version(self.run_id) is not None and not journal.exists()
-
-    def finish(self) -> TrainResult:
-        """The end of a run that reached it in an earlier session but was not registered (or its metrics not all
-        sent): reopen the run (which sends the journal), register once, score, end it FINISHED."""
-        if self.main:
-            print(f"run {self.run_id} reached its end at step {self.progress.step} but was not finished in MLflow "
-                  f"(a crash or an outage during registration): finishing it", file=sys.stderr)
-        model_version = registered_version(self.run_id)
-        with self.tracked_run() as self.tracked:
-            if model_version is None:
-                model_version = self.register()
-                self.final_evaluations(model_version)
-        self.distributed.barrier()
-        return TrainResult(self.tracked.run_id, self.progress.step, self.progress.best_val_loss, self.root,
-                           stopped_by=StopReason.END, model_version=model_version)
-
     def reached_the_end(self) -> bool:
         """The run is complete: its best checkpoint is registered and scored."""
         return self in (StopReason.END, StopReason.TIME_LIMIT)

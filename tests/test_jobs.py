@@ -196,6 +196,8 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store):
     assert result.stopped_by == "SIGTERM" and result.steps == 3
     assert load_checkpoint(result.checkpoint_dir / "latest").state["step"] == 3
     assert MlflowClient().get_run(result.run_id).info.status == "KILLED"
+    assert result.model_version is None and MlflowClient().search_model_versions("name='tiny_torch'") == [], \
+        "a run a signal stopped is not registered (it has not reached its end)"
 
 
 @pytest.mark.parametrize(
