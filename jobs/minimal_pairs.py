@@ -99,12 +99,12 @@ def read_suite(path: str | Path) -> Suite:
         digest.update(file.name.encode() + b"\0" + data + b"\0")
         lines = _lines(file, data)
         paradigms += [_read_zorro(file, lines)] if layout == "zorro" else _read_blimp(file, lines)
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
     for paradigm in paradigms:
         if paradigm.name in seen:
             raise SuiteError(f"--suite {path}: the paradigm {paradigm.name!r} appears in two files (or twice by UID); "
                              f"each paradigm has one file")
-        seen[paradigm.name] = 1
+        seen.add(paradigm.name)
     name = _safe_name(path.stem if path.is_file() else path.name)
     return Suite(name, layout, digest.hexdigest(), tuple(paradigms))
 

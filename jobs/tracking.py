@@ -125,6 +125,8 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     import base64
 
     parts = urllib.parse.urlsplit(uri)
+    if not parts.hostname:
+        raise TrackingError(f"MLFLOW_TRACKING_URI={redact(uri)}: no host in it (use http(s)://host:port)")
     bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
     request = urllib.request.Request(f"{bare.rstrip('/')}/health")
     if parts.username is not None:

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 
 from jobs import minimal_pairs, tracking
-from jobs.checkpoint import Checkpoint, load_checkpoint, load_weights, restore_rng_state, rng_state, rotate, \
+from jobs.checkpoint import Checkpoint, load_weights, restore_rng_state, rng_state, rotate, \
     save_checkpoint
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
@@ -179,8 +179,7 @@ class Trainer:
         self.cfg = cfg = self.data.experiment(cfg)
         self.tc, self.model_config = tc, cfg.model_config_
         T = self.model_config.max_seq_len
-        resume_from = checkpoint_to_resume(cfg, resume)
-        checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+        checkpoint = checkpoint_to_resume(cfg, resume)
         if checkpoint is not None and checkpoint.state["model_type"] != tc.model_type:
             raise CheckpointError(f"{checkpoint.folder} holds a {checkpoint.state['model_type']} model, not {tc.model_type}")
         self.resume_changes = {}
@@ -239,7 +238,9 @@ class Trainer:
 
     def run(self) -> TrainResult:
         if self.resumed and self.reached_the_end():
-            if self.finished_in_tracking():  # before MLflow is written to: a finished run stays as it is
+            # Rank 0 asks MLflow; one all-reduce tells every rank, so all of them finish the run or none does
+            (unfinished,) = self.distributed.sum(float(self.main and not self.finished_in_tracking()))
+            if not unfinished:  # before MLflow is written to: a finished run stays as it is
                 return TrainResult(self.run_id, self.progress.step, self.progress.best_val_loss, self.root,
                                    stopped_by=StopReason.NOTHING_TO_DO)
             return self.finish()
@@ -304,11 +305,8 @@ class Trainer:
 
     def finished_in_tracking(self) -> bool:
         """A run that reached its end is finished when its model is registered and no metric waits in its journal
-        (a crash or an outage during the final registration leaves one or the other undone)."""
-        if not self.main:
-            return True
-        journal = self.root / "metrics-journal.jsonl"
-        return registered_version(self.run_id) is not None and not journal.exists()
+        (a crash or an outage during the final registration leaves one or the other undone). Asked on rank 0."""
+        return registered_version(self.run_id) is not None and not self.journal_file.exists()
 
     def finish(self) -> TrainResult:
         """The end of a run that reached it in an earlier session but was not registered (or its metrics not all
@@ -476,11 +474,16 @@ class Trainer:
 
     # --- tracking and the terminal ----------------------------------------------------------------------------
 
+    @property
+    def journal_file(self) -> Path:
+        """Where metrics MLflow could not take yet wait (see tracking.RunLogger)."""
+        return self.root / "metrics-journal.jsonl"
+
     def tracked_run(self) -> tracking.TrackedRun | tracking.NullRun:
         """The MLflow run (rank 0 only): a new one, or the resumed run continued."""
         if not self.main:
             return tracking.NullRun()
-        return tracking.TrackedRun(self.cfg.experiment_name, self.root.name, self.root / "metrics-journal.jsonl",
+        return tracking.TrackedRun(self.cfg.experiment_name, self.root.name, self.journal_file,
                                    self.run_id, resume_step=self.progress.step if self.resumed else None)
 
     def log_run_params(self) -> None:

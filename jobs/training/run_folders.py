@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from jobs import atomic
+from jobs.checkpoint import Checkpoint, load_checkpoint
 from jobs.config import ExperimentConfig
 from jobs.errors import CheckpointError
 
@@ -79,27 +80,23 @@ def newest_checkpoint(run_folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def newest_usable_checkpoint(run_folder: Path) -> Path | None:
-    """The newest checkpoint that loads whole: a damaged newer one (a crash mid-write on a disk that lies, an
-    edited file) is skipped, and said, so a restarted pod goes on from the intact one beside it."""
-    from jobs.checkpoint import load_checkpoint
-
+def newest_usable_checkpoint(run_folder: Path) -> Checkpoint | None:
+    """The newest checkpoint that loads whole, loaded: a damaged newer one (a crash mid-write on a disk that lies,
+    an edited file) is skipped, and said, so a restarted pod goes on from the intact one beside it."""
     first_error = None
     for folder in checkpoints_newest_first(run_folder):
         try:
-            load_checkpoint(folder)
+            return load_checkpoint(folder)
         except CheckpointError as error:
             first_error = first_error or error
             print(f"--resume: skipping {folder} ({error})", file=sys.stderr)
-            continue
-        return folder
     if first_error is not None:
         raise first_error
     return None
 
 
-def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Path | None:
-    """The folder that --resume names, or None for a fresh run (see jobs/train.py's docstring)."""
+def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Checkpoint | None:
+    """The checkpoint --resume names, loaded (read once), or None for a fresh run (see jobs/train.py's docstring)."""
     if not resume:
         return None
     if resume is True or resume == "auto":
@@ -108,7 +105,7 @@ def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Pa
             raise CheckpointError(f"nothing to resume: no checkpoint of {cfg.experiment_name} "
                                   f"({cfg.training.model_type}) under {checkpoint_root(cfg)}")
         return newest
-    return Path(resume)
+    return load_checkpoint(resume)
 
 
 # What a resumed run may change from the settings it started with: how long it goes on, and how it is run and
