@@ -39,12 +39,10 @@ class HFRuntime:
     def __init__(self, config, tc):
         from model_zoo.build import build_hf_model
 
+        from model_zoo.optimizer import configure_optimizer
+
         _, self.model = build_hf_model(config)
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=tc.learning_rate, betas=(tc.beta1, tc.beta2))
+        self.optimizer = configure_optimizer(self.model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
 
     def set_learning_rate(self, lr):
         for group in self.optimizer.param_groups:

@@ -3,8 +3,8 @@
     python -m bench.train_step                      # the issue's CPU setting (fp32, 2 threads)
     python -m bench.train_step --device cuda --dtype bfloat16 --batch-size 32
 
-Every row runs a full training step (forward, backward, AdamW update) on the same batches with the same
-dimensions. Rows are measured in rounds (each row one step per round by default, rows interleaved in a new
+Every row runs a full training step (forward, backward, clipping, AdamW update) on the same batches with the
+same dimensions; our rows run the step the train job runs (`make_runtime(...).train_step`), not a copy of it. Rows are measured in rounds (each row one step per round by default, rows interleaved in a new
 seeded random order every round) so a slow moment of a noisy machine is spread over all rows instead of landing
 on one, and no row always runs right after the same other row; the median round is reported. Also prints
 the machine's measured matmul FLOP/s and each row's model-FLOPs utilisation (MFU, with the FLOPs formula of
@@ -26,7 +26,8 @@ import torch
 
 from model_zoo.config import ModelConfig, count_parameters, flops_per_token
 from model_zoo.build import build_hf_model, build_model
-from model_zoo.custom_transformer import clip_grad_norm
+from model_zoo.optimizer import configure_optimizer
+from jobs.training.runtime import make_runtime
 from jobs.training.throughput import measure_matmul_flops, sync
 
 
@@ -60,55 +61,47 @@ class PeakMemory:
 
 def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bool, lr: float = 3e-4,
               custom_files: tuple[str, ...] = ()):
-    """name -> a function doing one training step on (idx, targets)."""
-    autocast = dtype == torch.bfloat16
+    """name -> a function doing one training step on a (B, T+1) window."""
     rows = {}
-
-    def autograd_step(model, optimizer, hf: bool):
-        def step(idx, targets):
-            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-                loss = model(idx, labels=targets).loss if hf else model(idx, targets)[1]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return step
-
     try:
         name, hf_model = build_hf_model(config, dropout=0.0)
-        hf_model = hf_model.to(device)
-        hf_opt = torch.optim.AdamW(hf_model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-        rows[f"transformers {name} (baseline)"] = autograd_step(hf_model, hf_opt, hf=True)
+        rows[f"transformers {name} (baseline)"] = hf_step(hf_model.to(device), device, dtype, lr)
     except ImportError:
         print("transformers is not installed: no baseline row (pip install -e '.[test]')")
 
-    torch_model = build_model(config, "torch").to(device)
-    rows["torch twin, eager"] = autograd_step(torch_model, torch_model.configure_optimizer(lr, 0.1), hf=False)
+    dtype_name = str(dtype).removeprefix("torch.")
+    rows["torch twin, eager"] = job_step("torch", build_model(config, "torch"), device, dtype_name, False, lr)
     if compile_:
-        compiled_model = build_model(config, "torch").to(device)
-        compiled_opt = compiled_model.configure_optimizer(lr, 0.1)
-        rows["torch twin, torch.compile"] = autograd_step(torch.compile(compiled_model), compiled_opt, hf=False)
-
-    rows["custom (hand-written backward)"] = custom_step(build_model(config, "custom"), device, autocast, lr)
-    for path in custom_files:  # another copy of the GPT-2 file, e.g. an earlier revision, timed in the same rounds
+        rows["torch twin, torch.compile"] = job_step("torch", build_model(config, "torch"), device, dtype_name, True, lr)
+    rows["custom (hand-written backward)"] = job_step("custom", build_model(config, "custom"), device, dtype_name,
+                                                      False, lr)
+    for path in custom_files:  # another copy of a custom model's file, e.g. an earlier revision, timed in the same rounds
         spec = importlib.util.spec_from_file_location(f"custom_from_{Path(path).stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        rows[f"custom from {Path(path).name}"] = custom_step(module.CustomTransformer(config), device, autocast, lr)
+        model_class = module.CustomLlama if config.architecture == "llama" else module.CustomTransformer
+        rows[f"custom from {Path(path).name}"] = job_step("custom", model_class(config), device, dtype_name, False, lr)
     return rows
 
 
-def custom_step(custom_model, device: str, autocast: bool, lr: float):
-    custom_model = custom_model.to(device=device, compute_dtype=torch.bfloat16 if autocast else None)
-    custom_opt = custom_model.configure_optimizer(lr, 0.1)
-    custom_params = list(custom_model.named_parameters())
+def job_step(model_type: str, model, device: str, dtype: str, compile_model: bool, lr: float):
+    """The train job's step: make_runtime's train_step on one micro-batch, clipping at 1.0."""
+    runtime = make_runtime(model_type, model, device, dtype, compile_model)
+    runtime.configure_optimizer(lr, 0.1, (0.9, 0.95))
+    return lambda window: runtime.train_step([window], 1.0)
 
-    def step(idx, targets):
-        custom_model.forward(idx, targets)
-        custom_model.backward()
-        clip_grad_norm(custom_params, 1.0)
-        custom_opt.step()
-        custom_model.zero_grad()
+
+def hf_step(model, device: str, dtype: torch.dtype, lr: float):
+    """The baseline's step, the same work the usual autograd way (transformers' labels= loss)."""
+    optimizer = configure_optimizer(model, lr, 0.1)
+
+    def step(window):
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = model(window[:, :-1], labels=window[:, 1:]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     return step
 
 
@@ -127,8 +120,9 @@ def main() -> None:
     parser.add_argument("--steps-per-round", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     parser.add_argument("--custom-from", nargs="*", default=[], metavar="FILE",
-                        help="also time the CustomTransformer of these copies of custom_transformer.py (before/after "
-                             "a change: git show REV:model_zoo/custom_transformer.py > before.py)")
+                        help="also time the CustomTransformer (CustomLlama with --architecture llama) of these "
+                             "copies of a custom model's file (before/after a change: git show "
+                             "REV:model_zoo/custom_transformer.py > before.py)")
     parser.add_argument("--architecture", default="gpt2", choices=["gpt2", "llama"],
                         help="llama: n_kv_heads = n_heads / 2, d_ffn = 8/3 d_model (rounded to 8), no biases")
     args = parser.parse_args()
@@ -157,7 +151,7 @@ def main() -> None:
     for name, step in rows.items():  # warm-up (and compilation) outside the timed rounds
         with PeakMemory(args.device) as memory:
             for _ in range(2):
-                step(batches[0][:, :-1], batches[0][:, 1:])
+                step(batches[0])
             sync(args.device)
         peak_memory[name] = memory.peak
     order, shuffle = list(rows), random.Random(0).shuffle
@@ -170,7 +164,7 @@ def main() -> None:
             sync(args.device)
             start = time.perf_counter()
             for window in batches:
-                step(window[:, :-1], window[:, 1:])
+                step(window)
             sync(args.device)
             round_seconds[name].append(time.perf_counter() - start)
 

@@ -14,12 +14,13 @@ folder that looks whole; loading uses safetensors and json only, never pickle.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -36,35 +37,48 @@ UMASK = os.umask(0o022)  # read once, at import (setting it back at once): the m
 os.umask(UMASK)
 
 
-class ServingState(BaseModel):
-    """What state.json must hold for a checkpoint to be served (generate, chat, evaluate, the MLflow model)."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-    step: StrictInt = Field(ge=0)
-    model_type: Literal["torch", "custom"]
-    model_config_: dict[str, Any] = Field(alias="model_config")
-
-
 class LoaderState(BaseModel):
+    """Where the data loader stands (TrainWindows / ChatWindows .state_dict())."""
+
     position: StrictInt = Field(ge=0)
     seed: StrictInt = Field(ge=0)  # numpy's generators take no negative seed
 
 
-class TrainingState(ServingState):
-    """...and what it must hold to be resumed: every field the train job reads back (see jobs/train.py: save)."""
+class CheckpointState(BaseModel):
+    """state.json: one typed record, written by the train job (Trainer.save) and read by every job that loads a
+    checkpoint, through attributes. Serving needs the first three fields; a resume needs the training state too
+    (RESUME_FIELDS: each part of the loop gives its own and takes it back). A new piece of resumable state is a
+    field here, filled by its part. Keys this code does not know are kept, so a newer checkpoint still loads."""
 
-    best_val_loss: float
-    loader: LoaderState
-    optimizer_scalars: dict[str, Any]
-    rng: dict[str, list[int]]
-    mlflow_run_id: str | None
-    train_seconds: float = Field(ge=0)
-    tokenizer_sha256: str
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), populate_by_name=True,
+                              ser_json_inf_nan="constants")  # best_val_loss may be Infinity, as json.dumps writes it
+
+    # what the model is: enough to serve it
+    step: StrictInt = Field(ge=0)
+    model_type: Literal["torch", "custom"]
+    model_config_: dict[str, Any] = Field(alias="model_config")
+    # where it came from
+    experiment: dict[str, Any] | None = None  # the run's ExperimentConfig.to_dict()
+    mlflow_run_id: str | None = None
+    tokenizer_sha256: str | None = None
+    eot_id: StrictInt | None = None
+    dataset_id: str | None = None
+    # what --resume restores: the progress (step above, these two), the loader, the RNG, the optimizer's scalars
+    best_val_loss: float = math.inf
+    train_seconds: float = Field(0.0, ge=0)
+    loader: LoaderState | None = None
+    rng: dict[str, list[int]] | None = None
+    optimizer_scalars: dict[str, Any] | None = None
+
+    RESUME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "best_val_loss", "train_seconds", "loader", "rng", "optimizer_scalars", "mlflow_run_id", "tokenizer_sha256")
 
     @field_validator("rng")
     @classmethod
-    def _rng_states_are_bytes(cls, rng: dict[str, list[int]]) -> dict[str, list[int]]:
+    def _rng_states_are_bytes(cls, rng: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
         """torch's generator states, as saved by rng_state(): bytes, and the CPU one of the size torch expects."""
+        if rng is None:
+            return rng
         if "torch" not in rng:
             raise ValueError("the CPU generator's state ('torch') is missing")
         size = torch.get_rng_state().numel()
@@ -75,14 +89,23 @@ class TrainingState(ServingState):
                 raise ValueError(f"{name!r} holds values outside 0..255 (a generator state is bytes)")
         return rng
 
+    @classmethod
+    def read(cls, folder: Path, data: Any, for_resume: bool) -> "CheckpointState":
+        """The state of `folder` from its parsed JSON, or a CheckpointError naming the file, key and problem."""
+        try:
+            state = cls.model_validate(data)
+        except ValidationError as error:
+            where, message = first_problem(error)
+            key = ".".join(str(part) for part in where) or "(top level)"
+            raise CheckpointError(f"{folder / 'state.json'}: {key}: {message}") from None
+        missing = [name for name in cls.RESUME_FIELDS if name not in state.model_fields_set] if for_resume else []
+        if missing:
+            raise CheckpointError(f"{folder / 'state.json'}: {missing[0]}: Field required (it can be served, not "
+                                  f"resumed)")
+        return state
 
-def _check_state(folder: Path, state: Any, schema: type[BaseModel]) -> None:
-    try:
-        schema.model_validate(state)
-    except ValidationError as error:
-        where, message = first_problem(error)
-        key = ".".join(str(part) for part in where) or "(top level)"
-        raise CheckpointError(f"{folder / 'state.json'}: {key}: {message}") from None
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=False, indent=2) + "\n"
 
 
 def check_weights_fit(folder: Path, weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
@@ -101,13 +124,13 @@ def check_weights_fit(folder: Path, weights: dict[str, torch.Tensor], expected: 
 @dataclass
 class Checkpoint:
     folder: Path
-    state: dict[str, Any]
+    state: CheckpointState
     weights: dict[str, torch.Tensor]
     optimizer: dict[str, torch.Tensor]
 
 
 def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor],
-                    state: dict[str, Any], tokenizer_path: str | Path) -> Path:
+                    state: CheckpointState, tokenizer_path: str | Path) -> Path:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{folder.name}.", suffix=".tmp"))  # unique per writer
@@ -116,7 +139,7 @@ def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], optimizer: d
         save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         save_file({k: v.detach().to("cpu").contiguous() for k, v in optimizer.items()},
                   str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        (tmp / "state.json").write_text(state.to_json())
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
     except (OSError, SafetensorError) as error:  # disk full, a file-size limit...: nothing half-written stays
         shutil.rmtree(tmp, ignore_errors=True)
@@ -139,15 +162,24 @@ def load_checkpoint(folder: str | Path, with_optimizer: bool = True) -> Checkpoi
     if missing:
         raise CheckpointError(f"{folder} is not a checkpoint: missing {', '.join(missing)}")
     try:
-        state = json.loads((folder / "state.json").read_text())
+        data = json.loads((folder / "state.json").read_text())
         weights = load_file(str(folder / "model.safetensors"))
         optimizer = load_file(str(folder / "optimizer.safetensors")) if with_optimizer else {}
     except FileNotFoundError:
         raise CheckpointError(f"{folder} has no optimizer.safetensors: it can be served, not resumed") from None
     except Exception as error:  # safetensors and json raise several types on a damaged file
         raise CheckpointError(f"{folder}: damaged checkpoint ({str(error).splitlines()[0]})") from None
-    _check_state(folder, state, TrainingState if with_optimizer else ServingState)
-    return Checkpoint(folder, state, weights, optimizer)
+    return Checkpoint(folder, CheckpointState.read(folder, data, for_resume=with_optimizer), weights, optimizer)
+
+
+def read_state(folder: str | Path) -> CheckpointState:
+    """Only the state of a checkpoint folder (what registration tags a version with), without its tensors."""
+    folder = Path(folder)
+    try:
+        data = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{folder / 'state.json'}: cannot be read ({str(error).splitlines()[0]})") from None
+    return CheckpointState.read(folder, data, for_resume=False)
 
 
 def load_weights(model, checkpoint: Checkpoint) -> None:
@@ -159,10 +191,10 @@ def load_weights(model, checkpoint: Checkpoint) -> None:
 def build_from_checkpoint(checkpoint: Checkpoint, device: str):
     """The checkpoint's model (its type and config) on `device`, with its weights, in eval mode."""
     try:
-        config = ModelConfig.from_dict(checkpoint.state["model_config"])
+        config = ModelConfig.from_dict(checkpoint.state.model_config_)
     except ConfigError as error:
         raise CheckpointError(f"{checkpoint.folder / 'state.json'}: model_config: {error}") from None
-    model = build_model(config, checkpoint.state["model_type"]).to(device)
+    model = build_model(config, checkpoint.state.model_type).to(device)
     load_weights(model, checkpoint)
     return model.eval()
 

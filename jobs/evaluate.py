@@ -123,7 +123,7 @@ def _data_config_from_state(loaded):
     from jobs.config import ASSETS_DIR, DataConfig
     from jobs.errors import CheckpointError, first_problem
 
-    saved = (loaded.state.get("experiment") or {}).get("data")
+    saved = (loaded.state.experiment or {}).get("data")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{loaded.folder / 'state.json'} does not say what data the model was trained on "
                               f"(no experiment.data): give --text-file FILE or --config X.yaml")

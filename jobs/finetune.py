@@ -18,6 +18,7 @@ from typing import Literal
 
 from jobs import atomic
 from jobs.cli import typed
+from jobs.checkpoint import CheckpointState
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_data, chat_template
 from jobs.data.sources import load_documents
@@ -191,9 +192,9 @@ def base_name(ref: str, fallback: str) -> str:
     return fallback
 
 
-def lineage(ref: str, state: dict) -> dict:
+def lineage(ref: str, state: "CheckpointState") -> dict:
     """Where the fine-tuned model comes from: the base's URI, registry version (when it is one) and run."""
-    found = {"model": ref, "run_id": state.get("mlflow_run_id") or "unknown", "step": state.get("step")}
+    found = {"model": ref, "run_id": state.mlflow_run_id or "unknown", "step": state.step}
     if ref.startswith("models:/"):
         from mlflow.tracking import MlflowClient
 

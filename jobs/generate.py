@@ -62,8 +62,8 @@ def chat(model: str | None = None, config: str | None = None, max_length: Positi
     loaded = load_model(ref, device)
     state = loaded.state
     n_params = count_parameters(loaded.config)
-    print(f"Model: {ref} ({state['model_type']}, {n_params:,} parameters, step {state['step']}, "
-          f"best val loss {state.get('best_val_loss', float('nan')):.4f})")
+    print(f"Model: {ref} ({state.model_type}, {n_params:,} parameters, step {state.step}, "
+          f"best val loss {state.best_val_loss:.4f})")
     if loaded.chat:
         print("A chat model: it answers each message, remembering the conversation (/reset forgets it).")
     else:

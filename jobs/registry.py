@@ -6,8 +6,6 @@ jobs/serving/pyfunc_model.py (MLflow runs that file to serve it, nothing is pick
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +14,8 @@ import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+
+from jobs.checkpoint import read_state
 
 CHAMPION = "champion"  # the alias of the version with the best validation loss: models:/<name>@champion
 PYFUNC_FILE = Path(__file__).with_name("serving") / "pyfunc_model.py"
@@ -27,8 +27,8 @@ def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
     (MLflow's own, which is why `latest` cannot be an alias) always means the newest version. Returns the version."""
     import torch
 
-    state = json.loads((checkpoint / "state.json").read_text())
-    val_loss = state.get("best_val_loss", math.inf)
+    state = read_state(checkpoint)
+    val_loss = state.best_val_loss
     example = pd.DataFrame({"prompt": ["Once upon a time"]})
     signature = infer_signature(example, ["generated text"],
                                 params={"max_length": 100, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "seed": 0})
@@ -49,9 +49,9 @@ def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
     client = MlflowClient()
     version = str(info.registered_model_version)
     client.set_model_version_tag(model_name, version, "val_loss", f"{val_loss:.6f}")
-    client.set_model_version_tag(model_name, version, "model_type", state["model_type"])
+    client.set_model_version_tag(model_name, version, "model_type", state.model_type)
     # Losses compare only on the same validation tokens: the same dataset (files, document rules) and tokenizer.
-    val_data = f"{state.get('dataset_id', 'unknown')}/{state.get('tokenizer_sha256', 'unknown')[:12]}"
+    val_data = f"{state.dataset_id or 'unknown'}/{(state.tokenizer_sha256 or 'unknown')[:12]}"
     client.set_model_version_tag(model_name, version, "val_data", val_data)
     try:
         champion = client.get_model_version_by_alias(model_name, CHAMPION)

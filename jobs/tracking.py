@@ -37,6 +37,7 @@ from jobs.config import TRACKING_STORE
 from jobs.errors import InputError, TrackingError
 
 if TYPE_CHECKING:
+    from jobs.checkpoint import CheckpointState
     from jobs.figures import RunCurves
 
 # Stores MLflow can use: a tracking server, a database (SQLAlchemy URLs), a file store (a path or file:).
@@ -439,7 +440,7 @@ class NullRun:
         pass
 
 
-def log_evaluation(state: dict, model_ref: str, params: dict[str, Any], metrics: dict[str, float],
+def log_evaluation(state: "CheckpointState", model_ref: str, params: dict[str, Any], metrics: dict[str, float],
                    tags: dict[str, str] | None = None, run_name: str = "evaluate",
                    version_tags: dict[str, str] | None = None) -> None:
     """An evaluation of a trained model, as a run of its experiment: params, metrics and tags, with the training
@@ -448,11 +449,11 @@ def log_evaluation(state: dict, model_ref: str, params: dict[str, Any], metrics:
     from jobs.registry import version_of
 
     try:
-        experiment_id = setup((state.get("experiment") or {}).get("experiment_name") or "evaluations")
+        experiment_id = setup((state.experiment or {}).get("experiment_name") or "evaluations")
         version = version_of(model_ref)
         client = MlflowClient()
         run = client.create_run(experiment_id, run_name=run_name, tags={
-            **(tags or {}), "trained_in_run": str(state.get("mlflow_run_id")), "model": model_ref[:500],
+            **(tags or {}), "trained_in_run": str(state.mlflow_run_id), "model": model_ref[:500],
             **({"model_version": f"{version.name}/{version.version}"} if version else {})})
         client.log_batch(run.info.run_id, params=[Param(key, str(value)[:500])
                                                   for key, value in {"model": model_ref, **params}.items()])

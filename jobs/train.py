@@ -21,14 +21,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from jobs import minimal_pairs, tracking
-from jobs.checkpoint import Checkpoint, load_weights, restore_rng_state, rng_state, rotate, \
+from jobs.checkpoint import Checkpoint, CheckpointState, load_weights, restore_rng_state, rng_state, rotate, \
     save_checkpoint
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
@@ -180,12 +180,12 @@ class Trainer:
         self.tc, self.model_config = tc, cfg.model_config_
         T = self.model_config.max_seq_len
         checkpoint = checkpoint_to_resume(cfg, resume)
-        if checkpoint is not None and checkpoint.state["model_type"] != tc.model_type:
-            raise CheckpointError(f"{checkpoint.folder} holds a {checkpoint.state['model_type']} model, not {tc.model_type}")
+        if checkpoint is not None and checkpoint.state.model_type != tc.model_type:
+            raise CheckpointError(f"{checkpoint.folder} holds a {checkpoint.state.model_type} model, not {tc.model_type}")
         self.resume_changes = {}
         if checkpoint is not None:  # the same experiment, trained with the same tokenizer, or a refusal saying why not
-            self.resume_changes = resume_changes(checkpoint.state.get("experiment"), cfg)
-            if checkpoint.state.get("tokenizer_sha256") not in (None, self.tokenizer.sha256):
+            self.resume_changes = resume_changes(checkpoint.state.experiment, cfg)
+            if checkpoint.state.tokenizer_sha256 not in (None, self.tokenizer.sha256):
                 raise CheckpointError(f"--resume: {checkpoint.folder} was trained with another tokenizer than the data "
                                       f"prepared now ({self.tokenizer.path}): the training text or its settings changed; "
                                       f"start a new run")
@@ -221,15 +221,15 @@ class Trainer:
         exist: all of it checked before the run is reopened, so a refused resume leaves the run as it was."""
         load_weights(self.runtime.model, checkpoint)
         try:  # the optimizer's layout (moments per parameter, torch's param_groups) must fit this model
-            self.runtime.load_optimizer_state(checkpoint.optimizer, checkpoint.state.get("optimizer_scalars", {}))
+            self.runtime.load_optimizer_state(checkpoint.optimizer, checkpoint.state.optimizer_scalars or {})
         except (KeyError, ValueError, TypeError, IndexError) as error:
             raise CheckpointError(f"{checkpoint.folder}: the optimizer state does not fit the model "
                                   f"({type(error).__name__}: {str(error)[:120]})") from None
-        self.loader.load_state_dict(checkpoint.state["loader"])
-        restore_rng_state(checkpoint.state["rng"])
-        self.progress = Progress(checkpoint.state["step"], checkpoint.state.get("best_val_loss", math.inf),
-                                 checkpoint.state.get("train_seconds", 0.0))  # the time budget goes on from here
-        self.run_id = checkpoint.state.get("mlflow_run_id")
+        state = checkpoint.state  # each part takes back what it gave in save()
+        self.loader.load_state_dict(state.loader.model_dump())
+        restore_rng_state(state.rng)
+        self.progress = Progress(state.step, state.best_val_loss, state.train_seconds)  # the time budget goes on
+        self.run_id = state.mlflow_run_id
         if self.main and self.run_id is not None and not tracking.run_exists(self.run_id):
             raise CheckpointError(f"{checkpoint.folder / 'state.json'}: mlflow_run_id {self.run_id[:40]!r} is not a "
                                   f"run in {tracking.tracking_uri()} (another tracking store?)")
@@ -422,14 +422,11 @@ class Trainer:
         mark_latest(self.cfg, self.root)
         self.tracked.flush()  # the metrics of the steps this checkpoint covers are sent or journalled before it exists
         opt_tensors, opt_scalars = self.runtime.optimizer_state()
-        state = {
-            "step": self.progress.step, "model_type": self.tc.model_type, "model_config": self.model_config.to_dict(),
-            "experiment": self.cfg.to_dict(), "best_val_loss": self.progress.best_val_loss,
-            "loader": self.loader.state_dict(), "optimizer_scalars": opt_scalars, "rng": rng_state(),
-            "mlflow_run_id": self.tracked.run_id, "tokenizer_sha256": self.tokenizer.sha256,
-            "eot_id": self.tokenizer.eot_id, "train_seconds": self.progress.train_seconds,
-            "dataset_id": self.data.dataset_id,
-        }
+        state = CheckpointState(  # what the model is, where it came from, and each part's own state (restore())
+            model_type=self.tc.model_type, model_config=self.model_config.to_dict(), experiment=self.cfg.to_dict(),
+            mlflow_run_id=self.tracked.run_id, tokenizer_sha256=self.tokenizer.sha256, eot_id=self.tokenizer.eot_id,
+            dataset_id=self.data.dataset_id, **asdict(self.progress),  # step, best_val_loss, train_seconds
+            loader=self.loader.state_dict(), rng=rng_state(), optimizer_scalars=opt_scalars)
         save_checkpoint(self.root / name, self.runtime.model.state_dict(), opt_tensors, state, self.tokenizer.path)
 
     def register(self) -> str | None:
@@ -458,15 +455,15 @@ class Trainer:
             loaded = load_model(str(folder), self.device)
             for suite in self.suites:
                 score = minimal_pairs.score_suite(loaded.model, loaded.tokenizer, suite, self.device)
-                history[suite.name][loaded.state["step"]] = score
-                self.say(f"{suite.name} @ step {loaded.state['step']} ({folder.name}): {score.accuracy:.1%} of "
+                history[suite.name][loaded.state.step] = score
+                self.say(f"{suite.name} @ step {loaded.state.step} ({folder.name}): {score.accuracy:.1%} of "
                          f"{score.pairs:,} pairs ({score.seconds:.0f} s)")
                 if folder == best:
                     self.say(score.table())
-                    self.tracked.log_scores(score.metrics(), loaded.state["step"], self.cfg.model_name, version,
+                    self.tracked.log_scores(score.metrics(), loaded.state.step, self.cfg.model_name, version,
                                             score.version_tags())
                 else:  # apart from the registered model's scores, which a later step-N must not shadow
-                    self.tracked.log_metrics(score.metrics("during_training"), loaded.state["step"])
+                    self.tracked.log_metrics(score.metrics("during_training"), loaded.state.step)
         for name, scores in history.items():
             if len(scores) > 1:
                 figure = plot_suite_history(name, scores, self.root / "figures" / f"{name}_accuracy.png")

@@ -1,9 +1,9 @@
 """The Llama-style decoder with every backward pass written by hand: what changed after GPT-2, and its gradients.
 
 The twin of torch_llama.py (same classes, names, order, parameter names and shapes), computing what Hugging
-Face's LlamaForCausalLM computes. Only what is new is here; the rest comes from custom_transformer.py: Module,
-Parameter, Linear (here without biases), Embedding, Dropout, the cross-entropy loss, AdamW and clipping. The
-conventions are the same: forward() saves what backward() needs, backward() returns the input's gradient and
+Face's LlamaForCausalLM computes. Only what is new is here; the rest comes from custom_layers.py, as for GPT-2:
+Module, Parameter, Linear (here without biases), Embedding, Dropout, attention's core and the cross-entropy loss
+(AdamW and clipping: optimizer.py). The conventions are the same: forward() saves what backward() needs, backward() returns the input's gradient and
 accumulates (+=) into its parameters' gradients, and nothing saved for backward is ever modified.
 
 What changes from GPT-2, and why:
@@ -28,9 +28,9 @@ import math
 import torch
 
 from model_zoo.config import ModelConfig
-from model_zoo.custom_transformer import (
-    CrossEntropyLoss, CustomModel, Dropout, Embedding, Linear, Module, Parameter, ScaledDotProductAttention, linear,
-    linear_backward,
+from model_zoo.custom_layers import (
+    CrossEntropyLoss, CustomModel, Dropout, Embedding, Linear, Module, Parameter, ScaledDotProductAttention,
+    at_least_float32,
 )
 from model_zoo.kv_cache import KVCache
 from model_zoo.rope import apply_rope, rope_angles, rotate_half
@@ -42,18 +42,21 @@ class RMSNorm(Module):
         self.weight = Parameter.of(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps) over each token's C features
+        # y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps) over each token's C features; computed in at least
+        # fp32 (a mean of squares is where bf16 loses most), as the twin and Hugging Face's LlamaRMSNorm do
+        self.x_dtype, x = x.dtype, at_least_float32(x)
         self.rstd = torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps)  # (B, T, 1)
         self.x_hat = x * self.rstd  # (B, T, C)
-        return self.x_hat * self.weight.data
+        return self.x_hat.to(self.x_dtype) * self.weight.data
 
     def backward(self, d_out: torch.Tensor) -> torch.Tensor:
         # dw = sum over tokens of dy * x_hat;  d_x_hat = dy * w. rstd depends on every x of the token, which gives
         #   dx = rstd * (d_x_hat - x_hat * mean(d_x_hat * x_hat))   (LayerNorm's formula without the mean term)
         C = d_out.shape[-1]
         self.weight.grad += (d_out * self.x_hat).reshape(-1, C).sum(0)
-        d_x_hat = d_out * self.weight.data
-        return self.rstd * (d_x_hat - self.x_hat * (d_x_hat * self.x_hat).mean(-1, keepdim=True))
+        d_x_hat = at_least_float32(d_out * self.weight.data)
+        d_x = self.rstd * (d_x_hat - self.x_hat * (d_x_hat * self.x_hat).mean(-1, keepdim=True))
+        return d_x.to(self.x_dtype)
 
 
 # --- rotary position embeddings (forward in rope.py, shared with the twin) ------------------------------
@@ -173,8 +176,9 @@ class CustomLlama(CustomModel):
         self.embedding_dropout = Dropout(config.dropout)
         self.blocks = [Block(config) for _ in range(config.n_blocks)]
         self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps)
-        if not config.tie_embeddings:
-            self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:  # one Parameter in two layers, as GPT-2's head (the twin: head_weight())
+            self.lm_head.weight = self.token_embedding.weight
         self.cross_entropy = CrossEntropyLoss()
         self.reset_parameters()
 
@@ -190,10 +194,6 @@ class CustomLlama(CustomModel):
             else:
                 param.data.fill_(1.0)  # RMSNorm gains
 
-    def head_weight(self) -> Parameter:
-        """The LM head's (V, C) weight: the token embedding when tied, else its own."""
-        return self.token_embedding.weight if self.config.tie_embeddings else self.lm_head.weight
-
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -205,15 +205,15 @@ class CustomLlama(CustomModel):
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.norm_f(x)  # (B, T, C)
-        self.final_hidden = x
-        logits = linear(self, x, self.head_weight())  # (B, T, V)
-        return logits, self.cross_entropy(logits, targets)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = self.cross_entropy(logits, targets)  # None without targets
+        return logits, loss
 
     def backward(self, loss_scale: float = 1.0) -> dict[str, torch.Tensor]:
         """As CustomTransformer.backward: gradients accumulated into .grad, returned by state_dict key."""
-        d_logits = self.cross_entropy.backward(loss_scale).to(self.final_hidden.dtype)  # (B, T, V)
+        d_logits = self.cross_entropy.backward(loss_scale)  # (B, T, V)
         # When tied, the head is the embedding's first gradient path (the lookup below adds the second).
-        d_x = self.norm_f.backward(linear_backward(self, d_logits, self.final_hidden, self.head_weight()))  # (B, T, C)
+        d_x = self.norm_f.backward(self.lm_head.backward(d_logits))  # (B, T, C)
         for block in reversed(self.blocks):
             d_x = block.backward(d_x)
         self.token_embedding.backward(self.embedding_dropout.backward(d_x))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from model_zoo.config import ModelConfig
 from model_zoo.kv_cache import KVCache
 from model_zoo.rope import apply_rope, rope_angles
-from model_zoo.torch_transformer import ScaledDotProductAttention
+from model_zoo.torch_transformer import CrossEntropyLoss, ScaledDotProductAttention
 
 
 class RMSNorm(nn.Module):
@@ -107,6 +107,7 @@ class TorchLlama(nn.Module):
         self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps)
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.cross_entropy = CrossEntropyLoss()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -138,17 +139,5 @@ class TorchLlama(nn.Module):
             kv_cache.advance(T)
         x = self.norm_f(x)  # (B, T, C)
         logits = x @ self.head_weight().t()  # (B, T, V)
-        loss = None
-        if targets is not None:
-            logits_fp32 = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            loss = F.cross_entropy(logits_fp32.view(B * T, -1), targets.reshape(B * T))
+        loss = self.cross_entropy(logits, targets)  # None without targets
         return logits, loss
-
-    def configure_optimizer(
-        self, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
-    ) -> torch.optim.AdamW:
-        """AdamW decaying matrices (projections, embedding, head), not the RMSNorm gains."""
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, foreach=True)

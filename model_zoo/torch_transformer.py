@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model_zoo.config import ModelConfig
+from model_zoo.custom_layers import IGNORE_INDEX
 from model_zoo.kv_cache import KVCache
 
 
@@ -34,6 +35,20 @@ class ScaledDotProductAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         # with a cache, the cache says which keys each query may see: (T, past + T), or (B, 1, T, past + T)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+
+
+class CrossEntropyLoss(nn.Module):
+    """loss = mean over scored tokens of -log softmax(z)[y], in at least fp32 (custom_layers.CrossEntropyLoss writes
+    it out, with its backward). A target of IGNORE_INDEX is not scored; with none scored the loss is 0, as the
+    custom one's (F.cross_entropy's mean would be NaN). No targets (generation): no loss."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+        if targets is None:
+            return None
+        logits_fp32 = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32 for the loss
+        total = F.cross_entropy(logits_fp32.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                reduction="sum")
+        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -99,6 +114,7 @@ class TorchTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         # The LM head has no weight of its own: it is the token embedding, transposed (weight tying, as GPT-2).
+        self.cross_entropy = CrossEntropyLoss()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -132,21 +148,5 @@ class TorchTransformer(nn.Module):
             kv_cache.advance(T)
         x = self.ln_f(x)  # (B, T, C)
         logits = x @ self.token_embedding.weight.t()  # (B, T, V): the tied LM head
-        loss = None
-        if targets is not None:
-            logits_fp32 = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32 for the loss
-            loss = F.cross_entropy(logits_fp32.view(B * T, -1), targets.reshape(B * T))
+        loss = self.cross_entropy(logits, targets)  # None without targets
         return logits, loss
-
-    def configure_optimizer(
-        self, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
-    ) -> torch.optim.AdamW:
-        """AdamW with decoupled weight decay on matrices (weights and embeddings) only.
-
-        Biases and LayerNorm gains (vectors) are not decayed: pulling a gain towards 0 only fights the
-        normalisation. The custom model's hand-written AdamW uses the same rule.
-        """
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, foreach=True)

@@ -34,10 +34,10 @@ def assert_gradients_match_finite_differences(model, idx, targets, samples: int 
 def assert_same_adamw_training(torch_model, custom_model, vocab_size: int, T: int, steps: int = 20) -> list[float]:
     """Each model with its own AdamW and clipping on the same batches: the same losses and gradient norms, step
     for step (float32, to 1e-4). Returns the loss curve."""
-    from model_zoo.custom_transformer import clip_grad_norm
+    from model_zoo.optimizer import clip_grad_norm, configure_optimizer
 
-    torch_opt = torch_model.configure_optimizer(learning_rate=3e-3, weight_decay=0.1)
-    custom_opt = custom_model.configure_optimizer(learning_rate=3e-3, weight_decay=0.1)
+    torch_opt = configure_optimizer(torch_model, learning_rate=3e-3, weight_decay=0.1)
+    custom_opt = configure_optimizer(custom_model, learning_rate=3e-3, weight_decay=0.1)
     custom_params = list(custom_model.named_parameters())
     losses = []
     for step in range(steps):

@@ -308,7 +308,8 @@ def test_a_failed_checkpoint_write_leaves_no_half_folder_and_the_previous_one_in
 
     monkeypatch.setattr(checkpoint, "save_file", full_disk)
     with pytest.raises(CheckpointError, match="No space left on device"):
-        checkpoint.save_checkpoint(folder, weights, {}, {**state, "step": 99}, folder / "tokenizer.json")
+        checkpoint.save_checkpoint(folder, weights, {}, checkpoint.CheckpointState.model_validate({**state, "step": 99}),
+                                   folder / "tokenizer.json")
     assert sorted(p.name for p in folder.parent.iterdir()) == ["latest"], "no .tmp folder is left"
     assert (folder / "state.json").read_text() == before
     (folder.parent / "latest.abc.tmp").mkdir()  # what a kill -9 mid-write leaves

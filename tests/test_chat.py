@@ -15,7 +15,7 @@ from jobs.data.tokenizer import SPECIAL_TOKENS, train_bpe, LoadedTokenizer
 from jobs.errors import InputError
 from model_zoo.build import build_model
 from model_zoo.config import ModelConfig
-from model_zoo.custom_transformer import IGNORE_INDEX
+from model_zoo.custom_layers import IGNORE_INDEX
 
 CONFIGS = {
     "gpt2": ModelConfig(vocab_size=61, d_model=16, n_heads=2, n_blocks=2, d_ffn=40, max_seq_len=16),
@@ -63,6 +63,23 @@ def test_masked_positions_get_no_gradient_and_the_mean_counts_scored_tokens(arch
     log_probs = torch.log_softmax(logits, dim=-1)
     scored = [-log_probs[b, t, targets[b, t]] for b in range(3) for t in range(12) if not masked[b, t]]
     assert loss.item() == pytest.approx(torch.stack(scored).mean().item(), rel=1e-12)
+
+
+@ARCHITECTURES
+def test_a_batch_with_nothing_scored_has_loss_zero_and_no_gradient_in_both_twins(architecture):
+    """A micro-batch whose targets are all masked (a chat window of only user text) weighs 0 in the step: both
+    twins give a loss of 0, not F.cross_entropy's NaN, which would poison the step's sum, and zero gradients."""
+    config = CONFIGS[architecture]
+    torch_model, custom_model = twins(config)
+    idx, targets = masked_batch(config)
+    targets[:] = IGNORE_INDEX
+    _, torch_loss = torch_model(idx, targets)
+    torch_loss.backward()
+    _, custom_loss = custom_model(idx, targets)
+    grads = custom_model.backward()
+    assert torch_loss.item() == 0 and custom_loss.item() == 0
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in torch_model.parameters())
+    assert all(g.abs().max() == 0 for g in grads.values())
 
 
 @ARCHITECTURES

@@ -37,7 +37,7 @@ def test_float64_gradients_equal_autograd_on_cuda(architecture):
 @pytest.mark.parametrize("compile_model", [False, True])
 @pytest.mark.parametrize("architecture", CONFIGS)
 def test_bf16_training_steps_agree_and_learn(architecture, compile_model):
-    """The runtime adapters on CUDA in bf16 (autocast for the twin, compute_dtype for the custom model): the two
+    """The runtime adapters on CUDA in bf16 (the same torch.autocast for both): the two
     types start from the same loss, and 40 steps on a learnable rule lower it for both."""
     from jobs.training.runtime import make_runtime
 
@@ -83,14 +83,14 @@ def test_kv_cache_generation_equals_recomputation_on_cuda(architecture, model_ty
 
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
 def test_a_checkpoint_restores_onto_the_gpu(tmp_path, model_type):
-    from jobs.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+    from jobs.checkpoint import CheckpointState, build_from_checkpoint, load_checkpoint, save_checkpoint
 
     config = CONFIGS["llama"]
     torch.manual_seed(0)
     model = build_model(config, model_type)
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text("{}")
-    state = {"step": 1, "model_type": model_type, "model_config": config.to_dict()}
+    state = CheckpointState(step=1, model_type=model_type, model_config=config.to_dict())
     folder = save_checkpoint(tmp_path / "ckpt", model.state_dict(), {}, state, tokenizer)
     on_gpu = build_from_checkpoint(load_checkpoint(folder, with_optimizer=False), "cuda")
     idx, _ = random_batch(96, B=2, T=16)

@@ -121,7 +121,7 @@ def test_a_restarted_pod_resumes_from_the_newest_checkpoint_and_trains_as_if_nev
     assert "stopped by SIGTERM" in first_err and "--resume " in first_err, first_err[-2000:]
     assert "SignalException" not in first_err, "torchrun's own traceback is not shown"
     (latest,) = runs_root.glob("*/latest")
-    stopped_at = load_checkpoint(latest).state["step"]
+    stopped_at = load_checkpoint(latest).state.step
     assert 5 <= stopped_at < steps, f"stopped at step {stopped_at}: the test needs a run that stopped midway"
     print(f"first start stopped at step {stopped_at} of {steps}")
 

@@ -129,7 +129,7 @@ def test_each_run_keeps_its_own_checkpoints(tmp_path, store):
     first = run_training(cfg)
     second = run_training(cfg)  # started within the same second, it still gets a folder of its own
     assert first.checkpoint_dir != second.checkpoint_dir
-    assert load_checkpoint(first.checkpoint_dir / "best").state["mlflow_run_id"] == first.run_id
+    assert load_checkpoint(first.checkpoint_dir / "best").state.mlflow_run_id == first.run_id
     assert latest_run_folder(cfg) == second.checkpoint_dir, "a bare --resume continues the newest run"
 
 
@@ -162,7 +162,7 @@ def test_resume_goes_on_with_the_time_budget(tmp_path, store, slow_steps):
     cfg = tiny(tmp_path, max_steps=10_000, max_time_minutes=0.03, eval_every=1000, warmup_steps=2)  # 1.8 s
     with signal_during_step(6):
         first = run_training(cfg)
-    saved = load_checkpoint(first.checkpoint_dir / "latest").state["train_seconds"]
+    saved = load_checkpoint(first.checkpoint_dir / "latest").state.train_seconds
     assert saved >= 0.5, "the checkpoint keeps the seconds trained"
     second = run_training(cfg, resume=True)
     assert second.stopped_by == "time limit"
@@ -192,7 +192,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, st
     with pytest.raises(TrainingDiverged, match="loss is nan at step 6"):
         run_training(cfg)
     latest = load_checkpoint(latest_run_folder(cfg) / "latest")
-    assert latest.state["step"] == 4, "the checkpoint from step 4 is intact"
+    assert latest.state.step == 4, "the checkpoint from step 4 is intact"
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("tiny_torch").experiment_id])
     assert runs[0].info.status == "FAILED"
 
@@ -202,7 +202,7 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store):
     with signal_during_step(3):
         result = run_training(tiny(tmp_path))
     assert result.stopped_by == "SIGTERM" and result.steps == 3
-    assert load_checkpoint(result.checkpoint_dir / "latest").state["step"] == 3
+    assert load_checkpoint(result.checkpoint_dir / "latest").state.step == 3
     assert MlflowClient().get_run(result.run_id).info.status == "KILLED"
     assert result.model_version is None and MlflowClient().search_model_versions("name='tiny_torch'") == [], \
         "a run a signal stopped is not registered (it has not reached its end)"
@@ -323,7 +323,7 @@ def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server):
     loaded = load_model(f"models:/{cfg.model_name}@champion")
     text = "".join(complete(loaded, "Once upon a time", max_length=10, seed=0))
     direct = "".join(complete(load_model(str(result.checkpoint_dir / "best")), "Once upon a time", max_length=10, seed=0))
-    assert text == direct and text and loaded.state["step"] == 6
+    assert text == direct and text and loaded.state.step == 6
 
 
 @pytest.mark.slow
@@ -344,7 +344,7 @@ def test_tracking_outage_mid_run_does_not_stop_or_lose_training(tmp_path, mlflow
     monkeypatch.setattr("jobs.tracking.RunLogger.FLUSH_SECONDS", 0.05)  # send metrics about every step
     result = run_training(tiny(tmp_path, max_steps=8))
     assert result.steps == 8 and len(result.losses) == 8
-    assert load_checkpoint(result.checkpoint_dir / "latest").state["step"] == 8
+    assert load_checkpoint(result.checkpoint_dir / "latest").state.step == 8
     kept = [json.loads(line) for line in (result.checkpoint_dir / "metrics-journal.jsonl").read_text().splitlines()]
     assert {m["step"] for m in kept if m["key"] == "train/loss"} >= {4, 5, 6, 7, 8}, "metrics after the outage are kept"
     # samples made during the outage are kept on disk, not waited for in the training thread
@@ -375,7 +375,7 @@ def test_kill_9_then_resume_keeps_every_step_exactly_once(tmp_path, store):
     process.kill()  # SIGKILL: no handler runs, nothing is flushed on the way out
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
-    stopped_at = load_checkpoint(next(runs_root.glob("*/latest"))).state["step"]
+    stopped_at = load_checkpoint(next(runs_root.glob("*/latest"))).state.step
     assert 30 <= stopped_at < steps
 
     resumed = run_training(cfg, resume=True)
@@ -456,7 +456,7 @@ def test_final_evals_score_the_registered_model_log_its_growth_and_agree_with_ev
     run = client.get_run(result.run_id)
     growth = client.get_metric_history(result.run_id, "zorro/during_training/accuracy")
     assert sorted(m.step for m in growth) == [0, 4, 8], "the untrained model (step 0) and each kept checkpoint"
-    best_step = load_checkpoint(result.checkpoint_dir / "best").state["step"]
+    best_step = load_checkpoint(result.checkpoint_dir / "best").state.step
     (final,) = client.get_metric_history(result.run_id, "zorro/accuracy")
     assert final.step == best_step, "the registered model's score, at its step"
     accuracy = run.data.metrics["zorro/accuracy"]

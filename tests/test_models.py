@@ -215,16 +215,19 @@ def test_bad_config_values_raise_clear_errors(values, message):
 
 
 def test_bf16_compute_path_tracks_fp32():
-    """bf16 matmuls with fp32 master weights (the CUDA path, runnable on CPU): close to the fp32 result."""
+    """bf16 matmuls with fp32 master weights (the CUDA path's torch.autocast, runnable on CPU): close to the fp32
+    result; the logits come out in bf16, as the twin's do under autocast, and the loss in fp32."""
     _, model = twins(dtype=torch.float32)
     idx, targets = batch()
     _, loss32 = model(idx, targets)
     grads32 = {k: v.clone() for k, v in model.backward().items()}
     model.zero_grad()
-    model.to(compute_dtype=torch.bfloat16)
-    logits, loss16 = model(idx, targets)
-    grads16 = model.backward()
-    assert logits.dtype == torch.float32 and model.state_dict()["ln_f.weight"].dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss16 = model(idx, targets)
+        grads16 = model.backward()
+    assert logits.dtype == torch.bfloat16 and loss16.dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in grads16.values()), "gradients accumulate in the weights' fp32"
+    assert model.state_dict()["ln_f.weight"].dtype == torch.float32
     assert abs(loss16.item() - loss32.item()) < 0.02
     for name in grads32:
         cos = torch.nn.functional.cosine_similarity(grads16[name].flatten(), grads32[name].flatten(), dim=0)

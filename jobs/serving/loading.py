@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.checkpoint import build_from_checkpoint, load_checkpoint
+from jobs.checkpoint import CheckpointState, build_from_checkpoint, load_checkpoint
 from jobs.data.tokenizer import LoadedTokenizer, load_tokenizer
 from jobs.errors import CheckpointError, InputError
 from model_zoo.build import resolve_device
@@ -23,7 +23,7 @@ from model_zoo.config import ModelConfig
 class LoadedModel:
     model: object  # a TorchTransformer, CustomTransformer, TorchLlama or CustomLlama, in eval mode
     tokenizer: LoadedTokenizer
-    state: dict  # the checkpoint's state.json
+    state: CheckpointState  # the checkpoint's state.json
     folder: Path
     device: str
 
@@ -33,14 +33,14 @@ class LoadedModel:
 
     @property
     def model_type(self) -> str:
-        return self.state["model_type"]
+        return self.state.model_type
 
     @property
     def chat(self) -> bool:
         """Fine-tuned to chat (by `finetune`): its replies follow the chat template."""
         from jobs.data import chat_template
 
-        return bool((self.state.get("experiment") or {}).get("chat")) and chat_template.supports_chat(self.tokenizer)
+        return bool((self.state.experiment or {}).get("chat")) and chat_template.supports_chat(self.tokenizer)
 
     @property
     def stop_ids(self) -> set[int]:
@@ -79,7 +79,7 @@ def load_model(model: str, device: str = "auto") -> LoadedModel:
     device = resolve_device(device)
     built = build_from_checkpoint(checkpoint, device)
     tokenizer = load_tokenizer(folder / "tokenizer.json")
-    if checkpoint.state.get("tokenizer_sha256") and checkpoint.state["tokenizer_sha256"] != tokenizer.sha256:
+    if checkpoint.state.tokenizer_sha256 and checkpoint.state.tokenizer_sha256 != tokenizer.sha256:
         raise CheckpointError(f"{folder}: tokenizer.json does not match the one the model was trained with")
     return LoadedModel(built, tokenizer, checkpoint.state, folder, device)
 

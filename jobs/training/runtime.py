@@ -14,7 +14,8 @@ import math
 import torch
 
 from jobs.training.distributed import Distributed, average_gradients
-from model_zoo.custom_transformer import IGNORE_INDEX, clip_grad_norm
+from model_zoo.custom_layers import IGNORE_INDEX
+from model_zoo.optimizer import clip_grad_norm, configure_optimizer
 
 
 def inputs_and_targets(window) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,14 +38,14 @@ class ModelRuntime:
     """A model on its device with its optimizer; what the train job, evaluation and the benchmarks call."""
 
     def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed()):
-        # bf16: mixed precision. Weights stay fp32; matmuls run in bf16 (autocast for the twin, compute_dtype
-        # for the custom model); softmax, normalisation and the loss stay in fp32.
+        # bf16: mixed precision, the same torch.autocast for both model types. Weights stay fp32; matmuls run in
+        # bf16; softmax, normalisation and the loss stay in fp32.
         self.model, self.device, self.bf16, self.distributed = model, device, bf16, distributed
         self.config = model.config
         self.optimizer = None
 
     def configure_optimizer(self, learning_rate: float, weight_decay: float, betas: tuple[float, float]) -> None:
-        self.optimizer = self.model.configure_optimizer(learning_rate, weight_decay, betas)
+        self.optimizer = configure_optimizer(self.model, learning_rate, weight_decay, betas)
 
     def train_step(self, windows: list, max_grad_norm: float | None) -> tuple[float, float]:
         """One optimizer step over micro-batches of (B, T+1) windows (or chat windows: (tokens, mask)); returns
@@ -87,10 +88,14 @@ class ModelRuntime:
             _, loss = self.model(idx, targets)
         return float(loss)
 
-    # --- what each model type does its own way -----------------------------------------------------------
-
     def autocast(self):
-        return contextlib.nullcontext()
+        """bf16 matmuls from fp32 weights when bf16 is on, for both model types (the hand-written backward's
+        products too: autocast casts any `@`, autograd or not)."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+
+    # --- what each model type does its own way -----------------------------------------------------------
 
     def forward_backward(self, idx: torch.Tensor, targets: torch.Tensor, scale: float, last: bool) -> float:
         """Add the gradient of scale * loss(idx, targets) to the parameters' gradients; return the loss."""
@@ -126,11 +131,6 @@ class TorchRuntime(ModelRuntime):
             self.forward_model = DistributedDataParallel(self.model)
         if compile_model:
             self.forward_model = torch.compile(self.forward_model)
-
-    def autocast(self):
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
 
     def forward_backward(self, idx, targets, scale, last):
         # DDP would all-reduce after every micro-batch; no_sync skips all but the last one's
@@ -169,12 +169,12 @@ class CustomRuntime(ModelRuntime):
     """The hand-written models: model.backward(), their own AdamW; gradients averaged over ranks by hand."""
 
     def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed()):
-        super().__init__(model.to(device=device, compute_dtype=torch.bfloat16 if bf16 else None), device, bf16,
-                         distributed)
+        super().__init__(model.to(device=device), device, bf16, distributed)
 
     def forward_backward(self, idx, targets, scale, last):
-        _, loss = self.model.forward(idx, targets)
-        self.model.backward(loss_scale=scale)
+        with self.autocast():
+            _, loss = self.model.forward(idx, targets)
+            self.model.backward(loss_scale=scale)
         if last and self.distributed.enabled:
             average_gradients(self.model.named_parameters(), self.distributed.world_size)
         return loss.item()
