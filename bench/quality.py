@@ -24,7 +24,7 @@ import torch
 
 from jobs.config import load_config
 from jobs.data import pipeline
-from jobs.data.shards import TrainWindows, open_tokens
+from jobs.data.shards import TrainWindows
 from jobs.training.validation import validation_loss
 from jobs.training.runtime import make_runtime
 from model_zoo.build import build_model
@@ -116,8 +116,7 @@ def main() -> None:
         prepared = pipeline.prepare(cfg.data)
         cfg = cfg.model_copy(update={"model": {**cfg.model, "vocab_size": prepared.tokenizer.vocab_size}})
         config, T = cfg.model_config_, cfg.model_config_.max_seq_len
-        tokens = open_tokens(prepared.tokens_dir, "train", prepared.tokenizer)
-        val_tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
+        tokens, val_tokens = prepared.open("train"), prepared.open("validation")
         baseline = "LlamaForCausalLM" if config.architecture == "llama" else "GPT2LMHeadModel"
         for name, make in ((f"transformers {baseline}", lambda: HFRuntime(config, cfg.training)),
                            (f"ours: {config.architecture} torch twin", lambda: _ours(config, cfg))):

@@ -3,7 +3,8 @@
     python -m bench.tokenization [--train-file ../shared/data/tinystories/train.txt] [--repeat 8]
 
 Both sides encode the same documents with the same 4096-token BPE and write the same uint16 file:
-  - pipeline: jobs.data.shards.encode_split (batches of documents through tokenizers' parallel encode_batch)
+  - pipeline: jobs.data.shards.encode_split, what prepare-data runs (batches of documents through tokenizers'
+    parallel encode_batch_fast, which also skips the character offsets; the text's bytes counted in the same pass)
   - baseline: a single-process `tokenizer.encode(doc)` loop, appending ids to a list, then one write
 The corpus is repeated --repeat times so each side runs for a few seconds. Also prints bytes per token of our
 tokenizer against GPT-2's, when GPT-2's tokenizer is in the local Hugging Face cache.
@@ -36,8 +37,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = DataConfig(dataset="local", train_files=[args.train_file], assets_dir=tmp, vocab_size=4096)
-        documents = sources.load_documents(config, pipeline.cache_dir(config))
-        tokenizer = pipeline.train_tokenizer(config, documents)
+        layout = pipeline.DataLayout.of(config)
+        documents = sources.load_documents(config, layout.cache_dir)
+        tokenizer = pipeline.train_tokenizer(layout, documents)
         import datasets
 
         corpus = datasets.concatenate_datasets([documents["train"]] * args.repeat)
@@ -47,7 +49,7 @@ def main() -> None:
               f"{os.cpu_count()} CPUs\n")
 
         start = time.perf_counter()
-        n_pipeline = shards.encode_split(corpus, tokenizer, Path(tmp) / "pipeline.bin", desc="pipeline")
+        n_pipeline = shards.encode_split(corpus, tokenizer, Path(tmp) / "pipeline.bin", desc="pipeline").tokens
         pipeline_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -63,7 +65,7 @@ def main() -> None:
         print(f"\n{'':<44}{'seconds':>9}{'MB/s':>9}{'tokens':>13}")
         print(f"{'plain encode loop, one process (baseline)':<44}{baseline_seconds:>9.2f}"
               f"{megabytes / baseline_seconds:>9.1f}{len(ids):>13,}")
-        print(f"{'our pipeline (batched encode_batch)':<44}{pipeline_seconds:>9.2f}"
+        print(f"{'our pipeline (encode_split)':<44}{pipeline_seconds:>9.2f}"
               f"{megabytes / pipeline_seconds:>9.1f}{n_pipeline:>13,}")
         print(f"speed-up {baseline_seconds / pipeline_seconds:.2f}x; identical token files: {same}")
 

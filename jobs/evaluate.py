@@ -22,7 +22,6 @@ import numpy as np
 
 from jobs import tracking
 from jobs.data import pipeline
-from jobs.data.shards import open_tokens
 from jobs.training.validation import validation_loss
 from jobs.training.runtime import make_runtime
 from jobs.data.sources import check_utf8
@@ -98,10 +97,10 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
         data_config = experiment.data if experiment else _data_config_from_state(loaded)
         # The model's own tokenizer encodes the text (reusing token files it made before): no tokenizer is
         # trained only to be refused
-        prepared = pipeline.pretokenize(data_config, loaded.tokenizer)
-        tokens = open_tokens(prepared.tokens_dir, "validation", prepared.tokenizer)
-        n_bytes = prepared.meta["text_bytes"]["validation"] * len(tokens) / prepared.meta["tokens"]["validation"]
-        source = f"{prepared.meta['source']} (validation)"
+        prepared = pipeline.prepare(data_config, tokenizer=loaded.tokenizer)
+        tokens = prepared.open("validation")
+        n_bytes = prepared.meta.text_bytes["validation"] * len(tokens) / prepared.meta.tokens["validation"]
+        source = f"{prepared.meta.source} (validation)"
     runtime = make_runtime(loaded.model_type, loaded.model, loaded.device)
     loss, n_tokens = validation_loss(runtime, tokens, batch_size, T, max_batches)
     covered_bytes = n_bytes * n_tokens / max(len(tokens) - 1, 1)

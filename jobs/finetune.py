@@ -43,8 +43,8 @@ def finetune(config: str, base: str | None = None, model_type: Literal["torch", 
     report(cfg, result, f"python -m jobs finetune {' '.join(flags)}")
 
 
-def run_finetuning(cfg: ExperimentConfig, resume: str | bool | None = None) -> TrainResult:
-    return run_training(with_chat_name(cfg), resume, trainer=ChatTrainer)
+def run_finetuning(cfg: ExperimentConfig, resume: str | bool | None = None, step_hook=None) -> TrainResult:
+    return run_training(with_chat_name(cfg), resume, trainer=ChatTrainer, step_hook=step_hook)
 
 
 def with_chat_name(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -156,9 +156,9 @@ def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
         if n:
             print(f"chat data: {path}: {n:,} bad record(s) skipped (chat.skip_bad)")
     if chat.from_stories:
-        from jobs.data.pipeline import cache_dir
+        from jobs.data.pipeline import DataLayout
 
-        stories = load_documents(cfg.data, cache_dir(cfg.data))
+        stories = load_documents(cfg.data, DataLayout.of(cfg.data).cache_dir)
         train += chat_data.conversations_from_stories(stories["train"]["text"], chat.seed, chat.max_conversations,
                                                       chat.max_answer_words, chat.per_story)
         validation += chat_data.conversations_from_stories(stories["validation"]["text"], chat.seed + 1,

@@ -1,7 +1,7 @@
 """`python -m jobs prepare-data [STEP] --config configs/X.yaml [--data.KEY=VALUE ...]`
 
-STEP is `all` (default: everything the config needs, reusing what exists), `download`, `train-tokenizer`,
-`analyze`, `pretokenize`, or `chat`: the conversations a chat config's fine-tuning makes (jobs/data/chat_data.py),
+STEP is `all` (default: everything the config needs, reusing what exists; `pretokenize` is the same),
+`download`, `train-tokenizer` (the tokenizer only, or the one that exists), `analyze`, or `chat`: the conversations a chat config's fine-tuning makes (jobs/data/chat_data.py),
 counted per kind and written as JSONL (messages format) under assets_dir/chat/<experiment>/ to read or reuse.
 """
 
@@ -26,13 +26,11 @@ def prepare_data(step: str = "all", config: str | None = None, **overrides) -> N
 
         print(write_conversations(cfg))
     elif step == "download":
-        pipeline.download(data)
+        pipeline.download(pipeline.DataLayout.of(data))
     elif step == "train-tokenizer":
-        pipeline.train_tokenizer(data)
+        pipeline.prepare_tokenizer(data)
     elif step == "analyze":
         print(pipeline.analyze_data(data))
-    elif step == "pretokenize":
-        pipeline.pretokenize(data)
-    else:
+    else:  # all, pretokenize: every stage that is missing
         prepared = pipeline.prepare(data)
         print(f"prepared: tokenizer {prepared.tokenizer.path}, tokens {prepared.tokens_dir}")

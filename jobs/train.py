@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -33,7 +33,7 @@ from jobs.checkpoint import Checkpoint, CheckpointState, load_weights, restore_r
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_template, pipeline
-from jobs.data.shards import TrainWindows, check_validation_fits, open_tokens
+from jobs.data.shards import TrainWindows, check_validation_fits
 from jobs.errors import CheckpointError
 from jobs.registry import CHAMPION, champion_version, registered_version
 from jobs.training.distributed import Distributed
@@ -139,12 +139,18 @@ def next_steps(cfg: ExperimentConfig, result: TrainResult) -> str:
             f"       {ui}")
 
 
-def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, trainer: type | None = None) -> TrainResult:
-    """Train as the config says (on every rank, under torchrun); `trainer`: Trainer, or finetune's ChatTrainer."""
+StepHook = Callable[[int, Callable[[], tuple[float, float]]], tuple[float, float]]
+
+
+def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, trainer: type | None = None,
+                 step_hook: StepHook | None = None) -> TrainResult:
+    """Train as the config says (on every rank, under torchrun); `trainer`: Trainer, or finetune's ChatTrainer.
+    step_hook: the tests' seam, see Trainer.step_hook."""
     device = resolve_device(cfg.training.device)
     distributed = Distributed.from_env(device)
     try:
         run = (trainer or Trainer)(cfg, resume, distributed.device(device), distributed)
+        run.step_hook = step_hook
         try:
             return run.run()
         finally:
@@ -166,6 +172,10 @@ class Progress:
 class Trainer:
     """One training run. __init__ sets it up (data, model, optimizer, the checkpoint to resume); run() is the loop:
     optimizer steps, and every so often a validation, a sample and a checkpoint; then registration."""
+
+    # The tests' seam: step_hook(n, step) runs optimizer step n by calling step() (the real one) and returns its
+    # (loss, grad norm). Tests slow steps down, send a signal or stop a server during one, or replace a loss.
+    step_hook: StepHook | None = None
 
     def __init__(self, cfg: ExperimentConfig, resume: str | bool | None, device: str, distributed: Distributed):
         tc = cfg.training
@@ -333,7 +343,10 @@ class Trainer:
         lr = learning_rate(self.progress.step + 1, self.total_steps, tc, self.progress.train_seconds, self.budget)
         self.runtime.set_learning_rate(lr)
         windows = [self.loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
-        loss, grad_norm = self.runtime.train_step(windows, tc.max_grad_norm)
+        def step() -> tuple[float, float]:
+            return self.runtime.train_step(windows, tc.max_grad_norm)
+
+        loss, grad_norm = step() if self.step_hook is None else self.step_hook(self.progress.step + 1, step)
         # One all-reduce gives every rank the global batch's loss (each rank saw its own slice), the same clock
         # (so the schedule and the time budget agree) and whether any rank was signalled: ranks that stopped
         # at different steps would wait for each other forever.
@@ -547,9 +560,8 @@ class TextData:
 
     def __init__(self, prepared: pipeline.PreparedData):
         self.prepared, self.tokenizer = prepared, prepared.tokenizer
-        self.train = open_tokens(prepared.tokens_dir, "train", self.tokenizer)
-        self.validation = open_tokens(prepared.tokens_dir, "validation", self.tokenizer)
-        self.train_tokens, self.dataset_id = len(self.train), prepared.meta["dataset_id"]
+        self.train, self.validation = prepared.open("train"), prepared.open("validation")
+        self.train_tokens, self.dataset_id = len(self.train), prepared.meta.dataset_id
 
     def experiment(self, cfg: ExperimentConfig) -> ExperimentConfig:
         """The config with the model's vocab size from the tokenizer; the validation split must hold a window."""
@@ -569,7 +581,7 @@ class TextData:
         return {"val/bits_per_byte": self.prepared.bits_per_byte(loss)}
 
     def params(self) -> dict:
-        return {"dataset_id": self.dataset_id, "dataset_source": self.prepared.meta["source"],
+        return {"dataset_id": self.dataset_id, "dataset_source": self.prepared.meta.source,
                 "train_tokens": len(self.train), "val_tokens": len(self.validation)}
 
 

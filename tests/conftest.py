@@ -1,8 +1,8 @@
-import contextlib
 import functools
 import inspect
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -27,24 +27,22 @@ def store(tmp_path, monkeypatch):
     return uri
 
 
-@contextlib.contextmanager
-def signal_during_step(n: int, signum: int = signal.SIGTERM):
-    """A real signal sent to this process during the n-th training step (as an eviction or Ctrl-C would), so a
-    run stops the way it does in production: the job's handler notes it, saves a checkpoint and ends the run."""
-    from unittest import mock
+def signal_during_step(n: int, signum: int = signal.SIGTERM, then=None):
+    """A step hook (run_training's step_hook, the trainer's seam) that sends a real signal to this process during
+    training step n (as an eviction or Ctrl-C would), so a run stops the way it does in production: the job's
+    handler notes it, saves a checkpoint and ends the run. `then`: another hook the steps go through."""
 
-    from jobs.training.runtime import ModelRuntime
-
-    real_step, calls = ModelRuntime.train_step, {"n": 0}
-
-    def step(self, windows, max_grad_norm):
-        calls["n"] += 1
-        if calls["n"] == n:
+    def hook(step_number, step):
+        if step_number == n:
             os.kill(os.getpid(), signum)
-        return real_step(self, windows, max_grad_norm)
+        return step() if then is None else then(step_number, step)
+    return hook
 
-    with mock.patch.object(ModelRuntime, "train_step", step):
-        yield
+
+def slow_step(step_number, step):
+    """A step hook: steps take at least 0.1 s, so a time budget of a second or two holds a known few."""
+    time.sleep(0.1)
+    return step()
 
 
 def dry_run(argv: list[str]) -> dict:

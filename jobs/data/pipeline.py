@@ -1,14 +1,18 @@
-"""From a config's `data` section to token files: download, train tokenizer, (analyze), pretokenize.
+"""From a config's `data` section to token files, in one straight line: documents -> tokenizer -> token files.
 
-Where things live is derived from the config, so every job finds them with no extra flag:
+    prepare(config)      what every job calls: the one reuse check (existing), then the missing stages in order:
+                         documents (sources.py) -> train_tokenizer -> write_tokens
+
+Where things live is computed once, from the config, into a DataLayout:
 
     <assets_dir>/hf-cache/                                datasets' and huggingface_hub's caches
     <assets_dir>/tokenizers/<dataset_id>-bpe<V>/          tokenizer.json + manifest.json (tokenizer: bpe)
-    <assets_dir>/tokens/<dataset_id>/<tokenizer sha[:12]>/ train.bin, validation.bin, meta.json
+    <assets_dir>/tokens/<dataset_id>/<tokenizer sha[:12]>/ train.bin, validation.bin, meta.json (shards.py)
 
 dataset_id is the dataset's name plus a hash of everything that decides its documents (source, files with
 their sizes and modification times, text field, separator, subset size, hold-out fraction and seed).
-Each step is a no-op when its output already exists.
+The stages (download, train_tokenizer, write_tokens) do their work without checking first: prepare() decides
+what is missing, once, and the `prepare-data STEP` commands go through it too.
 """
 
 from __future__ import annotations
@@ -26,32 +30,39 @@ from jobs.data.tokenizer import SPECIAL_TOKENS, LoadedTokenizer, analyze, load_t
 
 
 @dataclass(frozen=True)
-class PreparedData:
-    tokenizer: LoadedTokenizer
-    tokens_dir: Path
-    meta: dict
+class DataLayout:
+    """One data config's identity and every path derived from it, computed once (the files are hashed and
+    stat-ed here, and nowhere else)."""
 
-    def bits_per_byte(self, loss: float, split: str = "validation") -> float:
-        """Loss in nats per token -> bits per UTF-8 byte of the split's text, which no tokenizer choice moves."""
-        return bits_per_byte(loss, self.meta["tokens"][split], self.meta["text_bytes"][split])
+    config: DataConfig
+    dataset_id: str
 
+    @classmethod
+    def of(cls, config: DataConfig) -> "DataLayout":
+        identity: dict = {
+            "source": sources.describe(config), "text_field": config.text_field, "separator": config.separator,
+            "subset_size": config.subset_size, "val_fraction": config.val_fraction, "seed": config.seed,
+            "document_rules": sources.DOCUMENT_RULES_VERSION, "special_tokens": SPECIAL_TOKENS,
+        }
+        if config.dataset == "local":
+            files = (config.train_files or []) + (config.val_files or [])
+            identity["files"] = [_file_identity(Path(f)) for f in files]
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        return cls(config, f"{config.dataset}-{digest}")
 
-def bits_per_byte(loss: float, n_tokens: float, n_bytes: float) -> float:
-    """Mean loss (nats/token) over n_tokens tokens that encode n_bytes bytes of text, in bits per byte."""
-    return loss * n_tokens / math.log(2) / n_bytes
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.config.assets_dir) / "hf-cache"
 
+    @property
+    def tokenizer_location(self) -> Path | str:
+        """The folder of the BPE trained for this dataset, or the name of a ready-made tokenizer ("gpt2")."""
+        if self.config.tokenizer == "bpe":
+            return Path(self.config.assets_dir) / "tokenizers" / f"{self.dataset_id}-bpe{self.config.vocab_size}"
+        return self.config.tokenizer
 
-def dataset_id(config: DataConfig) -> str:
-    identity: dict = {
-        "source": sources.describe(config), "text_field": config.text_field, "separator": config.separator,
-        "subset_size": config.subset_size, "val_fraction": config.val_fraction, "seed": config.seed,
-        "document_rules": sources.DOCUMENT_RULES_VERSION, "special_tokens": SPECIAL_TOKENS,
-    }
-    if config.dataset == "local":
-        files = (config.train_files or []) + (config.val_files or [])
-        identity["files"] = [_file_identity(Path(f)) for f in files]
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{config.dataset}-{digest}"
+    def tokens_dir(self, tokenizer: LoadedTokenizer) -> Path:
+        return Path(self.config.assets_dir) / "tokens" / self.dataset_id / tokenizer.sha256[:12]
 
 
 def _file_identity(path: Path) -> list:
@@ -60,38 +71,77 @@ def _file_identity(path: Path) -> list:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def cache_dir(config: DataConfig) -> Path:
-    return Path(config.assets_dir) / "hf-cache"
+@dataclass(frozen=True)
+class PreparedData:
+    """Token files ready to train on: their tokenizer, folder and meta.json record."""
+
+    tokenizer: LoadedTokenizer
+    tokens_dir: Path
+    meta: shards.TokensMeta
+
+    def open(self, split: str):
+        """The split's tokens as a read-only memmap (checked complete when this record was made)."""
+        return shards.open_split(self.tokens_dir, split, self.meta)
+
+    def bits_per_byte(self, loss: float, split: str = "validation") -> float:
+        """Loss in nats per token -> bits per UTF-8 byte of the split's text, which no tokenizer choice moves."""
+        return bits_per_byte(loss, self.meta.tokens[split], self.meta.text_bytes[split])
 
 
-def tokenizer_location(config: DataConfig) -> Path | str:
-    if config.tokenizer == "bpe":
-        return Path(config.assets_dir) / "tokenizers" / f"{dataset_id(config)}-bpe{config.vocab_size}"
-    return config.tokenizer
-
-
-def tokens_dir(config: DataConfig, tokenizer: LoadedTokenizer) -> Path:
-    return Path(config.assets_dir) / "tokens" / dataset_id(config) / tokenizer.sha256[:12]
+def bits_per_byte(loss: float, n_tokens: float, n_bytes: float) -> float:
+    """Mean loss (nats/token) over n_tokens tokens that encode n_bytes bytes of text, in bits per byte."""
+    return loss * n_tokens / math.log(2) / n_bytes
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The steps
+# The pipeline: one reuse check, then the missing stages top to bottom
 
 
-def download(config: DataConfig) -> None:
-    folder = sources.download(config, cache_dir(config))
-    print(f"downloaded to {folder}" if folder else f"{config.dataset}: nothing to download (local or streamed)")
+def prepare(config: DataConfig, tokenizer: LoadedTokenizer | None = None) -> PreparedData:
+    """Everything the config needs, reusing what exists; documents are loaded only if something is missing.
+    A given tokenizer (a checkpoint's own, for evaluate) is used instead of the config's: never trained or replaced."""
+    layout = DataLayout.of(config)
+    tokenizer, prepared = existing(layout, tokenizer)
+    if prepared is not None:
+        return prepared
+    documents = sources.load_documents(config, layout.cache_dir)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(layout, documents)
+    return write_tokens(layout, tokenizer, documents)
 
 
-def train_tokenizer(config: DataConfig, documents=None) -> LoadedTokenizer:
-    location = tokenizer_location(config)
-    if config.tokenizer != "bpe":
-        return load_tokenizer(location)
-    if (Path(location) / "manifest.json").is_file():
-        tokenizer = load_tokenizer(location)
-        print(f"tokenizer: reusing {location} (vocab {tokenizer.vocab_size:,})")
+def prepare_tokenizer(config: DataConfig) -> LoadedTokenizer:
+    """Only the tokenizer (prepare-data train-tokenizer), by the same reuse check."""
+    layout = DataLayout.of(config)
+    tokenizer, _ = existing(layout)
+    if tokenizer is not None:
+        print(f"tokenizer: reusing {tokenizer.path} (vocab {tokenizer.vocab_size:,})")
         return tokenizer
-    documents = documents if documents is not None else sources.load_documents(config, cache_dir(config))
+    return train_tokenizer(layout, sources.load_documents(config, layout.cache_dir))
+
+
+def existing(layout: DataLayout, tokenizer: LoadedTokenizer | None = None
+             ) -> tuple[LoadedTokenizer | None, PreparedData | None]:
+    """The one reuse check: the tokenizer if it exists (or the one given), and the token files if they are complete
+    and were made by that tokenizer."""
+    location = layout.tokenizer_location
+    if tokenizer is None and (layout.config.tokenizer != "bpe" or (Path(location) / "manifest.json").is_file()):
+        tokenizer = load_tokenizer(location)
+    if tokenizer is None:
+        return None, None
+    folder = layout.tokens_dir(tokenizer)
+    meta = shards.read_meta(folder, tokenizer)
+    return tokenizer, (PreparedData(tokenizer, folder, meta) if meta is not None else None)
+
+
+def download(layout: DataLayout) -> None:
+    folder = sources.download(layout.config, layout.cache_dir)
+    print(f"downloaded to {folder}" if folder else f"{layout.config.dataset}: nothing to download (local or streamed)")
+
+
+def train_tokenizer(layout: DataLayout, documents) -> LoadedTokenizer:
+    """A byte-level BPE of data.vocab_size trained on the training documents, saved where the layout says."""
+    config, location = layout.config, layout.tokenizer_location
     train = documents["train"]
     print(f"tokenizer: training a byte-level BPE of {config.vocab_size:,} on {len(train):,} documents")
     start = time.perf_counter()
@@ -105,52 +155,27 @@ def train_tokenizer(config: DataConfig, documents=None) -> LoadedTokenizer:
     return loaded
 
 
-def analyze_data(config: DataConfig, subset: int = 5000) -> str:
-    documents = sources.load_documents(config, cache_dir(config))["train"]
-    texts = list(documents.select(range(min(subset, len(documents))))["text"])
-    report, _ = analyze(texts)
-    return f"dataset {sources.describe(config)} (first {len(texts):,} training documents)\n{report}"
-
-
-def pretokenize(config: DataConfig, tokenizer: LoadedTokenizer | None = None, documents=None) -> PreparedData:
-    tokenizer = tokenizer or load_tokenizer(tokenizer_location(config))
-    folder = tokens_dir(config, tokenizer)
-    meta = shards.read_meta(folder, tokenizer)
-    if meta is not None:
-        print(f"tokens: reusing {folder} ({meta['tokens']['train']:,} train, {meta['tokens']['validation']:,} validation)")
-        return PreparedData(tokenizer, folder, meta)
-    documents = documents if documents is not None else sources.load_documents(config, cache_dir(config))
+def write_tokens(layout: DataLayout, tokenizer: LoadedTokenizer, documents) -> PreparedData:
+    """Each split encoded in one pass that also counts its text's bytes; meta.json written last."""
+    folder = layout.tokens_dir(tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
-    counts, n_documents, n_bytes = {}, {}, {}
-    for split in shards.SPLITS:
-        counts[split] = shards.encode_split(documents[split], tokenizer, folder / f"{split}.bin", desc=f"encoding {split}")
-        n_documents[split] = len(documents[split])
-        n_bytes[split] = sum(len(t.encode()) for batch in documents[split].iter(batch_size=1000) for t in batch["text"])
-    meta = {
-        "dataset_id": dataset_id(config),
-        "source": sources.describe(config),
-        "tokenizer": str(tokenizer.path),
-        "tokenizer_sha256": tokenizer.sha256,
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "dtype": shards.token_dtype(tokenizer.vocab_size).name,
-        "tokens": counts,
-        "documents": n_documents,
-        "text_bytes": n_bytes,  # UTF-8 bytes of the documents, for bits per byte
-    }
+    counts = {split: shards.encode_split(documents[split], tokenizer, folder / f"{split}.bin",
+                                         desc=f"encoding {split}") for split in shards.SPLITS}
+    meta = shards.TokensMeta(
+        dataset_id=layout.dataset_id, source=sources.describe(layout.config), tokenizer=str(tokenizer.path),
+        tokenizer_sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id,
+        dtype=shards.token_dtype(tokenizer.vocab_size).name,
+        tokens={split: count.tokens for split, count in counts.items()},
+        documents={split: count.documents for split, count in counts.items()},
+        text_bytes={split: count.text_bytes for split, count in counts.items()},
+    )
     shards.write_meta(folder, meta)
-    print(f"tokens: wrote {folder} ({counts['train']:,} train, {counts['validation']:,} validation)")
+    print(f"tokens: wrote {folder} ({meta.tokens['train']:,} train, {meta.tokens['validation']:,} validation)")
     return PreparedData(tokenizer, folder, meta)
 
 
-def prepare(config: DataConfig) -> PreparedData:
-    """Everything the config needs, reusing what exists: documents are loaded only if something is missing."""
-    location = tokenizer_location(config)
-    if config.tokenizer != "bpe" or (Path(location) / "manifest.json").is_file():
-        tokenizer = load_tokenizer(location)
-        meta = shards.read_meta(tokens_dir(config, tokenizer), tokenizer)
-        if meta is not None:
-            return PreparedData(tokenizer, tokens_dir(config, tokenizer), meta)
-    documents = sources.load_documents(config, cache_dir(config))
-    tokenizer = train_tokenizer(config, documents)
-    return pretokenize(config, tokenizer, documents)
+def analyze_data(config: DataConfig, subset: int = 5000) -> str:
+    documents = sources.load_documents(config, DataLayout.of(config).cache_dir)["train"]
+    texts = list(documents.select(range(min(subset, len(documents))))["text"])
+    report, _ = analyze(texts)
+    return f"dataset {sources.describe(config)} (first {len(texts):,} training documents)\n{report}"

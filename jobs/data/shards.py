@@ -3,7 +3,8 @@
 On disk, in the tokens folder of a (dataset, tokenizer) pair:
     train.bin, validation.bin   uint16 token ids (uint32 when the vocab has more than 65,536 tokens), documents
                                 one after another, each followed by <|endoftext|>
-    meta.json                   tokenizer hash, dtype, token counts, source; written last
+    meta.json                   TokensMeta: tokenizer hash, dtype, counts of tokens, documents and bytes, source;
+                                written last
 
 Each file is written to a temporary name and renamed when complete, and meta.json comes last: a run that is
 interrupted leaves no file that looks whole, and a folder with a matching meta.json is reused as it is.
@@ -12,17 +13,18 @@ The trainer reads (B, T+1) windows straight from the memmap: no per-token Python
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 from tqdm.auto import tqdm
 
 from jobs import atomic
-from jobs.errors import DataError
+from jobs.errors import DataError, first_problem
 from jobs.data.tokenizer import LoadedTokenizer
 
 SPLITS = ("train", "validation")
@@ -32,50 +34,80 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def encode_split(documents, tokenizer: LoadedTokenizer, path: Path, batch_size: int = 1000, desc: str = "") -> int:
-    """Encode a split's documents in batches (tokenizers encodes each batch in parallel) into one flat file."""
+class TokensMeta(BaseModel):
+    """meta.json: what a tokens folder holds. This module writes and reads it; the others use its attributes."""
+
+    model_config = ConfigDict(extra="ignore")
+    dataset_id: str
+    source: str
+    tokenizer: str  # where the tokenizer was loaded from
+    tokenizer_sha256: str
+    vocab_size: int = Field(gt=0)
+    eot_id: int | None
+    dtype: Literal["uint16", "uint32"]
+    tokens: dict[str, NonNegativeInt]  # per split
+    documents: dict[str, NonNegativeInt]
+    text_bytes: dict[str, NonNegativeInt]  # UTF-8 bytes of the documents, for bits per byte
+
+
+@dataclass(frozen=True)
+class SplitCount:
+    """What encoding one split wrote: its tokens, documents and UTF-8 bytes of text."""
+
+    tokens: int
+    documents: int
+    text_bytes: int
+
+
+def encode_split(documents, tokenizer: LoadedTokenizer, path: Path, batch_size: int = 1000, desc: str = "") -> SplitCount:
+    """Encode a split's documents into one flat file of ids, each document followed by <|endoftext|>, counting
+    its bytes in the same pass. tokenizers encodes each batch on every core; encode_batch_fast gives the ids
+    without the character offsets, which nothing here reads."""
     if tokenizer.eot_id is None:
         raise DataError(f"tokenizer {tokenizer.path} has no <|endoftext|> token to separate documents")
     dtype = token_dtype(tokenizer.vocab_size)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    n_tokens = 0
+    n_tokens = n_bytes = 0
     try:
         with open(tmp, "wb") as out, tqdm(total=len(documents), desc=desc or f"encoding {path.name}", unit="doc") as bar:
             for batch in documents.iter(batch_size=batch_size):
+                texts = batch["text"]
                 ids: list[int] = []
-                for encoding in tokenizer.tokenizer.encode_batch(batch["text"]):
+                for encoding in tokenizer.tokenizer.encode_batch_fast(texts):
                     ids.extend(encoding.ids)
                     ids.append(tokenizer.eot_id)
                 np.asarray(ids, dtype=dtype).tofile(out)
                 n_tokens += len(ids)
-                bar.update(len(batch["text"]))
+                n_bytes += sum(len(text.encode()) for text in texts)
+                bar.update(len(texts))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    return n_tokens
+    return SplitCount(n_tokens, len(documents), n_bytes)
 
 
-def write_meta(folder: Path, meta: dict) -> None:
-    atomic.write_text(folder / "meta.json", json.dumps(meta, indent=2) + "\n")
+def write_meta(folder: Path, meta: TokensMeta) -> None:
+    atomic.write_text(folder / "meta.json", meta.model_dump_json(indent=2) + "\n")
 
 
-def read_meta(folder: Path, tokenizer: LoadedTokenizer | None = None) -> dict | None:
+def read_meta(folder: Path, tokenizer: LoadedTokenizer | None = None) -> TokensMeta | None:
     """The folder's meta.json if its token files are complete (and made by this tokenizer), else None."""
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        counts = {split: int(meta["tokens"][split]) for split in SPLITS}
-    except (ValueError, KeyError, TypeError) as error:  # bad JSON, a missing key, a wrong type
-        raise DataError(f"{meta_path} is damaged ({type(error).__name__}: {str(error)[:120]}); delete its folder "
-                        f"and run prepare-data again") from None
-    if tokenizer is not None and meta.get("tokenizer_sha256") != tokenizer.sha256:
+        meta = TokensMeta.model_validate_json(meta_path.read_bytes())
+        counts = {split: meta.tokens[split] for split in SPLITS}
+    except (ValidationError, KeyError) as error:  # bad JSON, a missing key, a wrong type
+        problem = first_problem(error)[1] if isinstance(error, ValidationError) else f"no {error} split"
+        raise DataError(f"{meta_path} is damaged ({problem[:120]}); delete its folder and run prepare-data "
+                        f"again") from None
+    if tokenizer is not None and meta.tokenizer_sha256 != tokenizer.sha256:
         raise DataError(
-            f"{folder}: token files were made with tokenizer {meta.get('tokenizer_sha256', '?')[:12]}, "
+            f"{folder}: token files were made with tokenizer {meta.tokenizer_sha256[:12]}, "
             f"not {tokenizer.path} ({tokenizer.sha256[:12]}); delete the folder or use the matching tokenizer"
         )
+    itemsize = np.dtype(meta.dtype).itemsize
     for split in SPLITS:
         path = folder / f"{split}.bin"
         if not path.is_file() or path.stat().st_size != counts[split] * itemsize:
@@ -83,11 +115,17 @@ def read_meta(folder: Path, tokenizer: LoadedTokenizer | None = None) -> dict | 
     return meta
 
 
+def open_split(folder: Path, split: str, meta: TokensMeta) -> np.memmap:
+    """A split's token file as a read-only memmap, by its meta record (read_meta checked it complete)."""
+    return np.memmap(folder / f"{split}.bin", dtype=np.dtype(meta.dtype), mode="r")
+
+
 def open_tokens(folder: Path, split: str, tokenizer: LoadedTokenizer | None = None) -> np.memmap:
+    """A split's token file, its folder checked first (for a folder without its PreparedData record)."""
     meta = read_meta(folder, tokenizer)
     if meta is None:
         raise DataError(f"no prepared token files in {folder}: run `python -m jobs prepare-data --config ...`")
-    return np.memmap(folder / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+    return open_split(folder, split, meta)
 
 
 # ------------------------------------------------------------------------------------------------------------
