@@ -110,9 +110,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     suite = read_suite(args.suite)
+    configs = {config_file: load_config(config_file) for config_file in args.configs}
+    for cfg in configs.values():  # every config's data files exist, before the first 12 minutes of training
+        pipeline.DataLayout.of(cfg.data)
     rows = []
-    for config_file in args.configs:
-        cfg = load_config(config_file)
+    for cfg in configs.values():
         prepared = pipeline.prepare(cfg.data)
         cfg = cfg.model_copy(update={"model": {**cfg.model, "vocab_size": prepared.tokenizer.vocab_size}})
         config, T = cfg.model_config_, cfg.model_config_.max_seq_len

@@ -59,18 +59,31 @@ def tracking_uri() -> str:
                             f"the embedded store")
     if scheme == "sqlite":
         database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-        if database is not None and not database.exists():
-            folder = database.parent
-            if not folder.is_dir():
-                raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: the folder {folder} does not exist (create it, "
-                                    f"or point at an existing folder)")
-            try:  # a folder where no file can be made (read-only, /proc) fails now, not after minutes of retries
-                with tempfile.TemporaryFile(dir=folder):
-                    pass
-            except OSError as error:
-                raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: cannot create the database in {folder} "
-                                    f"({error.strerror})") from None
+        if database is not None:
+            check_sqlite_writable(database, shown)
     return uri
+
+
+def check_sqlite_writable(database: Path, shown: str) -> None:
+    """sqlite writes the database file and a journal beside it: a folder where no file can be made (read-only,
+    /proc) or a database that cannot be opened for writing fails now, not after minutes of MLflow's retries."""
+    folder = database.parent
+    if not folder.is_dir():
+        raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: the folder {folder} does not exist (create it, or point "
+                            f"at an existing folder)")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: cannot write in {folder}, where the database and its "
+                            f"journal live ({error.strerror})") from None
+    if database.exists():
+        try:
+            with open(database, "r+b"):
+                pass
+        except OSError as error:
+            raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: cannot open {database} for writing "
+                                f"({error.strerror})") from None
 
 
 def redact(uri: str) -> str:
@@ -300,6 +313,7 @@ class TrackedRun:
         self.experiment_name, self.run_name, self.run_id = experiment_name, run_name, run_id
         self.journal_file, self.resume_step = journal_file, resume_step
         self.status = "FINISHED"
+        self.reported_down = False
 
     def __enter__(self) -> "TrackedRun":
         experiment_id = setup(self.experiment_name)
@@ -311,8 +325,31 @@ class TrackedRun:
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         self.logger.close()
+        if self.still_down("end the run"):  # it stays RUNNING; its next start finishes it
+            return
         self._upload_pending_artifacts()
         safely("end the run", mlflow.end_run, status="FAILED" if exc_type else self.status)
+
+    def still_down(self, what: str) -> bool:
+        """During an outage (the metric sender found MLflow down) the end-of-run calls (registration, figures,
+        scores, ending the run) are not waited for through MLflow's retries: True, with one line saying what
+        waits, unless the server answers again now. The run's next start (`--resume auto` too) finishes them:
+        it sends the journal, registers once and ends the run."""
+        if not self.logger.failing:
+            return False
+        uri = tracking_uri()
+        if uri.startswith(("http://", "https://")):
+            try:
+                check_server(uri, timeout=3.0)
+                return False
+            except TrackingError:
+                pass
+        if not self.reported_down:  # one line, at the first call that waits
+            self.reported_down = True
+            print(f"tracking: MLflow is unreachable, so this run will {what} (and end in MLflow) at its next start: "
+                  f"python -m jobs train --config ... --resume auto; its metrics wait in {self.journal_file}",
+                  file=sys.stderr)
+        return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.logger.log_metrics(metrics, step)
@@ -368,6 +405,8 @@ class TrackedRun:
         """Log `checkpoint` as this run's model, a new version of model_name (see jobs/registry.py); the version."""
         from jobs.registry import log_and_register  # imported here: it brings pandas and MLflow's model code
 
+        if self.still_down("register its model"):
+            return None
         return safely("register the model", log_and_register, checkpoint, model_name, self.run_id)
 
     def log_scores(self, metrics: dict[str, float], step: int, model_name: str, version: str | None,
@@ -379,13 +418,16 @@ class TrackedRun:
             log_version_scores(self.run_id, metrics, step, registered, version_tags)
 
         self.flush()
-        safely("log the evaluation scores", log)
+        if not self.still_down("log its evaluation scores"):
+            safely("log the evaluation scores", log)
 
     def log_figures(self, folder: Path) -> None:
         """The run's loss (vs step and vs FLOPs), schedule and throughput figures, drawn from its logged metrics."""
         from jobs.figures import plot
 
         self.flush()
+        if self.still_down("draw its figures"):
+            return
         paths = safely("draw the figures", lambda: plot(load_runs([self.run_id]), folder)) or []
         for path in paths:
             self.log_artifact(path, "figures")

@@ -243,7 +243,8 @@ def test_an_unreachable_tracking_server_fails_within_seconds(world, job, capsys,
     ("ftp://example/mlflow", ["unsupported scheme 'ftp'"]),
     ("file:///tmp/mlruns", ["refuses file stores", "MLFLOW_ALLOW_FILE_STORE"]),
     ("sqlite:///{root}/no/such/folder/mlflow.db", ["does not exist"]),
-    ("sqlite:////proc/mlflow.db", ["cannot create the database in /proc"]),
+    ("sqlite:////proc/mlflow.db", ["cannot write in /proc, where the database and its journal live"]),
+    ("sqlite:///{root}/assets", ["cannot open", "assets for writing (Is a directory)"]),  # a folder, not a database
     ("http://bob:s3cret@127.0.0.1:9", ["http://bob:***@127.0.0.1:9 is unreachable"]),
 ])
 def test_a_tracking_store_that_cannot_work_is_named_without_its_password(world, uri, words, capsys, monkeypatch):
@@ -358,3 +359,24 @@ def test_a_latest_marker_never_leads_outside_the_experiments_folder(tmp_path):
     (checkpoint_root(cfg) / "LATEST").write_text("../../../../elsewhere\n")
     with pytest.raises(CheckpointError, match="does not hold a run folder's name"):
         checkpoint_to_resume(cfg, "auto")
+
+
+def test_bench_quality_names_a_missing_data_file_of_its_second_config_before_training(tmp_path, monkeypatch):
+    """Both configs' data files are checked before the first one trains (12 minutes each); the hint is one the
+    benchmark can take: a config key, not a job's flag it has no way to pass."""
+    import bench.quality
+    from jobs.errors import DataError
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "agreement-subject_verb.txt").write_text("the dogs runs .\nthe dogs run .\n")
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"experiment_name": "q", "data": {"dataset": "local",
+                                    "train_files": [str(write_stories(tmp_path, n=20))]}}))
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"experiment_name": "q", "data": {
+        "dataset": "local", "train_files": [str(tmp_path / "shared" / "tinystories" / "train.txt")]}}))
+    monkeypatch.setattr(sys, "argv", ["bench.quality", "--configs", str(good), str(missing), "--suite", str(suite)])
+    monkeypatch.setattr(bench.quality, "train_for", lambda *a, **k: pytest.fail("trained before checking every config"))
+    with pytest.raises(DataError, match="data file not found: .*train.txt; .*set data.dataset: tinystories in the config"):
+        bench.quality.main()

@@ -222,6 +222,10 @@ def test_images_and_config_paths_agree_with_compose():
             assert container["image"] == compose_image, f"k8s/{entry}: {container['image']} vs compose {compose_image}"
     mlflow = find("server", "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert mlflow["image"] == services["mlflow"]["image"]
+    import mlflow as client  # the server runs the client's MLflow (major.minor): a newer client's calls exist there
+
+    server_version = services["mlflow"]["image"].rsplit(":v", 1)[1]
+    assert server_version.split(".")[:2] == client.__version__.split(".")[:2], (server_version, client.__version__)
     assert [a for a in mlflow["command"] if a.startswith("--")] == [a for a in services["mlflow"]["command"] if a.startswith("--")]
     values = settings()
     assert services["train"]["command"] == ["--config", values["CONFIG"]]

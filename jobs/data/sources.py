@@ -240,8 +240,9 @@ def require_file(path: Path) -> Path:
         return path
     hint = ""
     if "tinystories" in str(path).lower():
-        hint = ("; for the TinyStories text use --data.dataset=tinystories (downloads it from the Hugging Face Hub) "
-                "or point --data.train_files and --data.val_files at local copies")
+        hint = ("; for the TinyStories text set data.dataset: tinystories in the config (it downloads from the "
+                "Hugging Face Hub; a job's flag: --data.dataset=tinystories) or point data.train_files and "
+                "data.val_files at local copies")
     raise DataError(f"data file not found: {path}{hint}")
 
 
