@@ -325,12 +325,12 @@ class TrackedRun:
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         self.logger.close()
-        if self.still_down("end the run"):  # it stays RUNNING; its next start finishes it
+        if self._still_down("end the run"):  # it stays RUNNING; its next start finishes it
             return
         self._upload_pending_artifacts()
         safely("end the run", mlflow.end_run, status="FAILED" if exc_type else self.status)
 
-    def still_down(self, what: str) -> bool:
+    def _still_down(self, what: str) -> bool:
         """During an outage (the metric sender found MLflow down) the end-of-run calls (registration, figures,
         scores, ending the run) are not waited for through MLflow's retries: True, with one line saying what
         waits, unless the server answers again now. The run's next start (`--resume auto` too) finishes them:
@@ -405,7 +405,7 @@ class TrackedRun:
         """Log `checkpoint` as this run's model, a new version of model_name (see jobs/registry.py); the version."""
         from jobs.registry import log_and_register  # imported here: it brings pandas and MLflow's model code
 
-        if self.still_down("register its model"):
+        if self._still_down("register its model"):
             return None
         return safely("register the model", log_and_register, checkpoint, model_name, self.run_id)
 
@@ -418,7 +418,7 @@ class TrackedRun:
             log_version_scores(self.run_id, metrics, step, registered, version_tags)
 
         self.flush()
-        if not self.still_down("log its evaluation scores"):
+        if not self._still_down("log its evaluation scores"):
             safely("log the evaluation scores", log)
 
     def log_figures(self, folder: Path) -> None:
@@ -426,7 +426,7 @@ class TrackedRun:
         from jobs.figures import plot
 
         self.flush()
-        if self.still_down("draw its figures"):
+        if self._still_down("draw its figures"):
             return
         paths = safely("draw the figures", lambda: plot(load_runs([self.run_id]), folder)) or []
         for path in paths:
