@@ -6,6 +6,7 @@ Each job is a plain function in its own module; this file only maps names to the
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -61,16 +62,37 @@ def usage(job: str | None = None) -> str:
 def quiet_libraries() -> None:
     """What the jobs print is theirs: MLflow's INFO lines (system metrics started and stopped, signature checks)
     and its "Downloading artifacts" bars (eleven of them before `chat` starts) are hidden; its warnings stay."""
-    import logging
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when MLflow configures its loggers, on import
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
+class TerminalHandler(logging.Handler):
+    """The jobs' own log lines, as plain lines on standard error (whatever sys.stderr is when one is written),
+    above any progress bar (tqdm.write moves the bar down). Standard output is for a command's results."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def show_job_logs() -> None:
+    """Library code under jobs/ logs (logging.getLogger(__name__)); the command line shows INFO and up."""
+    logger = logging.getLogger("jobs")
+    if not any(isinstance(h, TerminalHandler) for h in logger.handlers):
+        logger.addHandler(TerminalHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     quiet_libraries()
+    show_job_logs()
     import fire
 
     import difflib

@@ -17,13 +17,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import mlflow
-
 from jobs.cli import typed
 from jobs.config import ASSETS_DIR, load_config
 from jobs.errors import InputError
 from jobs.figures import plot, summary_table
-from jobs.tracking import load_runs
+from jobs.tracking import load_runs, log_comparison
 
 
 @typed
@@ -38,8 +36,5 @@ def compare(*refs: str, out: str | None = None, config: str | None = None, log: 
     paths = plot(runs, folder, phenomena)
     print(f"figures: {', '.join(str(p) for p in paths)}")
     if log:
-        with mlflow.start_run(experiment_id=runs[0].experiment_id, run_name="compare"):
-            mlflow.set_tag("compared_runs", ",".join(r.run_id for r in runs))
-            for path in paths:
-                mlflow.log_artifact(str(path), "figures")
-        print(f"logged to MLflow experiment {runs[0].experiment_id} as a 'compare' run")
+        run_id = log_comparison(runs[0].experiment_id, [r.run_id for r in runs], paths)
+        print(f"logged to MLflow experiment {runs[0].experiment_id} as the 'compare' run {run_id}")

@@ -12,10 +12,9 @@ holds one JSON object and nothing else (every human-readable line goes to standa
 
 from __future__ import annotations
 
-import contextlib
 import json as jsonlib
+import logging
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,8 @@ from jobs.cli import Device, Positive, typed
 from jobs.errors import InputError
 from jobs.serving.loading import load_model
 
+logger = logging.getLogger(__name__)  # `log` is the flag that says whether to log to MLflow
+
 
 @typed
 def evaluate(model: str, config: str | None = None, text_file: str | None = None, max_batches: Positive | None = None,
@@ -41,27 +42,28 @@ def evaluate(model: str, config: str | None = None, text_file: str | None = None
     if suite is not None and (config or text_file or max_batches or overrides):
         raise InputError("--suite scores minimal pairs; --config, --text-file, --max-batches and config overrides "
                          "are for the loss: give them in a separate evaluate")
-    with contextlib.redirect_stdout(sys.stderr) if json else contextlib.nullcontext():
-        if suite is not None:
-            result = run_suite(model, suite, device, log, paradigms)
-        else:
-            result = run_evaluation(model, config, text_file, max_batches, batch_size, device, log, **overrides)
+    say = logger.info if json else print  # with --json, standard output holds the JSON line and nothing else
+    if suite is not None:
+        result = run_suite(model, suite, device, log, paradigms, say=say)
+    else:
+        result = run_evaluation(model, config, text_file, max_batches, batch_size, device, log, say=say, **overrides)
     if json:
         print(jsonlib.dumps(result))
 
 
-def run_suite(model: str, suite_path: str, device: str = "auto", log: bool = True, paradigms: bool = False) -> dict:
-    """A model's accuracy on a minimal-pair suite, printed as a table and logged."""
+def run_suite(model: str, suite_path: str, device: str = "auto", log: bool = True, paradigms: bool = False,
+              say=print) -> dict:
+    """A model's accuracy on a minimal-pair suite, told (`say`) as a table, logged, and returned."""
     from jobs import minimal_pairs
 
     suite = minimal_pairs.read_suite(suite_path)  # a bad suite is refused before a model loads
     if log:
         tracking.connect()
     loaded = load_model(model, device)
-    print(f"{suite.name}: {suite.n_pairs:,} pairs in {len(suite.paradigms)} paradigms ({suite.layout} layout)")
+    logger.info(f"{suite.name}: {suite.n_pairs:,} pairs in {len(suite.paradigms)} paradigms ({suite.layout} layout)")
     score = minimal_pairs.score_suite(loaded.model, loaded.tokenizer, suite, loaded.device, progress=True)
-    print(score.table(paradigms))
-    print(f"{score.tokens:,} tokens scored in {score.seconds:.1f} s ({score.tokens / score.seconds:,.0f} tokens/s); "
+    say(score.table(paradigms))
+    say(f"{score.tokens:,} tokens scored in {score.seconds:.1f} s ({score.tokens / score.seconds:,.0f} tokens/s); "
           f"chance is 50%")
     if log:
         tracking.log_evaluation(loaded.state, model, {"eval_source": f"suite {suite.name}", "suite": suite.name},
@@ -72,7 +74,8 @@ def run_suite(model: str, suite_path: str, device: str = "auto", log: bool = Tru
 
 def run_evaluation(model: str, config: str | None = None, text_file: str | None = None,
                    max_batches: int | None = None, batch_size: int = 8, device: str = "auto", log: bool = True,
-                   **overrides) -> dict:
+                   say=print, **overrides) -> dict:
+    """A model's loss on a text file or on its data's validation split, told (`say`), logged, and returned."""
     if log:
         tracking.connect()  # a tracking server that does not answer fails now, in seconds, not after the work
     loaded = load_model(model, device)
@@ -106,7 +109,7 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
     covered_bytes = n_bytes * n_tokens / max(len(tokens) - 1, 1)
     result = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n_tokens,
               "bits_per_byte": pipeline.bits_per_byte(loss, n_tokens, covered_bytes)}
-    print(f"{source}: loss {loss:.4f}, perplexity {result['perplexity']:.2f}, bits/byte {result['bits_per_byte']:.4f} "
+    say(f"{source}: loss {loss:.4f}, perplexity {result['perplexity']:.2f}, bits/byte {result['bits_per_byte']:.4f} "
           f"over {n_tokens:,} tokens")
     if log:
         tracking.log_evaluation(loaded.state, model, {"eval_source": source[:500]},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,8 @@ from jobs.train import Trainer, TrainResult, report, run_training
 from jobs.training.distributed import Distributed
 from jobs.training.validation import masked_validation_loss
 from model_zoo.build import build_model
+
+log = logging.getLogger(__name__)
 
 
 @typed
@@ -100,7 +103,7 @@ class ChatData:
         self.dataset_id = f"chat-{digest}"
         self.lineage = lineage(cfg.chat.base, base.state)
         if distributed.is_main:
-            print(f"chat data: {self.describe(self.train)} to train; {self.describe(self.validation)} to validate")
+            log.info(f"chat data: {self.describe(self.train)} to train; {self.describe(self.validation)} to validate")
 
     @staticmethod
     def describe(packed: chat_data.PackedChat) -> str:
@@ -154,7 +157,7 @@ def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
         train += found
     for path, n in skipped.items():
         if n:
-            print(f"chat data: {path}: {n:,} bad record(s) skipped (chat.skip_bad)")
+            log.warning(f"chat data: {path}: {n:,} bad record(s) skipped (chat.skip_bad)")
     if chat.from_stories:
         from jobs.data.pipeline import DataLayout
 

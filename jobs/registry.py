@@ -6,6 +6,7 @@ jobs/serving/pyfunc_model.py (MLflow runs that file to serve it, nothing is pick
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +17,8 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from jobs.checkpoint import read_state
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"  # the alias of the version with the best validation loss: models:/<name>@champion
 PYFUNC_FILE = Path(__file__).with_name("serving") / "pyfunc_model.py"
@@ -58,7 +61,7 @@ def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
     except Exception:  # no champion yet
         champion = None
     if champion is not None and champion.tags.get("val_data") != val_data:
-        print(f"champion stays at version {champion.version} of {model_name}: its validation loss was measured on "
+        log.info(f"champion stays at version {champion.version} of {model_name}: its validation loss was measured on "
               f"other data ({champion.tags.get('val_data', 'not recorded')}; version {version}: {val_data}), so the "
               f"two do not compare. To serve version {version}, set the alias on its page in the MLflow UI or call "
               f"MlflowClient().set_registered_model_alias({model_name!r}, {CHAMPION!r}, {version!r})")

@@ -17,9 +17,9 @@ Metric names (step = optimizer step), the ones to compare runs by in the UI:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from jobs import atomic
 from jobs.config import TRACKING_STORE
 from jobs.errors import InputError, TrackingError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from jobs.checkpoint import CheckpointState
@@ -224,8 +226,8 @@ class RunLogger:
             return {(key, m.step) for key in keys for m in self.client.get_metric_history(self.run_id, key)
                     if m.step > step}
         except Exception as error:  # an outage: at worst a few steps appear twice
-            print(f"tracking: could not read the run's metric history ({type(error).__name__}); steps logged "
-                  f"after step {step} before the interruption may appear twice", file=sys.stderr)
+            log.warning(f"tracking: could not read the run's metric history ({type(error).__name__}); steps logged "
+                        f"after step {step} before the interruption may appear twice")
             return set()
 
     def _send_loop(self) -> None:
@@ -285,12 +287,12 @@ class RunLogger:
                 self.client.log_batch(self.run_id, metrics=pending[start : start + 1000], synchronous=True)
             self._drop_sent_journal(journal_bytes)
             if self.failing:
-                print("tracking: MLflow answers again; journalled metrics sent", file=sys.stderr)
+                log.warning("tracking: MLflow answers again; journalled metrics sent")
             self.failing = False
         except Exception as error:  # any failure of the tracking store: keep training, keep the data
             if not self.failing:
-                print(f"tracking: MLflow unavailable ({type(error).__name__}); training goes on, metrics are "
-                      f"journalled to {self.journal_file} and sent when it answers", file=sys.stderr)
+                log.warning(f"tracking: MLflow unavailable ({type(error).__name__}); training goes on, metrics "
+                            f"are journalled to {self.journal_file} and sent when it answers")
             self.failing = True
             self._append_journal(new)
 
@@ -304,8 +306,10 @@ class TrackedRun:
             run.status = "KILLED"                                          # ended by a signal
         # leaving ends the run: FINISHED (or the status set), FAILED on an exception
 
-    Metrics go through a RunLogger (background sends, a journal during outages). Every other call is made
-    `safely`: a tracking failure prints a warning and training goes on.
+    Every call goes through one MlflowClient with this run's id (no global "active run"); metrics through a
+    RunLogger (background sends, a journal during outages). Every other call is made `safely`: a tracking
+    failure logs a warning and training goes on. (One call needs MLflow's active run: logging the model, which
+    jobs/registry.py wraps in mlflow.start_run(run_id=...) for that call alone.)
     """
 
     def __init__(self, experiment_name: str, run_name: str, journal_file: Path, run_id: str | None = None,
@@ -316,19 +320,28 @@ class TrackedRun:
         self.reported_down = False
 
     def __enter__(self) -> "TrackedRun":
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        from mlflow.tracking.context.registry import resolve_tags
+
         experiment_id = setup(self.experiment_name)
-        run = mlflow.start_run(run_id=self.run_id, experiment_id=None if self.run_id else experiment_id,
-                               run_name=None if self.run_id else self.run_name, log_system_metrics=True)
-        self.run_id = run.info.run_id
+        self.client = MlflowClient()
+        continued = self.run_id is not None
+        if continued:
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:  # with the tags MLflow's start_run would add: user, source file, git commit
+            self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=resolve_tags()).info.run_id
+        self.system_metrics = SystemMetricsMonitor(self.run_id, resume_logging=continued)  # CPU, memory, GPU
+        safely("start system metrics", self.system_metrics.start)
         self.logger = RunLogger(self.run_id, self.journal_file, self.resume_step)
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         self.logger.close()
+        safely("stop system metrics", self.system_metrics.finish)
         if self._still_down("end the run"):  # it stays RUNNING; its next start finishes it
             return
         self._upload_pending_artifacts()
-        safely("end the run", mlflow.end_run, status="FAILED" if exc_type else self.status)
+        safely("end the run", self.client.set_terminated, self.run_id, "FAILED" if exc_type else self.status)
 
     def _still_down(self, what: str) -> bool:
         """During an outage (the metric sender found MLflow down) the end-of-run calls (registration, figures,
@@ -346,9 +359,9 @@ class TrackedRun:
                 pass
         if not self.reported_down:  # one line, at the first call that waits
             self.reported_down = True
-            print(f"tracking: MLflow is unreachable, so this run will {what} (and end in MLflow) at its next start: "
-                  f"python -m jobs train --config ... --resume auto; its metrics wait in {self.journal_file}",
-                  file=sys.stderr)
+            log.warning(f"tracking: MLflow is unreachable, so this run will {what} (and end in MLflow) at its next "
+                        f"start: python -m jobs train --config ... --resume auto; its metrics wait in "
+                        f"{self.journal_file}")
         return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -358,23 +371,25 @@ class TrackedRun:
         self.logger.flush()
 
     def log_params(self, params: dict[str, Any]) -> None:
-        safely("log params", mlflow.log_params, {**params, "mlflow_version": mlflow.__version__})
+        values = {**params, "mlflow_version": mlflow.__version__}
+        safely("log params", self.client.log_batch, self.run_id,
+               params=[Param(key, str(value)) for key, value in values.items()])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        safely("set tags", mlflow.set_tags, tags)
+        safely("set tags", self.client.log_batch, self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_dict(self, values: dict, name: str) -> None:
         if not self._keep_while_down(name, lambda path: path.write_text(json.dumps(values, indent=2))):
-            safely(f"log {name}", mlflow.log_dict, values, name)
+            safely(f"log {name}", self.client.log_dict, self.run_id, values, name)
 
     def log_artifact(self, path: str | Path, folder: str) -> None:
         name = f"{folder}/{Path(path).name}"
         if not self._keep_while_down(name, lambda kept: shutil.copyfile(path, kept)):
-            safely(f"log {path}", mlflow.log_artifact, str(path), folder)
+            safely(f"log {path}", self.client.log_artifact, self.run_id, str(path), folder)
 
     def log_text(self, text: str, name: str) -> None:
         if not self._keep_while_down(name, lambda path: path.write_text(text)):
-            safely(f"log {name}", mlflow.log_text, text, name)
+            safely(f"log {name}", self.client.log_text, self.run_id, text, name)
 
     @property
     def pending_artifacts(self) -> Path:
@@ -394,10 +409,10 @@ class TrackedRun:
         if not self.pending_artifacts.is_dir() or self.logger.failing:
             return  # still down: they stay on disk, in the run's folder
         try:
-            mlflow.log_artifacts(str(self.pending_artifacts))
+            self.client.log_artifacts(self.run_id, str(self.pending_artifacts))
         except Exception as error:
-            print(f"tracking: the artifacts kept during the outage stay in {self.pending_artifacts} "
-                  f"({type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
+            log.warning(f"tracking: the artifacts kept during the outage stay in {self.pending_artifacts} "
+                        f"({type(error).__name__}: {str(error)[:200]})")
             return
         shutil.rmtree(self.pending_artifacts, ignore_errors=True)
 
@@ -407,7 +422,10 @@ class TrackedRun:
 
         if self._still_down("register its model"):
             return None
-        return safely("register the model", log_and_register, checkpoint, model_name, self.run_id)
+        version = safely("register the model", log_and_register, checkpoint, model_name, self.run_id)
+        # logging the model needs MLflow's active run, which ends (FINISHED) with that call: the run goes on
+        safely("reopen the run", self.client.update_run, self.run_id, status="RUNNING")
+        return version
 
     def log_scores(self, metrics: dict[str, float], step: int, model_name: str, version: str | None,
                    version_tags: dict[str, str]) -> None:
@@ -501,12 +519,23 @@ def log_evaluation(state: "CheckpointState", model_ref: str, params: dict[str, A
                                                   for key, value in {"model": model_ref, **params}.items()])
         log_version_scores(run.info.run_id, metrics, 0, version, version_tags)
         client.set_terminated(run.info.run_id)
-        print(f"logged to MLflow: run {run.info.run_id} of experiment {experiment_id}"
+        log.info(f"logged to MLflow: run {run.info.run_id} of experiment {experiment_id}"
               + (f", and on version {version.version} of {version.name}" if version else ""))
     except InputError:
         raise
     except Exception as error:
-        print(f"tracking: evaluation not logged ({type(error).__name__}: {str(error)[:200]})")
+        log.warning(f"tracking: evaluation not logged ({type(error).__name__}: {str(error)[:200]})")
+
+
+def log_comparison(experiment_id: str, compared_run_ids: list[str], figures: list[Path]) -> str:
+    """compare --log: a 'compare' run in the first run's experiment, with the compared runs and the figures."""
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, run_name="compare",
+                               tags={"compared_runs": ",".join(compared_run_ids)}).info.run_id
+    for path in figures:
+        client.log_artifact(run_id, str(path), "figures")
+    client.set_terminated(run_id)
+    return run_id
 
 
 def log_version_scores(run_id: str, metrics: dict[str, float], step: int, version=None,
@@ -575,8 +604,7 @@ def safely(what: str, fn, *args, **kwargs) -> Any:
     try:
         return fn(*args, **kwargs)
     except Exception as error:
-        print(f"tracking: could not {what} ({type(error).__name__}: {str(error)[:200]}); training goes on",
-              file=sys.stderr)
+        log.warning(f"tracking: could not {what} ({type(error).__name__}: {str(error)[:200]}); training goes on")
         return None
 
 

@@ -14,6 +14,7 @@ says so, trains nothing and registers nothing.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import os
 import platform
@@ -45,6 +46,8 @@ from jobs.training.schedule import learning_rate
 from model_zoo.build import build_model, resolve_device
 from model_zoo.config import ConfigError, count_parameters, flops_per_token
 from model_zoo.generation import generate_tokens
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -257,7 +260,7 @@ class Trainer:
         self.peak_flops = _peak_flops(self.device)  # for MFU; measured only when there is training to do
         losses, stopped_by, model_version = [], StopReason.END, None
         if self.main:  # what is about to train, before the progress bar
-            print(self.header(), file=sys.stderr)
+            log.info(self.header())
         with self.tracked_run() as self.tracked, StopOnSignal() as signals, self.progress_bar() as self.bar:
             if not self.resumed:
                 self.log_run_params()
@@ -322,8 +325,8 @@ class Trainer:
         """The end of a run that reached it in an earlier session but was not registered (or its metrics not all
         sent): reopen the run (which sends the journal), register once, score, end it FINISHED."""
         if self.main:
-            print(f"run {self.run_id} reached its end at step {self.progress.step} but was not finished in MLflow "
-                  f"(a crash or an outage during registration): finishing it", file=sys.stderr)
+            log.warning(f"run {self.run_id} reached its end at step {self.progress.step} but was not finished in "
+                        f"MLflow (a crash or an outage during registration): finishing it")
         model_version = registered_version(self.run_id)
         with self.tracked_run() as self.tracked:
             if model_version is None:
@@ -526,14 +529,15 @@ class Trainer:
                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s of the time budget [{elapsed}<{remaining}{postfix}]")
 
     def say(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message)
+        """What the run reports as it goes (validation, samples, scores): one line above the progress bar."""
+        if self.main:
+            log.info(message)
 
     def report_overhead(self, train_seconds: float) -> None:
         if self.main:
             in_loop, sender_cpu = self.tracked.overhead_seconds
-            print(f"tracking overhead: {in_loop:.3f} s in the training loop + {sender_cpu:.3f} s CPU in the sender "
-                  f"thread, of {train_seconds:.1f} s of training ({100 * (in_loop + sender_cpu) / train_seconds:.2f}%)")
+            log.info(f"tracking overhead: {in_loop:.3f} s in the training loop + {sender_cpu:.3f} s CPU in the sender "
+                     f"thread, of {train_seconds:.1f} s of training ({100 * (in_loop + sender_cpu) / train_seconds:.2f}%)")
 
 
 class StopOnSignal:
@@ -547,7 +551,7 @@ class StopOnSignal:
 
     def on_signal(self, signum, frame) -> None:
         self.caught = signal.Signals(signum).name
-        print(f"\n{self.caught}: saving a checkpoint and ending the run after this step", file=sys.stderr)
+        log.warning(f"{self.caught}: saving a checkpoint and ending the run after this step")
 
     def __exit__(self, *exc_info) -> None:
         for sig, handler in self.previous.items():

@@ -22,18 +22,19 @@ def write_folder(folder: str | Path, tensors: dict[str, torch.Tensor], hf_config
 
 
 class HFFolder:
-    """A folder being read: its config (checked to be of `model_type`) and its weights."""
+    """A folder being read: its config (checked to be of `architecture`: Hugging Face's config calls it
+    model_type, a name this project keeps for torch or custom) and its weights."""
 
-    def __init__(self, folder: str | Path, model_type: str):
+    def __init__(self, folder: str | Path, architecture: str):
         folder = Path(folder)
         self.config_path, self.weights_path = folder / "config.json", folder / "model.safetensors"
         for path in (self.config_path, self.weights_path):
             if not path.is_file():
-                raise FileNotFoundError(f"not a Hugging Face {model_type} folder: {path} is missing")
+                raise FileNotFoundError(f"not a Hugging Face {architecture} folder: {path} is missing")
         self.config = json.loads(self.config_path.read_text())
-        if self.config.get("model_type") != model_type:
+        if self.config.get("model_type") != architecture:
             raise ValueError(f"{self.config_path}: model_type is {self.config.get('model_type')!r}, "
-                             f"expected {model_type!r}")
+                             f"expected {architecture!r}")
         self.tensors = load_file(str(self.weights_path))  # safetensors: plain tensors, nothing unpickled
 
     def tensor(self, name: str) -> torch.Tensor:

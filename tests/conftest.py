@@ -13,6 +13,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def job_logs_on_stderr():
+    """The jobs' log lines go where the command line sends them (standard error), also when a test calls a job's
+    function directly, so a test reads them as a user sees them."""
+    from jobs.__main__ import show_job_logs
+
+    show_job_logs()
+
+
 SHARED_TINYSTORIES = REPO.parent / "shared" / "data" / "tinystories"
 
 

@@ -5,6 +5,17 @@ FLOPs formula against torch's counter. Fixtures live in conftest.py; these are p
 import torch
 
 
+def twins(config, dtype=torch.float64, seed: int = 0, device: str = "cpu"):
+    """The torch and the custom model of config.architecture, holding the same (seeded) weights."""
+    from model_zoo.build import build_model
+
+    torch.manual_seed(seed)
+    torch_model = build_model(config, "torch").to(device=device, dtype=dtype)
+    custom_model = build_model(config, "custom").to(device=device, dtype=dtype)
+    custom_model.load_state_dict(torch_model.state_dict())
+    return torch_model, custom_model
+
+
 def random_batch(vocab_size: int, B: int = 3, T: int = 12, seed: int = 1):
     """(idx, targets), int64 (B, T), from a seeded generator."""
     g = torch.Generator().manual_seed(seed)

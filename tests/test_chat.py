@@ -9,11 +9,10 @@ import re
 import pytest
 import torch
 
-from proofs import assert_gradients_equal_autograd, assert_gradients_match_finite_differences, random_batch
+from proofs import assert_gradients_equal_autograd, assert_gradients_match_finite_differences, random_batch, twins
 from jobs.data import chat_template
 from jobs.data.tokenizer import SPECIAL_TOKENS, train_bpe, LoadedTokenizer
 from jobs.errors import InputError
-from model_zoo.build import build_model
 from model_zoo.config import ModelConfig
 from model_zoo.custom_layers import IGNORE_INDEX
 
@@ -23,14 +22,6 @@ CONFIGS = {
                          d_ffn=40, max_seq_len=16),
 }
 ARCHITECTURES = pytest.mark.parametrize("architecture", list(CONFIGS))
-
-
-def twins(config, dtype=torch.float64):
-    torch.manual_seed(0)
-    torch_model = build_model(config, "torch").to(dtype=dtype)
-    custom_model = build_model(config, "custom").to(dtype=dtype)
-    custom_model.load_state_dict(torch_model.state_dict())
-    return torch_model, custom_model
 
 
 def masked_batch(config, T=12):

@@ -6,7 +6,7 @@ the GPU. Skipped where no CUDA device is available (CI, the dev machines); run o
 import pytest
 import torch
 
-from proofs import assert_gradients_equal_autograd, random_batch
+from proofs import assert_gradients_equal_autograd, random_batch, twins
 from model_zoo.build import build_model
 from model_zoo.config import ModelConfig
 
@@ -19,17 +19,9 @@ CONFIGS = {
 }
 
 
-def cuda_twins(config, dtype):
-    torch.manual_seed(0)
-    torch_model = build_model(config, "torch").to(device="cuda", dtype=dtype)
-    custom_model = build_model(config, "custom").to(device="cuda", dtype=dtype)
-    custom_model.load_state_dict(torch_model.state_dict())
-    return torch_model, custom_model
-
-
 @pytest.mark.parametrize("architecture", CONFIGS)
 def test_float64_gradients_equal_autograd_on_cuda(architecture):
-    torch_model, custom_model = cuda_twins(CONFIGS[architecture], torch.float64)
+    torch_model, custom_model = twins(CONFIGS[architecture], torch.float64, device="cuda")
     idx, targets = (t.cuda() for t in random_batch(96, B=3, T=12))
     assert_gradients_equal_autograd(torch_model, custom_model, idx, targets)
 

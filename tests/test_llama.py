@@ -7,7 +7,7 @@ import torch
 
 from proofs import (
     assert_flops_formula_counts, assert_gradients_equal_autograd, assert_gradients_match_finite_differences,
-    assert_same_adamw_training, random_batch,
+    assert_same_adamw_training, random_batch, twins,
 )
 from model_zoo.build import build_model
 from model_zoo.config import ConfigError, ModelConfig, count_parameters
@@ -21,14 +21,6 @@ GQA = ModelConfig(architecture="llama", vocab_size=61, d_model=32, n_heads=4, n_
 UNTIED = ModelConfig(**{**GQA.to_dict(), "n_kv_heads": 1, "tie_embeddings": False})
 MHA = ModelConfig(**{**GQA.to_dict(), "n_kv_heads": 4})
 CONFIGS = pytest.mark.parametrize("config", [GQA, UNTIED, MHA], ids=["gqa-tied", "mqa-untied", "mha"])
-
-
-def twins(config, dtype=torch.float64, seed=0):
-    torch.manual_seed(seed)
-    torch_model = TorchLlama(config).to(dtype=dtype)
-    custom_model = CustomLlama(config).to(dtype=dtype)
-    custom_model.load_state_dict(torch_model.state_dict())
-    return torch_model, custom_model
 
 
 def batch(config, B=3, T=12, seed=1):

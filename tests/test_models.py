@@ -7,7 +7,7 @@ import torch
 
 from proofs import (
     assert_flops_formula_counts, assert_gradients_equal_autograd, assert_gradients_match_finite_differences,
-    assert_same_adamw_training, random_batch,
+    assert_same_adamw_training, random_batch, twins,
 )
 from model_zoo.config import ConfigError, ModelConfig, count_parameters
 from model_zoo.custom_transformer import CustomTransformer
@@ -19,34 +19,25 @@ from model_zoo.torch_transformer import TorchTransformer
 TINY = ModelConfig(vocab_size=61, d_model=16, n_heads=2, n_blocks=2, d_ffn=40, max_seq_len=16)
 
 
-def twins(config=TINY, dtype=torch.float64, seed=0):
-    """A TorchTransformer and a CustomTransformer holding the same weights."""
-    torch.manual_seed(seed)
-    torch_model = TorchTransformer(config).to(dtype=dtype)
-    custom_model = CustomTransformer(config).to(dtype=dtype)
-    custom_model.load_state_dict(torch_model.state_dict())
-    return torch_model, custom_model
-
-
 def batch(config=TINY, B=3, T=12, seed=1):
     return random_batch(config.vocab_size, B, T, seed)
 
 
 def test_same_parameter_names_and_shapes():
-    torch_model, custom_model = twins()
+    torch_model, custom_model = twins(TINY)
     torch_sd, custom_sd = torch_model.state_dict(), custom_model.state_dict()
     assert list(torch_sd) == list(custom_sd)
     assert all(torch_sd[k].shape == custom_sd[k].shape for k in torch_sd)
 
 
 def test_custom_gradients_equal_autograd_float64():
-    torch_model, custom_model = twins()
+    torch_model, custom_model = twins(TINY)
     idx, targets = batch()
     assert_gradients_equal_autograd(torch_model, custom_model, idx, targets)
 
 
 def test_custom_gradients_match_finite_differences():
-    _, model = twins()
+    _, model = twins(TINY)
     idx, targets = batch(B=2, T=8)
     assert_gradients_match_finite_differences(model, idx, targets)
 
@@ -88,7 +79,7 @@ def test_float32_training_parity_with_adamw():
 
 def test_gradient_accumulation_scaling():
     """Two half-batches with loss_scale=1/2 give the gradient of the whole batch."""
-    _, model = twins()
+    _, model = twins(TINY)
     idx, targets = batch(B=4, T=8)
     model.forward(idx, targets)
     whole = {k: v.clone() for k, v in model.backward().items()}
@@ -105,7 +96,7 @@ def test_gradient_accumulation_scaling():
 
 @pytest.mark.parametrize("which", ["torch", "custom"])
 def test_causality(which):
-    torch_model, custom_model = twins()
+    torch_model, custom_model = twins(TINY)
     model = torch_model if which == "torch" else custom_model
     idx, _ = batch(B=2, T=12)
     with torch.no_grad():
@@ -120,7 +111,7 @@ def test_causality(which):
 
 @pytest.mark.parametrize("which", ["torch", "custom"])
 def test_kv_cache_logits_equal_full_recomputation(which):
-    torch_model, custom_model = twins()
+    torch_model, custom_model = twins(TINY)
     model = (torch_model if which == "torch" else custom_model).eval()
     idx, _ = batch(B=2, T=12)
     with torch.no_grad():
@@ -139,7 +130,7 @@ def test_kv_cache_logits_equal_full_recomputation(which):
 
 @pytest.mark.parametrize("which", ["torch", "custom"])
 def test_generation_with_cache_equals_without_and_slides_past_max_len(which):
-    torch_model, custom_model = twins()
+    torch_model, custom_model = twins(TINY)
     model = torch_model if which == "torch" else custom_model
     prompt = [3, 14, 15, 9, 2]
     kwargs = dict(max_new_tokens=30, temperature=0.9, top_k=20, top_p=0.95, seed=7)  # 35 > max_seq_len 16
@@ -151,7 +142,7 @@ def test_generation_with_cache_equals_without_and_slides_past_max_len(which):
 
 
 def test_generation_stops_at_eos_and_both_models_agree():
-    torch_model, custom_model = twins()
+    torch_model, custom_model = twins(TINY)
     prompt = [1, 2, 3]
     greedy_torch = generate(torch_model, prompt, max_new_tokens=10, temperature=0)
     greedy_custom = generate(custom_model, prompt, max_new_tokens=10, temperature=0)
@@ -217,7 +208,7 @@ def test_bad_config_values_raise_clear_errors(values, message):
 def test_bf16_compute_path_tracks_fp32():
     """bf16 matmuls with fp32 master weights (the CUDA path's torch.autocast, runnable on CPU): close to the fp32
     result; the logits come out in bf16, as the twin's do under autocast, and the loss in fp32."""
-    _, model = twins(dtype=torch.float32)
+    _, model = twins(TINY, dtype=torch.float32)
     idx, targets = batch()
     _, loss32 = model(idx, targets)
     grads32 = {k: v.clone() for k, v in model.backward().items()}
@@ -235,7 +226,7 @@ def test_bf16_compute_path_tracks_fp32():
 
 
 def test_load_state_dict_rejects_mismatches():
-    _, model = twins()
+    _, model = twins(TINY)
     sd = dict(model.state_dict())
     sd["blocks.0.ln1.weight"] = torch.zeros(3)
     with pytest.raises(ValueError, match="blocks.0.ln1.weight"):
@@ -246,7 +237,7 @@ def test_load_state_dict_rejects_mismatches():
 
 
 def test_hugging_face_round_trip(tmp_path):
-    torch_model, _ = twins(dtype=torch.float32)
+    torch_model, _ = twins(TINY, dtype=torch.float32)
     export_gpt2(torch_model.state_dict(), TINY, tmp_path / "hf")
     state_dict, config = import_gpt2(tmp_path / "hf")
     assert config == TINY
@@ -256,7 +247,7 @@ def test_hugging_face_round_trip(tmp_path):
 
 def test_hugging_face_oracle_gives_same_logits(tmp_path):
     transformers = pytest.importorskip("transformers", reason="the oracle needs the [test] extra: transformers")
-    torch_model, custom_model = twins(dtype=torch.float32)
+    torch_model, custom_model = twins(TINY, dtype=torch.float32)
     export_gpt2(torch_model.state_dict(), TINY, tmp_path / "hf")
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     idx, _ = batch()

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ from pathlib import Path
 from jobs.config import DataConfig
 from jobs.data import shards, sources
 from jobs.data.tokenizer import SPECIAL_TOKENS, LoadedTokenizer, analyze, load_tokenizer, save_tokenizer, train_bpe
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def prepare_tokenizer(config: DataConfig) -> LoadedTokenizer:
     layout = DataLayout.of(config)
     tokenizer, _ = existing(layout)
     if tokenizer is not None:
-        print(f"tokenizer: reusing {tokenizer.path} (vocab {tokenizer.vocab_size:,})")
+        log.info(f"tokenizer: reusing {tokenizer.path} (vocab {tokenizer.vocab_size:,})")
         return tokenizer
     return train_tokenizer(layout, sources.load_documents(config, layout.cache_dir))
 
@@ -136,21 +140,23 @@ def existing(layout: DataLayout, tokenizer: LoadedTokenizer | None = None
 
 def download(layout: DataLayout) -> None:
     folder = sources.download(layout.config, layout.cache_dir)
-    print(f"downloaded to {folder}" if folder else f"{layout.config.dataset}: nothing to download (local or streamed)")
+    log.info(f"downloaded to {folder}" if folder else f"{layout.config.dataset}: nothing to download (local or streamed)")
 
 
 def train_tokenizer(layout: DataLayout, documents) -> LoadedTokenizer:
     """A byte-level BPE of data.vocab_size trained on the training documents, saved where the layout says."""
     config, location = layout.config, layout.tokenizer_location
     train = documents["train"]
-    print(f"tokenizer: training a byte-level BPE of {config.vocab_size:,} on {len(train):,} documents")
+    log.info(f"tokenizer: training a byte-level BPE of {config.vocab_size:,} on {len(train):,} documents")
     start = time.perf_counter()
     texts = (batch["text"] for batch in train.iter(batch_size=1000))
-    tokenizer = train_bpe((t for batch in texts for t in batch), config.vocab_size, length=len(train))
+    # tokenizers' own progress bars print blank lines on standard output when it is not a terminal: only on one
+    tokenizer = train_bpe((t for batch in texts for t in batch), config.vocab_size, length=len(train),
+                          show_progress=sys.stdout.isatty())
     loaded = save_tokenizer(tokenizer, Path(location), source=sources.describe(config))
-    print(f"tokenizer: saved {location} in {time.perf_counter() - start:.1f} s")
+    log.info(f"tokenizer: saved {location} in {time.perf_counter() - start:.1f} s")
     if loaded.vocab_size < config.vocab_size:
-        print(f"tokenizer: {loaded.vocab_size:,} tokens, not the {config.vocab_size:,} of data.vocab_size: the text "
+        log.warning(f"tokenizer: {loaded.vocab_size:,} tokens, not the {config.vocab_size:,} of data.vocab_size: the text "
               f"has no more pairs to merge (the model's vocab_size follows the tokenizer)")
     return loaded
 
@@ -170,7 +176,7 @@ def write_tokens(layout: DataLayout, tokenizer: LoadedTokenizer, documents) -> P
         text_bytes={split: count.text_bytes for split, count in counts.items()},
     )
     shards.write_meta(folder, meta)
-    print(f"tokens: wrote {folder} ({meta.tokens['train']:,} train, {meta.tokens['validation']:,} validation)")
+    log.info(f"tokens: wrote {folder} ({meta.tokens['train']:,} train, {meta.tokens['validation']:,} validation)")
     return PreparedData(tokenizer, folder, meta)
 
 

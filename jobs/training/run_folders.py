@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +20,8 @@ from jobs import atomic
 from jobs.checkpoint import Checkpoint, load_checkpoint
 from jobs.config import ExperimentConfig
 from jobs.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_root(cfg: ExperimentConfig) -> Path:
@@ -89,7 +91,7 @@ def newest_usable_checkpoint(run_folder: Path) -> Checkpoint | None:
             return load_checkpoint(folder)
         except CheckpointError as error:
             first_error = first_error or error
-            print(f"--resume: skipping {folder} ({error})", file=sys.stderr)
+            log.warning(f"--resume: skipping {folder} ({error})")
     if first_error is not None:
         raise first_error
     return None
