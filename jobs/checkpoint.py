@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from jobs.errors import CheckpointError, first_problem
 from model_zoo.build import build_model
-from model_zoo.config import ConfigError, ModelConfig
+from model_zoo.config import ModelConfig
+from model_zoo.errors import ConfigError
 
 REQUIRED_FILES = ("model.safetensors", "state.json", "tokenizer.json")
 UMASK = os.umask(0o022)  # read once, at import (setting it back at once): the mode checkpoint folders get

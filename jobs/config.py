@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import first_problem
-from model_zoo.config import ConfigError, ModelConfig
+from model_zoo.config import ModelConfig
+from model_zoo.errors import ConfigError
 
 END_OF_TEXT = "<|endoftext|>"
 

@@ -2,7 +2,7 @@
 that names the input; `python -m jobs` prints that one line and exits with status 2. Nothing else is caught
 there: any other exception is a bug, and keeps its traceback."""
 
-from model_zoo.config import ConfigError, InputError
+from model_zoo.errors import ConfigError, InputError
 
 
 class DataError(InputError):

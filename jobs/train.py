@@ -44,7 +44,8 @@ from jobs.training.run_folders import (RunLock, checkpoint_to_resume, mark_lates
 from jobs.training.runtime import make_runtime
 from jobs.training.schedule import learning_rate
 from model_zoo.build import build_model, resolve_device
-from model_zoo.config import ConfigError, count_parameters, flops_per_token
+from model_zoo.config import count_parameters, flops_per_token
+from model_zoo.errors import ConfigError
 from model_zoo.generation import generate_tokens
 
 log = logging.getLogger(__name__)

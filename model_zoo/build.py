@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from model_zoo.config import ConfigError, ModelConfig
+from model_zoo.config import ModelConfig
+from model_zoo.errors import ConfigError
 from model_zoo.custom_llama import CustomLlama
 from model_zoo.custom_transformer import CustomTransformer
 from model_zoo.torch_llama import TorchLlama

@@ -12,15 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-
-class InputError(Exception):
-    """Something the user gave is wrong: a config value, a file, a flag, a checkpoint. The message names it in one
-    line, and the command line prints just that line (exit status 2). The base of every such error; anything
-    else is a bug and keeps its traceback. (It lives here, the lowest layer, so the model code can raise it too.)"""
-
-
-class ConfigError(InputError):
-    """A configuration value is wrong. The message names the key."""
+from model_zoo.errors import ConfigError
 
 
 ARCHITECTURES = ("gpt2", "llama")

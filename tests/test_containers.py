@@ -65,7 +65,7 @@ def test_user_overrides_in_compose_runs_parse(monkeypatch):
         dry_run(["generate", "--model", "m", "--prompt", "x", "--bogus", "1"])
     assert exit_info.value.code == 2
     from jobs.errors import InputError
-    from model_zoo.config import ConfigError
+    from model_zoo.errors import ConfigError
 
     with pytest.raises(ConfigError, match="training.learning_rat"):
         dry_run(["train", "--config", "configs/torch_25m.yaml", "--training.learning_rat=1"])

@@ -23,7 +23,7 @@ from jobs.evaluate import run_evaluation
 from jobs.train import TrainingDiverged, run_training
 from jobs.training.run_folders import latest_run_folder
 from jobs.checkpoint import load_checkpoint
-from model_zoo.config import ConfigError
+from model_zoo.errors import ConfigError
 
 
 

@@ -10,7 +10,8 @@ from proofs import (
     assert_same_adamw_training, random_batch, twins,
 )
 from model_zoo.build import build_model
-from model_zoo.config import ConfigError, ModelConfig, count_parameters
+from model_zoo.config import ModelConfig, count_parameters
+from model_zoo.errors import ConfigError
 from model_zoo.custom_llama import CustomLlama
 from model_zoo.generation import generate
 from model_zoo.hf_llama import export_llama, import_llama

@@ -9,7 +9,8 @@ from proofs import (
     assert_flops_formula_counts, assert_gradients_equal_autograd, assert_gradients_match_finite_differences,
     assert_same_adamw_training, random_batch, twins,
 )
-from model_zoo.config import ConfigError, ModelConfig, count_parameters
+from model_zoo.config import ModelConfig, count_parameters
+from model_zoo.errors import ConfigError
 from model_zoo.custom_transformer import CustomTransformer
 from model_zoo.generation import generate, generate_tokens, sample_next_token
 from model_zoo.hf_gpt2 import export_gpt2, import_gpt2
