@@ -61,17 +61,18 @@ def with_chat_name(cfg: ExperimentConfig) -> ExperimentConfig:
 class ChatTrainer(Trainer):
     """Trainer with ChatData and the base model's weights as the starting point."""
 
-    def load_data(self, cfg: ExperimentConfig, distributed: Distributed) -> "ChatData":
+    @staticmethod
+    def load_data(cfg: ExperimentConfig, distributed: Distributed) -> "ChatData":
         from jobs.serving.loading import load_model
 
-        self.base = load_model(cfg.chat.base, "cpu")  # weights, tokenizer and state; moved to the device later
-        chat_template.require_chat(self.base.tokenizer)
-        return ChatData(cfg, self.base, distributed)
+        base = load_model(cfg.chat.base, "cpu")  # weights, tokenizer and state; moved to the device later
+        chat_template.require_chat(base.tokenizer)
+        return ChatData(cfg, base, distributed)
 
     def initial_model(self, resuming: bool):
         model = build_model(self.model_config, self.tc.model_type)
         if not resuming:  # a resume loads its own checkpoint's weights instead
-            model.load_state_dict(self.base.model.state_dict())  # same names either model type
+            model.load_state_dict(self.data.base.model.state_dict())  # same names either model type
         return model
 
     def log_run_params(self) -> None:

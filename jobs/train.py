@@ -150,10 +150,15 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, traine
                  step_hook: StepHook | None = None) -> TrainResult:
     """Train as the config says (on every rank, under torchrun); `trainer`: Trainer, or finetune's ChatTrainer.
     step_hook: the tests' seam, see Trainer.step_hook."""
+    trainer = trainer or Trainer
     device = resolve_device(cfg.training.device)
     distributed = Distributed.from_env(device)
     try:
-        run = (trainer or Trainer)(cfg, resume, distributed.device(device), distributed)
+        # Before the trainer is built: the suites to score at the end (read first: a bad one is refused before any
+        # work), then the data, prepared (tokenizer, token files) when it is not already
+        suites = [minimal_pairs.read_suite(path) for path in cfg.training.final_evals] if distributed.is_main else []
+        data = trainer.load_data(cfg, distributed)
+        run = trainer(cfg, data, suites, resume, distributed.device(device), distributed)
         run.step_hook = step_hook
         try:
             return run.run()
@@ -181,15 +186,15 @@ class Trainer:
     # (loss, grad norm). Tests slow steps down, send a signal or stop a server during one, or replace a loss.
     step_hook: StepHook | None = None
 
-    def __init__(self, cfg: ExperimentConfig, resume: str | bool | None, device: str, distributed: Distributed):
+    def __init__(self, cfg: ExperimentConfig, data: "TextData", suites: list, resume: str | bool | None, device: str,
+                 distributed: Distributed):
+        """data: what this run learns from (load_data's: text, or conversations); suites: minimal-pair suites to
+        score at the end (training.final_evals, read by rank 0)."""
         tc = cfg.training
         self.distributed, self.device, self.main = distributed, device, distributed.is_main
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
-        # The suites to score at the end, read first: a bad suite is refused before any work
-        self.suites = [minimal_pairs.read_suite(path) for path in tc.final_evals] if distributed.is_main else []
-        self.data = self.load_data(cfg, distributed)  # what this run learns from: text, or conversations
-        self.tokenizer = self.data.tokenizer
+        self.suites, self.data, self.tokenizer = suites, data, data.tokenizer
         self.cfg = cfg = self.data.experiment(cfg)
         self.tc, self.model_config = tc, cfg.model_config_
         T = self.model_config.max_seq_len
@@ -222,7 +227,8 @@ class Trainer:
         self.tracked: tracking.TrackedRun | tracking.NullRun = tracking.NullRun()
         self.bar = None
 
-    def load_data(self, cfg: ExperimentConfig, distributed: Distributed) -> "TextData":
+    @staticmethod
+    def load_data(cfg: ExperimentConfig, distributed: Distributed) -> "TextData":
         """The prepared token files of cfg.data (made first when missing)."""
         return TextData(prepare_data(cfg, distributed))
 
