@@ -24,7 +24,8 @@ from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_data, chat_template
 from jobs.data.sources import load_documents
 from jobs.errors import ConfigError
-from jobs.train import Trainer, TrainResult, report, run_training
+from jobs.train import report
+from jobs.training.trainer import Trainer, TrainResult, run_training
 from jobs.training.distributed import Distributed
 from jobs.training.validation import masked_validation_loss
 from model_zoo.build import build_model

@@ -254,7 +254,7 @@ def test_finetune_starts_from_the_base_registers_a_chat_model_and_resumes(tmp_pa
     from jobs.config import validate_config
     from jobs.finetune import run_finetuning
     from jobs.serving.loading import load_model
-    from jobs.train import run_training
+    from jobs.training.trainer import run_training
 
     base = run_training(tiny(tmp_path / "base", model={"max_seq_len": 128}, max_steps=8))
     values = tiny(tmp_path / "chat", "custom", max_steps=8, eval_every=4, checkpoint_every=4).to_dict()
@@ -303,7 +303,7 @@ def test_finetune_a_llama_base_with_the_twin(tmp_path, store):
     from jobs.config import validate_config
     from jobs.finetune import run_finetuning
     from jobs.serving.loading import load_model
-    from jobs.train import run_training
+    from jobs.training.trainer import run_training
 
     llama = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48, "max_seq_len": 128}
     base = run_training(tiny(tmp_path / "base", "custom", model=llama, max_steps=6))

@@ -10,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, free_port, tiny
-from jobs.train import run_training
+from jobs.training.trainer import run_training
 from jobs.checkpoint import load_checkpoint
 
 

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, free_port, signal_during_step, slow_step, tiny
 from jobs.config import validate_config
 from jobs.evaluate import run_evaluation
-from jobs.train import TrainingDiverged, run_training
+from jobs.training.trainer import TrainingDiverged, run_training
 from jobs.training.run_folders import latest_run_folder
 from jobs.checkpoint import load_checkpoint
 from model_zoo.errors import ConfigError
@@ -84,7 +84,8 @@ def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path
     assert (other_data, same_data_better) == ("2", "3")
     assert str(client.get_model_version_by_alias(cfg.model_name, "champion").version) == "3"
     # what the job says at its end names the version the alias serves, not the one just registered
-    from jobs.train import TrainResult, next_steps
+    from jobs.train import next_steps
+    from jobs.training.trainer import TrainResult
 
     said = next_steps(cfg, TrainResult("r", 4, 1.0, result.checkpoint_dir, model_version="2"))
     assert f"models:/{cfg.model_name}@champion still serves version 3" in said
@@ -475,7 +476,7 @@ def test_a_run_that_died_while_registering_is_finished_by_the_next_start(tmp_pat
     registers the run's model once, and ends the run FINISHED; the start after that has nothing to do."""
     from unittest import mock
 
-    from jobs.train import Trainer
+    from jobs.training.trainer import Trainer
 
     class Killed(BaseException):
         pass

@@ -105,7 +105,7 @@ def test_engine_cancelled_request_leaves_the_batch():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Two trained tiny models (a registered torch GPT-2, a custom Llama checkpoint folder) behind one server."""
-    from jobs.train import run_training
+    from jobs.training.trainer import run_training
 
     root = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{root / 'mlflow.db'}"

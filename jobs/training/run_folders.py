@@ -98,7 +98,8 @@ def newest_usable_checkpoint(run_folder: Path) -> Checkpoint | None:
 
 
 def checkpoint_to_resume(cfg: ExperimentConfig, resume: str | bool | None) -> Checkpoint | None:
-    """The checkpoint --resume names, loaded (read once), or None for a fresh run (see jobs/train.py's docstring)."""
+    """The checkpoint --resume names, loaded (read once), or None for a fresh run (see the train command's
+    docstring, jobs/train.py)."""
     if not resume:
         return None
     if resume is True or resume == "auto":
