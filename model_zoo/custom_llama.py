@@ -90,7 +90,7 @@ class GroupedQueryAttention(Module):
         k = self.k_proj(x).view(B, T, G, D).transpose(1, 2)  # (B, G, T, D)
         v = self.v_proj(x).view(B, T, G, D).transpose(1, 2)  # (B, G, T, D)
         positions = KVCache.positions_for(kv_cache, T, self.config.max_seq_len, x.device)  # (T,) or (B, T)
-        self.cos, self.sin = rope_angles(self.config, positions, x.dtype)  # (T, D) each, or (B, 1, T, D)
+        self.cos, self.sin = rope_angles(self.config, positions, q.dtype)  # (T, D) each, or (B, 1, T, D)
         q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)  # each at its position
         allowed = None
         if kv_cache is not None:
