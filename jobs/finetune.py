@@ -24,7 +24,7 @@ from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_data, chat_template
 from jobs.data.sources import load_documents
 from jobs.errors import ConfigError
-from jobs.train import report
+from jobs.train import ProgressBar, report
 from jobs.training.trainer import Trainer, TrainResult, run_training
 from jobs.training.distributed import Distributed
 from jobs.training.validation import masked_validation_loss
@@ -42,13 +42,14 @@ def finetune(config: str, base: str | None = None, model_type: Literal["torch", 
     if model_type is not None:
         overrides["training.model_type"] = model_type
     cfg = with_chat_name(load_config(config, overrides))
-    result = run_finetuning(cfg, resume)
+    result = run_finetuning(cfg, resume, progress=ProgressBar)
     flags = [f"--config {config}"] + [f"--{key}={value}" for key, value in overrides.items()]
     report(cfg, result, f"python -m jobs finetune {' '.join(flags)}")
 
 
-def run_finetuning(cfg: ExperimentConfig, resume: str | bool | None = None, step_hook=None) -> TrainResult:
-    return run_training(with_chat_name(cfg), resume, trainer=ChatTrainer, step_hook=step_hook)
+def run_finetuning(cfg: ExperimentConfig, resume: str | bool | None = None, step_hook=None,
+                   progress=None) -> TrainResult:
+    return run_training(with_chat_name(cfg), resume, trainer=ChatTrainer, step_hook=step_hook, progress=progress)
 
 
 def with_chat_name(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -31,7 +31,7 @@ def train(config: str | None = None, model_type: Literal["torch", "custom"] | No
     if model_type is not None:
         overrides["training.model_type"] = model_type
     cfg = load_config(config, overrides)
-    result = run_training(cfg, resume=resume)
+    result = run_training(cfg, resume=resume, progress=ProgressBar)
     flags = ([f"--config {config}"] if config else []) + [f"--{key}={value}" for key, value in overrides.items()]
     report(cfg, result, f"python -m jobs train {' '.join(flags)}")
 
@@ -47,6 +47,11 @@ def report(cfg: ExperimentConfig, result: "TrainResult", command: str) -> None:
               f"(training.max_steps or training.max_time_minutes); to train it further, resume with a larger "
               f"--training.max_steps=N or --training.max_time_minutes=M")
         return
+    in_loop, sender_cpu = result.tracking_seconds
+    if result.train_seconds > 0:
+        print(f"tracking overhead: {in_loop:.3f} s in the training loop + {sender_cpu:.3f} s CPU in the sender thread, "
+              f"of {result.train_seconds:.1f} s of training ({100 * (in_loop + sender_cpu) / result.train_seconds:.2f}%)",
+              file=sys.stderr)
     if result.stopped_by.exit_status:
         print(f"stopped by {result.stopped_by.value} at step {result.steps}; continue with:\n"
               f"  {command} --resume {result.checkpoint_dir / 'latest'}", file=sys.stderr)
@@ -54,6 +59,34 @@ def report(cfg: ExperimentConfig, result: "TrainResult", command: str) -> None:
     print(f"done: {result.steps} steps, best val loss {result.best_val_loss:.4f}, run {result.run_id}, "
           f"checkpoints in {result.checkpoint_dir}")
     print(next_steps(cfg, result))
+
+
+class ProgressBar:
+    """The command's progress bar (the trainer calls step() after each optimizer step, on rank 0): steps out of
+    training.max_steps, or with training.max_time_minutes, seconds out of the time budget."""
+
+    def __init__(self, run):
+        from tqdm.auto import tqdm
+
+        self.run = run
+        if run.budget is None:
+            self.bar = tqdm(total=run.total_steps, initial=run.progress.step, desc="training", unit="step",
+                            dynamic_ncols=True)
+        else:
+            self.bar = tqdm(total=run.budget, initial=min(run.progress.train_seconds, run.budget), desc="training",
+                            unit="s", dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s of the time "
+                                                                     "budget [{elapsed}<{remaining}{postfix}]")
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.bar.close()
+
+    def step(self, loss: float, lr: float, tokens_per_sec: float) -> None:
+        run = self.run
+        self.bar.update(1 if run.budget is None else min(run.progress.train_seconds, run.budget) - self.bar.n)
+        self.bar.set_postfix(step=run.progress.step, loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
 
 
 def next_steps(cfg: ExperimentConfig, result: TrainResult) -> str:

@@ -10,6 +10,7 @@ run ends with; here the run reports as it goes through logging.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -82,15 +83,16 @@ class TrainResult:
     train_seconds: float = 0.0
     stopped_by: StopReason = StopReason.END
     model_version: str | None = None  # the registered version, when the run registered one
+    tracking_seconds: tuple[float, float] = (0.0, 0.0)  # in the training loop, and CPU of the sender thread
 
 
 StepHook = Callable[[int, Callable[[], tuple[float, float]]], tuple[float, float]]
 
 
 def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, trainer: type | None = None,
-                 step_hook: StepHook | None = None) -> TrainResult:
+                 step_hook: StepHook | None = None, progress: Callable | None = None) -> TrainResult:
     """Train as the config says (on every rank, under torchrun); `trainer`: Trainer, or finetune's ChatTrainer.
-    step_hook: the tests' seam, see Trainer.step_hook."""
+    step_hook: the tests' seam, see Trainer.step_hook; progress: what shows the steps (see Trainer.progress)."""
     trainer = trainer or Trainer
     device = resolve_device(cfg.training.device)
     distributed = Distributed.from_env(device)
@@ -100,7 +102,7 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, traine
         suites = [minimal_pairs.read_suite(path) for path in cfg.training.final_evals] if distributed.is_main else []
         data = trainer.load_data(cfg, distributed)
         run = trainer(cfg, data, suites, resume, distributed.device(device), distributed)
-        run.step_hook = step_hook
+        run.step_hook, run.progress_view = step_hook, progress
         try:
             return run.run()
         finally:
@@ -126,6 +128,9 @@ class Trainer:
     # The tests' seam: step_hook(n, step) runs optimizer step n by calling step() (the real one) and returns its
     # (loss, grad norm). Tests slow steps down, send a signal or stop a server during one, or replace a loss.
     step_hook: StepHook | None = None
+    # What shows the run's progress, given by the command (jobs/train.py: ProgressBar): progress_view(trainer) is a
+    # context manager whose .step() is called after each optimizer step, on rank 0. None: the run shows no bar.
+    progress_view: Callable | None = None
 
     def __init__(self, cfg: ExperimentConfig, data: "TextData", suites: list, resume: str | bool | None, device: str,
                  distributed: Distributed):
@@ -209,7 +214,8 @@ class Trainer:
         losses, stopped_by, model_version = [], StopReason.END, None
         if self.main:  # what is about to train, before the progress bar
             log.info(self.header())
-        with self.tracked_run() as self.tracked, StopOnSignal() as signals, self.progress_bar() as self.bar:
+        view = self.progress_view(self) if self.progress_view and self.main else contextlib.nullcontext()
+        with self.tracked_run() as self.tracked, StopOnSignal() as signals, view as self.bar:
             if not self.resumed:
                 self.log_run_params()
                 if self.suites and self.tc.final_evals_history:  # the untrained model: where the growth starts
@@ -251,9 +257,8 @@ class Trainer:
         # the 2-process test), rank 0 mid-registration included.
         self.distributed.barrier()
         train_seconds = time.perf_counter() - session_start  # this session's
-        self.report_overhead(train_seconds)
         return TrainResult(self.tracked.run_id, self.progress.step, self.progress.best_val_loss, self.root, losses,
-                           train_seconds, stopped_by, model_version)
+                           train_seconds, stopped_by, model_version, self.tracked.overhead_seconds)
 
     def header(self) -> str:
         """One line saying what trains: architecture, size, model type, device, data, run."""
@@ -326,9 +331,8 @@ class Trainer:
             if self.peak_flops:
                 metrics["train/mfu"] = tokens_per_sec * self.flops_per_token / self.peak_flops
             self.tracked.log_metrics(metrics, step)
-        if self.bar is not None:  # counts steps, or seconds of the time budget when there is one
-            self.bar.update(1 if self.budget is None else min(self.progress.train_seconds, self.budget) - self.bar.n)
-            self.bar.set_postfix(step=step, loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
+        if self.bar is not None:
+            self.bar.step(loss, lr, tokens_per_sec)
 
     def validation_loss(self) -> float:
         """Every rank scores its share of the validation batches; the all-reduce gives all of them the total."""
@@ -461,31 +465,10 @@ class Trainer:
         self.tracked.log_dict(self.cfg.to_dict(), "config.yaml")
         self.tracked.log_artifact(self.tokenizer.path, "tokenizer")
 
-    def progress_bar(self):
-        """Steps out of training.max_steps, or with max_time_minutes, seconds out of the budget (rank 0)."""
-        from contextlib import nullcontext
-
-        from tqdm.auto import tqdm
-
-        if not self.main:
-            return nullcontext()
-        if self.budget is None:
-            return tqdm(total=self.total_steps, initial=self.progress.step, desc="training", unit="step",
-                        dynamic_ncols=True)
-        return tqdm(total=self.budget, initial=min(self.progress.train_seconds, self.budget), desc="training",
-                    unit="s", dynamic_ncols=True,
-                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s of the time budget [{elapsed}<{remaining}{postfix}]")
-
     def say(self, message: str) -> None:
-        """What the run reports as it goes (validation, samples, scores): one line above the progress bar."""
+        """What the run reports as it goes (validation, samples, scores): one log line (above the progress bar)."""
         if self.main:
             log.info(message)
-
-    def report_overhead(self, train_seconds: float) -> None:
-        if self.main:
-            in_loop, sender_cpu = self.tracked.overhead_seconds
-            log.info(f"tracking overhead: {in_loop:.3f} s in the training loop + {sender_cpu:.3f} s CPU in the sender "
-                     f"thread, of {train_seconds:.1f} s of training ({100 * (in_loop + sender_cpu) / train_seconds:.2f}%)")
 
 
 class StopOnSignal:
