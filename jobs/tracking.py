@@ -47,8 +47,9 @@ SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "d
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, or the embedded sqlite store in the working folder. A store MLflow cannot use is an
-    input error here, in one line that never shows a password, not a traceback (or a long wait) deep in MLflow."""
+    """MLFLOW_TRACKING_URI, or the embedded sqlite store in the working folder. A kind of store MLflow cannot use is
+    an input error here, in one line that never shows a password, not a traceback deep in MLflow (whether the
+    store answers, or can be written, connect() checks)."""
     uri = (os.environ.get("MLFLOW_TRACKING_URI") or "").strip() or f"sqlite:///{Path(TRACKING_STORE).resolve()}"
     shown = redact(uri)
     scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
@@ -59,10 +60,6 @@ def tracking_uri() -> str:
         raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: MLflow 3 refuses file stores unless "
                             f"MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///path/mlflow.db, a server, or unset it for "
                             f"the embedded store")
-    if scheme == "sqlite":
-        database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-        if database is not None:
-            check_sqlite_writable(database, shown)
     return uri
 
 
@@ -98,8 +95,11 @@ def redact(uri: str) -> str:
 
 
 def connect() -> str:
-    """Point MLflow at the store and, for a server, check that it answers: within seconds, before any work."""
+    """Point MLflow at the store and check that it can work: a server answers within seconds, an sqlite database
+    can be written; before any work."""
     uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        check_sqlite_writable(Path(uri.removeprefix("sqlite:///")), redact(uri))
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
@@ -350,6 +350,8 @@ class TrackedRun:
         it sends the journal, registers once and ends the run."""
         if not self.logger.failing:
             return False
+        if self.reported_down:  # judged down once at the end: not asked again (each ask may wait seconds)
+            return True
         uri = tracking_uri()
         if uri.startswith(("http://", "https://")):
             try:
@@ -357,11 +359,9 @@ class TrackedRun:
                 return False
             except TrackingError:
                 pass
-        if not self.reported_down:  # one line, at the first call that waits
-            self.reported_down = True
-            log.warning(f"tracking: MLflow is unreachable, so this run will {what} (and end in MLflow) at its next "
-                        f"start: python -m jobs train --config ... --resume auto; its metrics wait in "
-                        f"{self.journal_file}")
+        self.reported_down = True  # one line, at the first call that waits
+        log.warning(f"tracking: MLflow is unreachable, so this run will {what} (and end in MLflow) at its next start: "
+                    f"python -m jobs train --config ... --resume auto; its metrics wait in {self.journal_file}")
         return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -376,7 +376,8 @@ class TrackedRun:
                params=[Param(key, str(value)) for key, value in values.items()])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        safely("set tags", self.client.log_batch, self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        safely("set tags", self.client.log_batch, self.run_id,
+               tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_dict(self, values: dict, name: str) -> None:
         if not self._keep_while_down(name, lambda path: path.write_text(json.dumps(values, indent=2))):
@@ -520,7 +521,7 @@ def log_evaluation(state: "CheckpointState", model_ref: str, params: dict[str, A
         log_version_scores(run.info.run_id, metrics, 0, version, version_tags)
         client.set_terminated(run.info.run_id)
         log.info(f"logged to MLflow: run {run.info.run_id} of experiment {experiment_id}"
-              + (f", and on version {version.version} of {version.name}" if version else ""))
+                 + (f", and on version {version.version} of {version.name}" if version else ""))
     except InputError:
         raise
     except Exception as error:

@@ -125,8 +125,9 @@ class Linear(Module):
     """y = x W^T + b for x (..., in) and W (out, in), as nn.Linear. Also the tied LM head: a Linear whose
     weight is the token embedding's Parameter (llm.c's matmul_forward and matmul_backward serve both alike)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        self.weight = Parameter.of(torch.zeros(out_features, in_features))  # (out, in), as nn.Linear
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, weight: Parameter | None = None):
+        # (out, in), as nn.Linear; or a Parameter another layer owns too (the tied head: the token embedding's)
+        self.weight = weight if weight is not None else Parameter.of(torch.zeros(out_features, in_features))
         self.bias = Parameter.of(torch.zeros(out_features)) if bias else None  # Llama's projections have none
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

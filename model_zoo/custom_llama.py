@@ -176,9 +176,9 @@ class CustomLlama(CustomModel):
         self.embedding_dropout = Dropout(config.dropout)
         self.blocks = [Block(config) for _ in range(config.n_blocks)]
         self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_embeddings:  # one Parameter in two layers, as GPT-2's head (the twin: head_weight())
-            self.lm_head.weight = self.token_embedding.weight
+        # Tied: one Parameter in two layers, as GPT-2's head (the twin: head_weight()); else the head's own
+        tied = self.token_embedding.weight if config.tie_embeddings else None
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, weight=tied)
         self.cross_entropy = CrossEntropyLoss()
         self.reset_parameters()
 

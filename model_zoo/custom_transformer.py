@@ -109,8 +109,7 @@ class CustomTransformer(CustomModel):
         self.ln_f = LayerNorm(config.d_model, config.layer_norm_eps)
         # The LM head has no weight of its own: it is the token embedding, transposed (weight tying, as GPT-2).
         # One Parameter in two layers: the head's backward and the lookup's both add into its .grad.
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
-        self.lm_head.weight = self.token_embedding.weight
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, weight=self.token_embedding.weight)
         self.cross_entropy = CrossEntropyLoss()
         self.reset_parameters()
 

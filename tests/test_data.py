@@ -48,7 +48,7 @@ def test_txt_without_separator_lines_is_one_document_as_written(tmp_path):
     assert list(docs["validation"]["text"]) == [plain.read_text().strip("\n")]
     prepared = pipeline.prepare(config)
     tokenizer = prepared.tokenizer
-    valid_ids = shards.open_tokens(prepared.tokens_dir, "validation").tolist()
+    valid_ids = prepared.open("validation").tolist()
     assert valid_ids.count(tokenizer.eot_id) == 1 and valid_ids[-1] == tokenizer.eot_id
     assert tokenizer.decode(valid_ids[:-1]) == plain.read_text().strip("\n")
 
@@ -95,7 +95,7 @@ def test_prepare_writes_token_files_equal_to_direct_encode_and_reuses_them(tmp_p
         expected = []
         for text in docs[split]["text"]:
             expected += tokenizer.encode(text) + [tokenizer.eot_id]
-        on_disk = shards.open_tokens(prepared.tokens_dir, split, tokenizer)
+        on_disk = prepared.open(split)
         assert on_disk.dtype == np.uint16
         assert on_disk.tolist() == expected, split
         assert prepared.meta.tokens[split] == len(expected)
@@ -142,7 +142,7 @@ def test_tokenizer_data_mismatch_is_refused(tmp_path):
     other_path = tmp_path / "other.json"
     other.save(str(other_path))
     with pytest.raises(DataError, match="made with tokenizer"):
-        shards.open_tokens(prepared.tokens_dir, "train", load_tokenizer(other_path))
+        shards.read_meta(prepared.tokens_dir, load_tokenizer(other_path))
 
 
 @pytest.mark.parametrize(

@@ -120,13 +120,6 @@ def open_split(folder: Path, split: str, meta: TokensMeta) -> np.memmap:
     return np.memmap(folder / f"{split}.bin", dtype=np.dtype(meta.dtype), mode="r")
 
 
-def open_tokens(folder: Path, split: str, tokenizer: LoadedTokenizer | None = None) -> np.memmap:
-    """A split's token file, its folder checked first (for a folder without its PreparedData record)."""
-    meta = read_meta(folder, tokenizer)
-    if meta is None:
-        raise DataError(f"no prepared token files in {folder}: run `python -m jobs prepare-data --config ...`")
-    return open_split(folder, split, meta)
-
 
 # ------------------------------------------------------------------------------------------------------------
 # Windows for training and validation

@@ -92,7 +92,7 @@ StepHook = Callable[[int, Callable[[], tuple[float, float]]], tuple[float, float
 def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, trainer: type | None = None,
                  step_hook: StepHook | None = None, progress: Callable | None = None) -> TrainResult:
     """Train as the config says (on every rank, under torchrun); `trainer`: Trainer, or finetune's ChatTrainer.
-    step_hook: the tests' seam, see Trainer.step_hook; progress: what shows the steps (see Trainer.progress)."""
+    step_hook: the tests' seam, see Trainer.step_hook; progress: what shows the steps (see Trainer.progress_view)."""
     trainer = trainer or Trainer
     device = resolve_device(cfg.training.device)
     distributed = Distributed.from_env(device)
@@ -299,6 +299,7 @@ class Trainer:
         lr = learning_rate(self.progress.step + 1, self.total_steps, tc, self.progress.train_seconds, self.budget)
         self.runtime.set_learning_rate(lr)
         windows = [self.loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
+
         def step() -> tuple[float, float]:
             return self.runtime.train_step(windows, tc.max_grad_norm)
 
