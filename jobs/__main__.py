@@ -16,7 +16,8 @@ import sys
 JOBS = {"prepare-data": ("jobs.prepare_data", "prepare_data"), "train": ("jobs.train", "train"),
         "evaluate": ("jobs.evaluate", "evaluate"), "generate": ("jobs.generate", "generate"),
         "chat": ("jobs.generate", "chat"), "compare": ("jobs.compare", "compare"),
-        "finetune": ("jobs.finetune", "finetune"), "serve": ("jobs.serve", "serve")}
+        "finetune": ("jobs.finetune", "finetune"), "serve": ("jobs.serve", "serve"),
+        "export": ("jobs.export", "export")}
 
 
 def job_function(name: str):

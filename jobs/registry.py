@@ -109,3 +109,13 @@ def registered_version(run_id: str | None) -> str | None:
         return None
     versions = MlflowClient().search_model_versions(f"run_id='{run_id}'")
     return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def log_export(model_ref: str, folder: Path, format: str, dtype: str, sha256: str):
+    """Log an export of a registry version (`folder`) as artifacts of the version's run, under
+    exports/<format>-<dtype>, and tag the version with its SHA-256. Returns the version."""
+    version = version_of(model_ref)
+    client = MlflowClient()
+    client.log_artifacts(version.run_id, str(folder), f"exports/{format}-{dtype}")
+    client.set_model_version_tag(version.name, version.version, f"export.{format}.{dtype}.sha256", sha256)
+    return version

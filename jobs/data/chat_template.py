@@ -77,6 +77,13 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     return ids, mask
 
 
+# The same format for other tools, in their template languages (exports carry them: jobs/export.py). Both give
+# the ids render() gives for a conversation, add_generation_prompt included: the tests compare them.
+JINJA = ("{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+         "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")  # Hugging Face, llama.cpp
+OLLAMA = "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"  # Go text/template
+
+
 def end_of_turn_id(tokenizer) -> int | None:
     return tokenizer.tokenizer.token_to_id(END_OF_TURN)
 

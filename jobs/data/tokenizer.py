@@ -62,6 +62,22 @@ class LoadedTokenizer:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def bpe_tables(tokenizer: LoadedTokenizer) -> tuple[list[str], list[str]]:
+    """(tokens by id, merges as "a b" in the order they were learned), spelled as tokenizer.json spells them
+    (each byte a printable character): what other formats (GGUF) store. A DataError for a tokenizer that is not a
+    byte-level BPE, which they could not rebuild."""
+    data = json.loads(tokenizer.tokenizer.to_str())
+    model, pre = data.get("model") or {}, data.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel":
+        raise DataError(f"{tokenizer.path}: not a byte-level BPE tokenizer (model {model.get('type')!r}, "
+                        f"pre-tokenizer {pre.get('type')!r}); only those can be exported")
+    tokens = [tokenizer.tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+    if None in tokens:
+        raise DataError(f"{tokenizer.path}: token id {tokens.index(None)} is unused; the ids must run 0..V-1")
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
+    return tokens, merges
+
+
 def new_byte_level_bpe() -> Tokenizer:
     """GPT-2's recipe: split text with its regex into words, map bytes to printable characters, merge pairs."""
     tokenizer = Tokenizer(models.BPE())
