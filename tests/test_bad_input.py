@@ -129,6 +129,17 @@ CASES = [
     (["evaluate", "--model", "{best}", "--suite", "{root}/one-paragraph.txt", "--text-file", "{root}/empty.txt"], 2,
      ["--suite scores minimal pairs", "separate evaluate"]),
     (["train", "--config", "{config}", "--training.final_evals={root}/empty.txt"], 2, ["empty.txt", "empty"]),
+    # export: formats, types, where the files go (nothing written on a refusal)
+    (["export", "--model", "{best}", "--format", "onnx", "--out", "{root}/exp"], 2, ["--format", "'gguf' or 'hf'"]),
+    (["export", "--model", "{best}", "--format", "gguf", "--out", "{root}/exp", "--dtype", "q4_0"], 2, ["--dtype"]),
+    (["export", "--model", "{best}", "--format", "hf", "--out", "{root}/exp", "--dtype", "q8_0"], 2,
+     ["--dtype q8_0", "q8_0 is a GGUF type"]),
+    (["export", "--model", "{best}", "--format", "gguf", "--out", "{root}"], 2, ["exists: give --force"]),
+    (["export", "--model", "{best}", "--format", "gguf", "--out", "{root}", "--force"], 2, ["not an earlier export"]),
+    (["export", "--model", "{best}", "--format", "gguf", "--out", "{root}/a-file/x"], 2, ["does not exist"]),
+    (["export", "--model", "{root}/nope", "--format", "gguf", "--out", "{root}/exp"], 2, ["checkpoint not found"]),
+    (["export", "--model", "models:/no_such_model@champion", "--format", "hf", "--out", "{root}/exp"], 2,
+     ["cannot load models:/no_such_model@champion"]),
     # Hub sources without the network (the tests run offline): one line pointing to local files
     (["prepare-data", "--config", "{config}", "--data.dataset=tinystories"], 2,
      ["cannot reach the Hugging Face Hub for roneneldan/TinyStories", "data.dataset: local"]),

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, dry_run
 
-JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat", "finetune", "serve"}
+JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat", "finetune", "serve", "export"}
 
 
 def compose_binary() -> str:
