@@ -19,7 +19,8 @@ from jobs.errors import InputError, first_problem
 Positive = Annotated[int, Field(gt=0)]
 TopK = Annotated[int, Field(ge=0)]  # 0: off
 Temperature = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # 0: greedy
-TopP = Annotated[float, Field(gt=0, le=1)]
+TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=2**64 - 1)]  # torch's generators take unsigned 64-bit seeds
 Device = Literal["auto", "cpu", "cuda"]
 
 

@@ -13,7 +13,7 @@ import sys
 
 from pydantic import TypeAdapter, ValidationError
 
-from jobs.cli import Device, Positive, Temperature, TopK, TopP, typed
+from jobs.cli import Device, Positive, Seed, Temperature, TopK, TopP, typed
 from jobs.errors import InputError
 from jobs.serving.loading import complete, load_model
 from model_zoo.config import count_parameters
@@ -35,7 +35,7 @@ def _resolve(model: str | None, config: str | None) -> str:
 
 @typed
 def generate(prompt: str, model: str | None = None, config: str | None = None, max_length: Positive = 100,
-             temperature: Temperature = 0.8, top_k: TopK = 50, top_p: TopP | None = None, seed: int | None = None,
+             temperature: Temperature = 0.8, top_k: TopK = 50, top_p: TopP | None = None, seed: Seed | None = None,
              device: Device = "auto") -> None:
     prompt = str(prompt)
     try:  # bytes that are not UTF-8 reach Python as lone surrogates, which no tokenizer can encode
@@ -57,7 +57,7 @@ def _stream(loaded, prompt: str, prefix: str, max_length, temperature, top_k, to
 
 @typed
 def chat(model: str | None = None, config: str | None = None, max_length: Positive = 100, temperature: Temperature = 0.8,
-         top_k: TopK = 50, top_p: TopP | None = None, seed: int | None = None, device: Device = "auto") -> None:
+         top_k: TopK = 50, top_p: TopP | None = None, seed: Seed | None = None, device: Device = "auto") -> None:
     ref = _resolve(model, config)
     loaded = load_model(ref, device)
     state = loaded.state

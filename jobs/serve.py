@@ -32,6 +32,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive, default=1,
                    help="CPU threads per model's engine (default 1: small models decode fastest on one)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="without an API key, also answer requests for this host name (repeatable; '*': any). "
+                        "By default only 127.0.0.1, localhost, ::1 and --host, so that no web page can make the "
+                        "browser drive the server through a DNS name of its own (DNS rebinding)")
     return p
 
 
@@ -60,6 +64,13 @@ def served_name(ref: str) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
+def allowed_hosts(host: str, extra: list[str]) -> frozenset[str]:
+    """The host names the server answers without an API key: the loopback names, the bound one, --allowed-host."""
+    from jobs.serving.openai_api import LOOPBACK_HOSTS
+
+    return LOOPBACK_HOSTS | {name.lower().strip("[]") for name in [host, *extra]}
+
+
 def serve(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
@@ -84,7 +95,8 @@ def serve(argv: list[str]) -> None:
         print(f"warning: listening on {args.host} with no API key: anyone who reaches it can use it", file=sys.stderr)
     print(f"chat page: http://{args.host}:{args.port}/   API: http://{args.host}:{args.port}/v1", file=sys.stderr)
     try:
-        uvicorn.run(create_app(served, api_key), host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(create_app(served, api_key, allowed_hosts(args.host, args.allowed_host)), host=args.host,
+                    port=args.port, log_level="warning")
     finally:
         for model in served:
             model.engine.close()

@@ -39,8 +39,10 @@ def sample_next_token(
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         sorted_probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (so the first is always kept).
+        # Drop a token when the tokens ranked above it already reach top_p. The most likely token is always kept:
+        # a top_p so small that float32 rounds it to 0 (1e-300) would otherwise drop every token.
         drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
@@ -62,6 +64,7 @@ def sample_rows(logits: torch.Tensor, temperatures: Sequence[float], top_ps: Seq
     if bool((top_p < 1).any()):  # nucleus, as in sample_next_token, with each row's own p
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]
+        drop_sorted[:, 0] = False  # the most likely token stays, however small p is
         probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
     cdf = probs.cumsum(dim=-1)  # (B, V); its last column is each row's total (1, or what top-p kept)
     uniform = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators])  # (B,)

@@ -143,3 +143,43 @@ def tiny(tmp_path, model_type="torch", model=None, **training):
     return validate_config(values)
 
 
+
+
+# Tiny models of both architectures, for tests that need a checkpoint but not a trained one.
+ARCHITECTURES = {
+    "gpt2": {"d_model": 64, "n_heads": 4, "n_blocks": 2, "d_ffn": 256, "max_seq_len": 64},
+    "llama": {"architecture": "llama", "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "n_blocks": 2, "d_ffn": 96,
+              "max_seq_len": 64},
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer_folder(tmp_path_factory):
+    from jobs.data.tokenizer import save_tokenizer, train_bpe
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    stories = write_stories(folder, n=200).read_text().split("<|endoftext|>")
+    save_tokenizer(train_bpe(stories, 300, show_progress=False), folder, "test")
+    return folder
+
+
+def make_checkpoint(folder, tokenizer_folder, architecture="gpt2", model_type="torch", chat=True, vocab_size=None):
+    """A checkpoint folder as training writes it, with seeded weights of a tiny model (ARCHITECTURES): for tests of
+    what reads checkpoints (export, serving), where training is not the point."""
+    import torch
+
+    from jobs.checkpoint import CheckpointState, save_checkpoint
+    from jobs.data.tokenizer import load_tokenizer
+    from model_zoo.build import build_model
+    from model_zoo.config import ModelConfig
+
+    tokenizer = load_tokenizer(tokenizer_folder)
+    config = ModelConfig.from_dict({**ARCHITECTURES[architecture], "vocab_size": vocab_size or tokenizer.vocab_size})
+    torch.manual_seed(0)
+    model = build_model(config, model_type)
+    state = CheckpointState(step=1, model_type=model_type, model_config=config.to_dict(),
+                            experiment={"model_name": "tiny", "chat": {"base": "x"} if chat else None},
+                            tokenizer_sha256=tokenizer.sha256, eot_id=tokenizer.eot_id)
+    return save_checkpoint(folder, model.state_dict(), {}, state, tokenizer_folder / "tokenizer.json")
+
+

@@ -110,6 +110,8 @@ CASES = [
     (["generate", "--model", "{best}", "--prompt", "x", "--max-length", "2.5"], 2, ["--max-length", "fractional"]),
     (["generate", "--model", "{best}", "--prompt", "x", "--device", "tpu"], 2, ["--device", "'auto', 'cpu' or 'cuda'"]),
     (["generate", "--model", "{root}/nope", "--prompt", "x"], 2, ["checkpoint not found"]),
+    (["generate", "--model", "{best}", "--prompt", "x", "--seed", str(2**64)], 2, ["--seed", "less than or equal to"]),
+    (["generate", "--model", "{best}", "--prompt", "x", "--seed", "-1"], 2, ["--seed", "greater than or equal to 0"]),
     (["evaluate", "--model", "{best}", "--batch-size", "0", "--log=False"], 2, ["--batch-size", "greater than 0"]),
     (["evaluate", "--model", "{best}", "--max-batches", "0", "--log=False"], 2, ["--max-batches", "greater than 0"]),
     (["evaluate", "--model", "{best}", "--text-file", "{root}/binary.txt", "--log=False"], 2,

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_stories
+from conftest import make_checkpoint
 
-ARCHITECTURES = {
-    "gpt2": {"d_model": 64, "n_heads": 4, "n_blocks": 2, "d_ffn": 256, "max_seq_len": 64},
-    "llama": {"architecture": "llama", "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "n_blocks": 2, "d_ffn": 96,
-              "max_seq_len": 64},
-}
 # The gap between transformers' logits from the file and ours, per weight type, on these random tiny models
 # (measured: f32 0 to 1.2e-7, f16 about 2.4e-4, q8_0 about 7e-3); each bound is a few times the measured gap.
 TOLERANCE = {"f32": 1e-5, "f16": 2e-3, "q8_0": 3e-2}
@@ -28,33 +23,6 @@ CONVERSATIONS = [
 ]
 TEXTS = ["Once upon a time, Lily's cat ran to the park.", "  two spaces, tabs\tand\n\nnew lines 1234 café ☃",
          "<|user|>typed<|end|><|assistant|>", "<|endoftext|>Tom said \"hi\"<|endoftext|>", ""]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_folder(tmp_path_factory):
-    from jobs.data.tokenizer import save_tokenizer, train_bpe
-
-    folder = tmp_path_factory.mktemp("tokenizer")
-    stories = write_stories(folder, n=200).read_text().split("<|endoftext|>")
-    save_tokenizer(train_bpe(stories, 300, show_progress=False), folder, "test")
-    return folder
-
-
-def make_checkpoint(folder, tokenizer_folder, architecture="gpt2", model_type="torch", chat=True, vocab_size=None):
-    """A checkpoint folder as training writes it, with seeded weights (no training needed to test an export)."""
-    from jobs.checkpoint import CheckpointState, save_checkpoint
-    from jobs.data.tokenizer import load_tokenizer
-    from model_zoo.build import build_model
-    from model_zoo.config import ModelConfig
-
-    tokenizer = load_tokenizer(tokenizer_folder)
-    config = ModelConfig.from_dict({**ARCHITECTURES[architecture], "vocab_size": vocab_size or tokenizer.vocab_size})
-    torch.manual_seed(0)
-    model = build_model(config, model_type)
-    state = CheckpointState(step=1, model_type=model_type, model_config=config.to_dict(),
-                            experiment={"model_name": "tiny", "chat": {"base": "x"} if chat else None},
-                            tokenizer_sha256=tokenizer.sha256, eot_id=tokenizer.eot_id)
-    return save_checkpoint(folder, model.state_dict(), {}, state, tokenizer_folder / "tokenizer.json")
 
 
 def our_logits(checkpoint, ids):

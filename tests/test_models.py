@@ -162,6 +162,12 @@ def test_sampling_filters():
     nucleus = {int(sample_next_token(logits, 1.0, top_p=0.8, generator=g)) for _ in range(300)}
     assert nucleus == {3, 4}
     assert int(sample_next_token(logits, 0.0)) == 4
+    # a top_p that float32 rounds to 0 keeps the most likely token (it used to drop them all, and crash)
+    assert {int(sample_next_token(logits, 1.0, top_p=1e-300, generator=g)) for _ in range(20)} == {4}
+    from model_zoo.generation import sample_rows
+
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    assert sample_rows(logits.repeat(2, 1), [1.0, 1.0], [1e-300, 1e-45], gens) == [4, 4]
     with pytest.raises(ValueError, match="top_p"):
         sample_next_token(logits, 1.0, top_p=1.5)
 

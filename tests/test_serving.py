@@ -99,6 +99,126 @@ def test_engine_cancelled_request_leaves_the_batch():
         engine.close()
 
 
+def test_what_one_request_raises_ends_that_request_alone(monkeypatch):
+    """A request whose prefill fails (a seed torch cannot take, past the API's own check), and one whose sampling
+    fails in the batch: each gets its error, and the request beside it runs to its end."""
+    import jobs.serving.engine as engine_module
+
+    config = ModelConfig(vocab_size=50, d_model=16, n_heads=2, n_blocks=1, d_ffn=32, max_seq_len=64)
+    engine = Engine(build_model(config, "torch"), max_batch=4)
+    try:
+        (tokens, reason), (bad_tokens, bad_reason) = run_engine_mixed(engine, [(1.0, None), (1.0, 2**64)])
+        assert reason == "length" and len(tokens) == 20
+        assert bad_reason.startswith("internal error") and bad_tokens == []
+
+        real = engine_module.sample_rows
+        calls = {"bad": 0}
+
+        def breaks_on_the_second_use(logits, temperatures, top_ps, generators):
+            if 0.5 in temperatures:  # the marked request: its prefill samples, its first decode step raises
+                calls["bad"] += 1
+                if calls["bad"] > 1:
+                    raise RuntimeError("sampling failed")
+            return real(logits, temperatures, top_ps, generators)
+
+        monkeypatch.setattr(engine_module, "sample_rows", breaks_on_the_second_use)
+        (tokens, reason), (bad_tokens, bad_reason) = run_engine_mixed(engine, [(1.0, 7), (0.5, 7)])
+        assert reason == "length" and len(tokens) == 20
+        assert bad_reason.startswith("internal error") and len(bad_tokens) == 1
+    finally:
+        engine.close()
+
+
+def run_engine_mixed(engine: Engine, settings: list[tuple[float, int]]):
+    """Requests of [1, 2, 3] with their own (temperature, seed), 20 tokens each: (tokens, finish) per request."""
+    got, reasons, done = [[] for _ in settings], [None] * len(settings), [threading.Event() for _ in settings]
+
+    def emitter(i):
+        def emit(event):
+            if event[0] == "token":
+                got[i].append(event[1])
+            else:
+                reasons[i] = event[1]
+                done[i].set()
+        return emit
+    for i, (temperature, seed) in enumerate(settings):
+        engine.submit(Request([1, 2, 3], 20, emitter(i), temperature=temperature, seed=seed))
+    assert all(event.wait(30) for event in done)
+    return list(zip(got, reasons))
+
+
+# --- the HTTP edge, in-process: what is checked before a request reaches a model ------------------------------
+
+
+@pytest.fixture
+def edge(tmp_path, tokenizer_folder):
+    """The app over a tiny untrained chat model, without an API key, and a way to call it."""
+    from starlette.testclient import TestClient
+
+    from conftest import make_checkpoint
+    from jobs.serving.loading import load_model
+    from jobs.serving.openai_api import ServedModel, create_app
+
+    loaded = load_model(str(make_checkpoint(tmp_path / "ckpt", tokenizer_folder)), "cpu")
+    engine = Engine(loaded.model, max_batch=4)
+
+    def client(**app_settings):
+        return TestClient(create_app([ServedModel("tiny", loaded, engine)], **app_settings),
+                          base_url="http://127.0.0.1:8000")
+    yield client
+    engine.close()
+
+
+def test_every_numeric_field_is_checked_at_the_edge(edge):
+    http = edge()
+    for field, value in [("seed", 2**64), ("seed", 2**80), ("seed", -1), ("max_tokens", 2**40), ("max_tokens", 0),
+                         ("temperature", 3), ("top_p", 0)]:
+        response = http.post("/v1/completions", json={"model": "tiny", "prompt": "Tim", field: value})
+        assert response.status_code == 400 and response.json()["error"]["param"] == field, (field, response.text)
+    highest = http.post("/v1/completions", json={"model": "tiny", "prompt": "Tim", "seed": 2**64 - 1, "max_tokens": 2})
+    assert highest.status_code == 200
+
+
+def test_a_top_p_that_underflows_float32_samples_the_most_likely_token(edge):
+    http = edge()
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 6, "ignore_eos": True}
+    tiny_p = http.post("/v1/completions", json=body | {"top_p": 1e-300, "seed": 3}).json()
+    greedy = http.post("/v1/completions", json=body | {"temperature": 0}).json()
+    assert tiny_p["usage"]["completion_tokens"] == 6 and tiny_p["choices"][0]["text"] == greedy["choices"][0]["text"]
+
+
+def test_chunked_bodies_are_counted_as_they_arrive_and_messages_bounded(edge):
+    from jobs.serving.openai_api import MAX_BODY_BYTES
+
+    http = edge()
+
+    def chunks():  # no Content-Length: sent chunked, as the 300 MB body of the attack was
+        for _ in range(3 * MAX_BODY_BYTES // 65536):
+            yield b"x" * 65536
+
+    response = http.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    messages = [{"role": "user", "content": "word " * 19_000}] * 2  # 190,000 characters, under 1 MB
+    response = http.post("/v1/chat/completions", json={"model": "tiny", "messages": messages})
+    assert response.status_code == 400 and "at most 100,000" in response.json()["error"]["message"]
+    assert http.get("/health").status_code == 200
+
+
+def test_without_a_key_only_the_bound_host_names_are_answered(edge):
+    evil = {"host": "attacker.example:8000"}
+    http = edge()
+    refused = http.get("/v1/models", headers=evil)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_host"
+    assert http.get("/", headers=evil).status_code == 400  # the chat page too
+    assert http.get("/health", headers=evil).status_code == 200  # probes send the pod's address
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8000", "LOCALHOST:1"):
+        assert http.get("/v1/models", headers={"host": host}).status_code == 200, host
+    assert edge(allowed_hosts=frozenset({"attacker.example"})).get("/v1/models", headers=evil).status_code == 200
+    assert edge(allowed_hosts=frozenset({"*"})).get("/v1/models", headers=evil).status_code == 200
+    keyed = edge(api_key="a-key-12345678")  # with a key, the key is what protects
+    assert keyed.get("/v1/models", headers=evil | {"authorization": "Bearer a-key-12345678"}).status_code == 200
+
+
 # --- a real server process ---------------------------------------------------------------------------------
 
 

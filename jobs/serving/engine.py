@@ -115,19 +115,22 @@ class Engine:
                 admitted = []
                 while self._waiting and len(self._active) + len(admitted) < self.max_batch:
                     admitted.append(self._waiting.popleft())
-            try:
-                with torch.inference_mode():
-                    for request in admitted:
+            with torch.inference_mode():
+                for request in admitted:  # what one prompt raises ends that request alone
+                    try:
                         self._prefill(request)
+                    except Exception as error:
+                        log.exception("prefill failed")
+                        request.emit(("error", f"internal error ({type(error).__name__})"))
+                try:
                     self._leave({i for i, s in enumerate(self._active) if s.request.cancelled.is_set()})
                     if self._active:
                         self._decode_step()
-            except Exception as error:  # a bug: its traceback is logged, the requests in flight (admitted ones
-                log.exception("engine step failed")  # included) hear of it, and the engine serves the next ones
-                in_flight = {id(s.request): s.request for s in self._active} | {id(r): r for r in admitted}
-                for request in in_flight.values():
-                    request.emit(("error", f"internal error ({type(error).__name__})"))
-                self._active, self._cache = [], BatchedKVCache(self.model.config.n_blocks)
+                except Exception as error:  # a bug in the batch's forward pass: its traceback is logged, the
+                    log.exception("engine step failed")  # requests in the batch hear of it, and the engine
+                    for sequence in self._active:  # serves the next ones
+                        sequence.request.emit(("error", f"internal error ({type(error).__name__})"))
+                    self._active, self._cache = [], BatchedKVCache(self.model.config.n_blocks)
         with self._wake:
             left = [s.request for s in self._active] + list(self._waiting)
         for request in left:
@@ -149,8 +152,21 @@ class Engine:
     def _decode_step(self) -> None:
         last_tokens = torch.tensor([[s.last_token] for s in self._active], device=self.device)  # (B, 1)
         logits, _ = self.model(last_tokens, kv_cache=self._cache)  # (B, 1, V): every active sequence, one pass
-        tokens = self._sample(self._active, logits[:, -1])
-        self._leave({i for i, (sequence, token) in enumerate(zip(self._active, tokens)) if self._send(sequence, token)})
+        try:
+            tokens = self._sample(self._active, logits[:, -1])
+        except Exception:  # one row's settings broke the batch's sampling: each row alone, and only those that
+            tokens = [self._sample_alone(s, row) for s, row in zip(self._active, logits[:, -1])]  # fail end
+        self._leave({i for i, (sequence, token) in enumerate(zip(self._active, tokens))
+                     if token is None or self._send(sequence, token)})
+
+    def _sample_alone(self, sequence: _Sequence, logits: torch.Tensor) -> int | None:
+        """One sequence's next token from its (V,) logits, or None (and an error to its request) if sampling fails."""
+        try:
+            return self._sample([sequence], logits[None])[0]
+        except Exception as error:
+            log.exception("sampling failed for one request")
+            sequence.request.emit(("error", f"internal error ({type(error).__name__})"))
+            return None
 
     def _send(self, sequence: _Sequence, token: int) -> bool:
         """Send a sequence's new token (or its end); True when the sequence is done."""

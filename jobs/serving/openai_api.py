@@ -29,14 +29,17 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.data import chat_template
 from jobs.errors import InputError
 from jobs.serving.engine import Engine, Request as EngineRequest
 from jobs.serving.loading import encode_prompt
 
-MAX_BODY_BYTES = 1_000_000  # a request body over this is refused (413) before it is parsed
+MAX_BODY_BYTES = 1_000_000  # a request body over this is refused (413), counted as it arrives, before it is parsed
+MAX_MESSAGES_CHARS = 100_000  # all of a conversation's messages together, in characters (as one prompt)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+MAX_SEED = 2**64 - 1  # seeds are unsigned 64-bit (torch's generators)
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 # Parameters of OpenAI's API that this server does not implement: refused, not silently ignored.
 UNSUPPORTED = ("logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call", "echo", "suffix",
@@ -67,12 +70,12 @@ class _Sampling(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(max_length=500)
-    max_tokens: Annotated[int, Field(ge=1)] | None = None  # None: until a stop or the end of the context
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # the chat API's newer name for it
+    max_tokens: Annotated[int, Field(ge=1, le=1 << 20)] | None = None  # None: until a stop or the context's end
+    max_completion_tokens: Annotated[int, Field(ge=1, le=1 << 20)] | None = None  # the chat API's newer name
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     stop: Stop | list[Stop] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     stream: bool = False
     stream_options: dict | None = None
     n: Literal[1] = 1
@@ -104,6 +107,14 @@ class Message(BaseModel):
 class ChatBody(_Sampling):
     messages: list[Message] = Field(min_length=1, max_length=200)
 
+    @field_validator("messages")
+    @classmethod
+    def _bounded(cls, messages: list[Message]) -> list[Message]:
+        total = sum(len(m.content) for m in messages)
+        if total > MAX_MESSAGES_CHARS:
+            raise ValueError(f"the messages hold {total:,} characters together; at most {MAX_MESSAGES_CHARS:,}")
+        return messages
+
 
 @dataclass
 class ServedModel:
@@ -116,7 +127,8 @@ class ServedModel:
         return chat_template.supports_chat(self.loaded.tokenizer)
 
 
-def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI:
+def create_app(models: list[ServedModel], api_key: str | None = None,
+               allowed_hosts: frozenset[str] = LOOPBACK_HOSTS) -> FastAPI:
     app = FastAPI(title="transformer-fundamentals", docs_url=None, redoc_url=None, openapi_url=None)
     by_name = {m.name: m for m in models}
     page = (Path(__file__).with_name("chat.html")).read_text(encoding="utf-8")
@@ -154,8 +166,8 @@ def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI
     async def completions(body: CompletionBody, request: Request):
         served = find(body)
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-        try:
-            prompt_ids = encode_prompt(served.loaded.tokenizer, prompt)
+        try:  # tokenizing takes time on a long prompt: off the event loop, which keeps answering others
+            prompt_ids = await asyncio.to_thread(encode_prompt, served.loaded.tokenizer, prompt)
         except InputError as error:
             raise APIError(400, str(error), "prompt") from None
         return await respond(served, body, request, prompt_ids, "text_completion")
@@ -167,8 +179,8 @@ def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI
             raise APIError(400, f"model '{served.name}' has no chat template (its tokenizer predates the chat "
                                 "tokens); use /v1/completions", "model", "not_a_chat_model")
         try:
-            prompt_ids, _ = chat_template.render(served.loaded.tokenizer, [m.model_dump() for m in body.messages],
-                                                 add_generation_prompt=True)
+            prompt_ids, _ = await asyncio.to_thread(chat_template.render, served.loaded.tokenizer,
+                                                    [m.model_dump() for m in body.messages], True)
         except InputError as error:
             raise APIError(400, str(error), "messages") from None
         return await respond(served, body, request, prompt_ids, "chat.completion")
@@ -180,32 +192,76 @@ def create_app(models: list[ServedModel], api_key: str | None = None) -> FastAPI
                            "model", "model_not_found")
         return by_name[body.model]
 
-    return Guard(app, api_key)
+    return Guard(app, api_key, allowed_hosts)
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without its port: "127.0.0.1:8000" -> "127.0.0.1", "[::1]:8000" -> "::1"."""
+    if host_header.startswith("["):
+        return host_header[1:].partition("]")[0].lower()
+    return host_header.rpartition(":")[0].lower() if host_header.count(":") == 1 else host_header.lower()
 
 
 class Guard:
-    """The API key and the body size, checked before anything is read or parsed. A plain ASGI wrapper rather than
-    Starlette's BaseHTTPMiddleware, which copies every streamed chunk through a queue of its own."""
+    """What is checked before anything is parsed: the API key; the Host header (without a key, only the names the
+    server was bound for, so a web page that rebinds its own DNS name to 127.0.0.1 cannot drive the model; /health
+    answers any, for probes); and the body's size, counted as it arrives (a chunked body declares no length).
+    A plain ASGI wrapper rather than Starlette's BaseHTTPMiddleware, which copies every streamed chunk through a
+    queue of its own."""
 
-    def __init__(self, app: FastAPI, api_key: str | None):
-        self.app, self.api_key = app, api_key
+    def __init__(self, app: FastAPI, api_key: str | None, allowed_hosts: frozenset[str] = LOOPBACK_HOSTS):
+        self.app, self.api_key, self.allowed_hosts = app, api_key, allowed_hosts
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            refusal = None
-            if scope["path"].startswith("/v1/") and self.api_key is not None:
-                given = headers.get("authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-                    refusal = error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                                             code="invalid_api_key")
-            length = headers.get("content-length")
-            if refusal is None and length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-                refusal = error_response(413, f"the request body is over {MAX_BODY_BYTES:,} bytes",
-                                         code="body_too_large")
-            if refusal is not None:
-                return await refusal(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = None
+        if (self.api_key is None and "*" not in self.allowed_hosts and scope["path"] != "/health"
+                and host_name(headers.get("host", "")) not in self.allowed_hosts):
+            refusal = error_response(400, f"this server does not answer for the host "
+                                          f"{headers.get('host', '')[:100]!r} (serve --allowed-host adds one)",
+                                     code="invalid_host")
+        elif scope["path"].startswith("/v1/") and self.api_key is not None:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                refusal = error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                         code="invalid_api_key")
+        length = headers.get("content-length")
+        if refusal is None and length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            refusal = too_large()
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            body = bytearray()
+            while True:  # the whole body, counted as it comes (at most MAX_BODY_BYTES are ever held)
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > MAX_BODY_BYTES:
+                    return await too_large()(scope, receive, send)
+                if not message.get("more_body", False):
+                    break
+            receive = replay(bytes(body), receive)
         return await self.app(scope, receive, send)
+
+
+def too_large() -> JSONResponse:
+    return error_response(413, f"the request body is over {MAX_BODY_BYTES:,} bytes", code="body_too_large")
+
+
+def replay(body: bytes, receive):
+    """An ASGI receive that gives the body already read, then whatever comes next (a disconnect)."""
+    given = False
+
+    async def receive_again():
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return receive_again
 
 
 async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_ids: list[int], kind: str):
