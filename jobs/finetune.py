@@ -99,11 +99,17 @@ class ChatData:
         train, validation = conversations(cfg)
         self.train = chat_data.pack(train, self.tokenizer, seq_len)
         self.validation = chat_data.pack(validation, self.tokenizer, seq_len)
+        for split, packed in (("training", self.train), ("validation", self.validation)):
+            if len(packed.tokens) == 0 and packed.dropped_too_long:
+                shortest = f" (the shortest is {packed.shortest_dropped:,})" if packed.shortest_dropped else ""
+                raise ConfigError(f"no {split} conversations fit: all {packed.dropped_too_long:,} are longer than the "
+                                  f"base's context of {seq_len} tokens{shortest}: lower chat.max_answer_words, or "
+                                  f"fine-tune a base with a longer model.max_seq_len")
         if len(self.validation.tokens) == 0:
             raise ConfigError("no validation conversations: give chat.val_conversation_files or story data")
         self.train_tokens = self.train.tokens.size
         digest = hashlib.sha256(self.train.tokens.tobytes() + self.validation.tokens.tobytes()).hexdigest()[:10]
-        self.dataset_id = f"chat-{digest}"
+        self.dataset_id = self.content_id = f"chat-{digest}"  # the conversations' tokens: a resume on others is refused
         self.lineage = lineage(cfg.chat.base, base.state)
         if distributed.is_main:
             log.info(f"chat data: {self.describe(self.train)} to train; {self.describe(self.validation)} to validate")
@@ -170,6 +176,9 @@ def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
         validation += chat_data.conversations_from_stories(stories["validation"]["text"], chat.seed + 1,
                                                            chat.val_conversations, chat.max_answer_words,
                                                            chat.per_story)
+    if not train and sum(skipped.values()):
+        raise ConfigError(f"no training conversations: every record of {', '.join(map(str, skipped))} was bad and "
+                          f"skipped (chat.skip_bad); without skip_bad the first bad record is named with its line")
     if not train:
         raise ConfigError("no training conversations: set chat.from_stories, chat.conversation_files or chat.hub_dataset")
     return train, validation

@@ -26,6 +26,7 @@ LICENSE and README files are skipped; any other file, and any malformed line, is
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -72,15 +73,17 @@ class Suite:
 # --- reading a suite ---------------------------------------------------------------------------------------------
 
 
-def read_suite(path: str | Path) -> Suite:
-    """Every paradigm of a suite folder (or a single paradigm file), checked line by line."""
+def read_suite(path: str | Path, given_as: str = "--suite") -> Suite:
+    """Every paradigm of a suite folder (or a single paradigm file), checked line by line. given_as: where the user
+    named it (--suite, training.final_evals), for the messages."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise SuiteError(f"--suite: not found: {path}")
+        raise SuiteError(f"{given_as}: not found: {path} (Zorro: the test sentences of github.com/phueb/Zorro; "
+                         f"BLiMP: the data folder of github.com/alexwarstadt/blimp)")
     files = [path] if path.is_file() else sorted(f for f in path.iterdir() if not f.name.startswith("."))
     files = [f for f in files if not DOCUMENTATION.search(f.name)]
     if not files:
-        raise SuiteError(f"--suite {path}: no paradigm files in it (Zorro .txt or BLiMP .jsonl)")
+        raise SuiteError(f"{given_as} {path}: no paradigm files in it (Zorro .txt or BLiMP .jsonl)")
     layouts = {}
     for file in files:
         if not file.is_file():
@@ -91,7 +94,7 @@ def read_suite(path: str | Path) -> Suite:
             raise SuiteError(f"{file}: {file.stat().st_size:,} bytes, over the {MAX_FILE_BYTES:,} a paradigm file may hold")
         layouts[file] = "zorro" if file.suffix == ".txt" else "blimp"
     if len(set(layouts.values())) > 1:
-        raise SuiteError(f"--suite {path}: mixes Zorro .txt and BLiMP .jsonl files; give one suite per folder")
+        raise SuiteError(f"{given_as} {path}: mixes Zorro .txt and BLiMP .jsonl files; give one suite per folder")
     layout = next(iter(layouts.values()))
     digest, paradigms = hashlib.sha256(), []
     for file in files:
@@ -102,7 +105,7 @@ def read_suite(path: str | Path) -> Suite:
     seen: set[str] = set()
     for paradigm in paradigms:
         if paradigm.name in seen:
-            raise SuiteError(f"--suite {path}: the paradigm {paradigm.name!r} appears in two files (or twice by UID); "
+            raise SuiteError(f"{given_as} {path}: the paradigm {paradigm.name!r} appears in two files (or twice by UID); "
                              f"each paradigm has one file")
         seen.add(paradigm.name)
     name = _safe_name(path.stem if path.is_file() else path.name)
@@ -112,6 +115,7 @@ def read_suite(path: str | Path) -> Suite:
 def _lines(file: Path, data: bytes) -> list[tuple[int, str]]:
     """(line number, text) of each line, decoded as UTF-8 with the line named on failure."""
     lines = []
+    data = data.removeprefix(codecs.BOM_UTF8)  # a byte-order mark is not part of the first sentence (either layout)
     for number, raw in enumerate(data.splitlines(), start=1):
         try:
             text = raw.decode("utf-8")
@@ -153,6 +157,8 @@ def _read_blimp(file: Path, lines: list[tuple[int, str]]) -> list[Paradigm]:
             record = json.loads(text)
         except json.JSONDecodeError as error:
             raise SuiteError(f"{file}:{number}: not JSON ({error.msg})") from None
+        except RecursionError:
+            raise SuiteError(f"{file}:{number}: not JSON this program reads (nested too deep)") from None
         if not isinstance(record, dict):
             raise SuiteError(f"{file}:{number}: a BLiMP record is a JSON object with sentence_good and sentence_bad")
         for key in ("sentence_good", "sentence_bad"):
@@ -179,10 +185,31 @@ def phenomenon_of(paradigm: str) -> str:
 
 
 def _safe_name(name: str) -> str:
-    return UNSAFE_NAME_CHARS.sub("_", name)[:200] or "suite"
+    """A name MLflow takes in a metric key: safe characters, and starting with a letter or digit (a file "-.txt" or
+    "..txt" would give "-" or ".", and MLflow refuses keys whose parts read as paths)."""
+    name = UNSAFE_NAME_CHARS.sub("_", name)[:200]
+    return name if name[:1].isalnum() else f"_{name}"
 
 
 # --- scoring -------------------------------------------------------------------------------------------------------
+
+
+def _encoded(tokenizer, sentences: list[str], max_seq_len: int, suite: str = "") -> list[list[int]]:
+    """Each sentence's ids after <|endoftext|>, or an InputError naming the first that the context cannot hold."""
+    token_ids = [[tokenizer.eot_id] + ids for ids in tokenizer.encode_texts(sentences)]
+    context = max_seq_len + 1  # the model sees max_seq_len tokens and predicts the next of each
+    for sentence, ids in zip(sentences, token_ids):
+        if len(ids) > context:
+            raise InputError(f"{suite}the sentence {sentence[:60]!r} is {len(ids) - 1} tokens, more than the "
+                             f"model's context ({max_seq_len})")
+    return token_ids
+
+
+def check_fits(suite: Suite, tokenizer, max_seq_len: int) -> None:
+    """Every sentence of the suite fits the model's context: checked before training (training.final_evals), so a
+    run is not refused its scores only after it has trained and registered."""
+    sentences = [s for paradigm in suite.paradigms for s in paradigm.good + paradigm.bad]
+    _encoded(tokenizer, sentences, max_seq_len, f"training.final_evals: suite {suite.name!r}: ")
 
 
 @torch.inference_mode()
@@ -195,12 +222,7 @@ def sentence_logprobs(model, tokenizer, sentences: list[str], device: str = "cpu
     cannot change its scores. A batch holds at most max_batch_tokens tokens (its logits are B x T x V floats)."""
     if tokenizer.eot_id is None:
         raise InputError(f"{tokenizer.path}: the tokenizer has no <|endoftext|> token to start sentences from")
-    token_ids = [[tokenizer.eot_id] + ids for ids in tokenizer.encode_texts(sentences)]
-    context = model.config.max_seq_len + 1  # the model sees max_seq_len tokens and predicts the next of each
-    for sentence, ids in zip(sentences, token_ids):
-        if len(ids) > context:
-            raise InputError(f"the sentence {sentence[:60]!r} is {len(ids) - 1} tokens, more than the model's context "
-                             f"({model.config.max_seq_len})")
+    token_ids = _encoded(tokenizer, sentences, model.config.max_seq_len)
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     batches, start = [], 0
     while start < len(order):

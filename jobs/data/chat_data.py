@@ -183,6 +183,8 @@ def _record_messages(line: str) -> list[dict]:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise InputError(f"not JSON ({error.msg})") from None
+    except RecursionError:  # [[[[... a hundred thousand deep: Python's parser gives up
+        raise InputError("not JSON this program reads (nested too deep)") from None
     if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
         raise InputError('each line is an object with a "messages" list')
     return _checked_messages(record["messages"])
@@ -208,6 +210,7 @@ class PackedChat:
     mask: np.ndarray  # (N, T + 1) bool: True on tokens the model learns
     kinds: Counter = field(default_factory=Counter)
     dropped_too_long: int = 0
+    shortest_dropped: int | None = None  # tokens of the shortest conversation dropped (for the message that says so)
 
     @property
     def scored_tokens(self) -> int:
@@ -222,12 +225,19 @@ def pack(conversations: list[Conversation], tokenizer, seq_len: int) -> PackedCh
     ids_now: list[int] = []
     mask_now: list[bool] = []
     kept: list[Conversation] = []
-    dropped = 0
+    dropped, shortest_dropped = 0, None
+    # No token spells more characters than the longest in the vocabulary: a conversation with more characters than
+    # width times that cannot fit, and is dropped before it is tokenized (a 24 MB record would take minutes)
+    most_characters = width * max(len(token) for token in tokenizer.tokenizer.get_vocab())
     for conversation in conversations:
+        if sum(len(m["content"]) for m in conversation.messages) > most_characters:
+            dropped += 1
+            continue
         ids, mask = chat_template.render(tokenizer, conversation.messages)
         ids, mask = ids + [tokenizer.eot_id], mask + [False]  # conversations separated like documents
         if len(ids) > width:
             dropped += 1
+            shortest_dropped = min(len(ids) - 1, shortest_dropped or len(ids))
             continue
         kept.append(conversation)
         if len(ids_now) + len(ids) > width:
@@ -240,7 +250,7 @@ def pack(conversations: list[Conversation], tokenizer, seq_len: int) -> PackedCh
     scored = np.zeros((len(windows), width), dtype=bool)
     for i, (ids, mask) in enumerate(zip(windows, masks)):
         tokens[i, :len(ids)], scored[i, :len(mask)] = ids, mask
-    return PackedChat(tokens, scored, kind_counts(kept), dropped)
+    return PackedChat(tokens, scored, kind_counts(kept), dropped, shortest_dropped)
 
 
 def kind_counts(conversations: list[Conversation]) -> Counter:

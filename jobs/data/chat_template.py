@@ -36,7 +36,9 @@ def require_chat(tokenizer) -> None:
 
 
 def check_messages(messages: Iterable[dict], where: str = "messages") -> list[dict]:
-    """The messages as plain {"role", "content"} dicts, or an InputError naming the first bad one."""
+    """The messages as plain {"role", "content"} dicts (and "weight" where given), or an InputError naming the
+    first bad one. An assistant's content may be empty (a model can answer nothing; the history keeps the turn).
+    "weight" is OpenAI's fine-tuning field on an assistant message: 0 means shown, not learned from."""
     checked = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
@@ -44,11 +46,16 @@ def check_messages(messages: Iterable[dict], where: str = "messages") -> list[di
         role, content = message["role"], message.get("content")
         if role not in ROLES:
             raise InputError(f"{where}[{i}]: unknown role {role[:20]!r} (one of {', '.join(ROLES)})")
-        if not isinstance(content, str) or not content.strip():
-            raise InputError(f"{where}[{i}]: the content must be non-empty text")
+        if not isinstance(content, str) or (role != "assistant" and not content.strip()):
+            raise InputError(f"{where}[{i}]: the content must be {'' if role == 'assistant' else 'non-empty '}text")
         if role == "system" and i != 0:
             raise InputError(f"{where}[{i}]: a system message may only come first")
         checked.append({"role": role, "content": content})
+        if message.get("weight") is not None:
+            if role != "assistant" or message["weight"] not in (0, 1) or isinstance(message["weight"], bool):
+                raise InputError(f"{where}[{i}]: weight is 0 or 1, on an assistant message (OpenAI's fine-tuning "
+                                 f"format), got {str(message['weight'])[:20]!r}")
+            checked[-1]["weight"] = int(message["weight"])
     if not checked:
         raise InputError(f"{where}: the conversation holds no message")
     return checked
@@ -65,7 +72,7 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     ids: list[int] = []
     mask: list[bool] = []
     for message in messages:
-        learned = message["role"] == "assistant"
+        learned = message["role"] == "assistant" and message.get("weight", 1) == 1
         ids.append(special(ROLE_TOKENS[message["role"]]))  # who speaks: given, never learned
         mask.append(False)
         content = tokenizer.encode_text(message["content"])

@@ -99,7 +99,8 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, traine
     try:
         # Before the trainer is built: the suites to score at the end (read first: a bad one is refused before any
         # work), then the data, prepared (tokenizer, token files) when it is not already
-        suites = [minimal_pairs.read_suite(path) for path in cfg.training.final_evals] if distributed.is_main else []
+        suites = [minimal_pairs.read_suite(path, "training.final_evals")
+                  for path in cfg.training.final_evals] if distributed.is_main else []
         data = trainer.load_data(cfg, distributed)
         run = trainer(cfg, data, suites, resume, distributed.device(device), distributed)
         run.step_hook, run.progress_view = step_hook, progress
@@ -144,6 +145,8 @@ class Trainer:
         self.cfg = cfg = self.data.experiment(cfg)
         self.tc, self.model_config = tc, cfg.model_config_
         T = self.model_config.max_seq_len
+        for suite in suites:  # scored after training: every sentence must fit the context, known now
+            minimal_pairs.check_fits(suite, self.tokenizer, T)
         checkpoint = checkpoint_to_resume(cfg, resume)
         if checkpoint is not None and checkpoint.state.model_type != tc.model_type:
             raise CheckpointError(f"{checkpoint.folder} holds a {checkpoint.state.model_type} model, not {tc.model_type}")
@@ -154,6 +157,10 @@ class Trainer:
                 raise CheckpointError(f"--resume: {checkpoint.folder} was trained with another tokenizer than the data "
                                       f"prepared now ({self.tokenizer.path}): the training text or its settings changed; "
                                       f"start a new run")
+            if data.content_id is not None and checkpoint.state.dataset_id not in (None, data.content_id):
+                was = checkpoint.state.dataset_id
+                raise CheckpointError(f"--resume: {checkpoint.folder} was trained on other data ({was}; the data now "
+                                      f"is {data.content_id}): its files changed; start a new run")
         self.root = checkpoint.folder.parent if checkpoint else new_run_folder(cfg)  # this run's checkpoints
         self.lock = RunLock(self.root) if distributed.is_main else None  # one process continues a run at a time
 
@@ -498,6 +505,9 @@ class TextData:
         self.prepared, self.tokenizer = prepared, prepared.tokenizer
         self.train, self.validation = prepared.open("train"), prepared.open("validation")
         self.train_tokens, self.dataset_id = len(self.train), prepared.meta.dataset_id
+        # what a resume compares with the checkpoint's dataset_id: None here, since this id follows the files' names,
+        # sizes and times (a touched file changes it); the text itself is held by the tokenizer check and the config
+        self.content_id = None
 
     def experiment(self, cfg: ExperimentConfig) -> ExperimentConfig:
         """The config with the model's vocab size from the tokenizer; the validation split must hold a window."""
