@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -51,8 +52,11 @@ def tracking_uri() -> str:
     an input error here, in one line that never shows a password, not a traceback deep in MLflow (whether the
     store answers, or can be written, connect() checks)."""
     uri = (os.environ.get("MLFLOW_TRACKING_URI") or "").strip() or f"sqlite:///{Path(TRACKING_STORE).resolve()}"
-    shown = redact(uri)
-    scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
+    try:
+        shown = redact(uri)
+        scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
+    except ValueError as error:  # http://[::1 (an unclosed address), a port that is not a number...
+        raise TrackingError(f"MLFLOW_TRACKING_URI is not a URL this can read ({error})") from None
     if scheme not in SCHEMES:
         raise TrackingError(f"MLFLOW_TRACKING_URI={shown}: unsupported scheme {scheme!r} (use http(s)://host:port "
                             f"for a server, sqlite:///path/mlflow.db, or unset it for the embedded store)")
@@ -148,9 +152,21 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     if parts.username is not None:
         login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
         request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    not_mlflow = (f"MLFLOW_TRACKING_URI={redact(uri)} answers, but is not an MLflow tracking server "
+                  f"({{}}); check the address and port")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
+        # Any web server may answer /health: an MLflow server also answers its REST API, in JSON
+        request.full_url = f"{bare.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read(1_000_000))
+        if not isinstance(answer, dict):
+            raise TrackingError(not_mlflow.format("its API answered something other than a JSON object"))
+    except urllib.error.HTTPError as error:
+        raise TrackingError(not_mlflow.format(f"HTTP {error.code} for {urllib.parse.urlsplit(error.url).path}")) from None
+    except ValueError:
+        raise TrackingError(not_mlflow.format("its API did not answer JSON")) from None
     except OSError as error:
         raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(error))}); start it or "
                             f"unset MLFLOW_TRACKING_URI to use the embedded store") from None
@@ -175,6 +191,7 @@ class RunLogger:
     """
 
     FLUSH_SECONDS = 5.0
+    FLUSH_WAIT = 10.0  # the longest a checkpoint waits for the store to take its metrics
 
     def __init__(self, run_id: str, journal_file: Path, resume_step: int | None = None):
         self.client = MlflowClient()
@@ -203,14 +220,26 @@ class RunLogger:
     def flush(self) -> None:
         """Send everything logged so far, or journal it, before returning (before a checkpoint is written). During
         an outage it is journalled at once: the training thread never waits on MLflow's retries, the sender thread
-        keeps trying in the background."""
+        keeps trying in the background. A store that takes the connection but does not answer (a frozen server)
+        is given FLUSH_WAIT seconds: then what was to be sent is journalled too (sent twice at worst, which MLflow
+        stores once) and the outage begins."""
         start = time.perf_counter()
         if self.failing:
             with self.lock:
                 new, self.new = self.new, []
             self._append_journal(new)
         else:
-            self._send()
+            with self.lock:
+                pending = list(self.new)
+            sending = threading.Thread(target=self._send, name="mlflow-flush", daemon=True)
+            sending.start()
+            sending.join(self.FLUSH_WAIT)
+            if sending.is_alive():
+                if not self.failing:
+                    log.warning(f"tracking: MLflow did not answer in {self.FLUSH_WAIT:g} s; training goes on, metrics "
+                                f"are journalled to {self.journal_file} and sent when it answers")
+                self.failing = True
+                self._append_journal(pending)
         self.seconds_spent += time.perf_counter() - start
 
     def close(self) -> None:
@@ -233,6 +262,7 @@ class RunLogger:
     def _send_loop(self) -> None:
         while not self.closed:
             self.wake.wait(self.FLUSH_SECONDS)
+            self.wake.clear()
             self._send()
 
     def _send(self) -> None:
