@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
         exit_on_input_error(job, argv[1:])
         return
     exit_on_input_error(check_command_line, argv[0], job, argv[1:])
-    exit_on_input_error(fire.Fire, {argv[0]: job}, command=argv, name="python -m jobs")
+    try:
+        exit_on_input_error(fire.Fire, {argv[0]: job}, command=argv, name="python -m jobs")
+    except BrokenPipeError:  # `generate ... | head -c 20`: the reader has gone; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout at exit
+        sys.exit(0)
 
 
 if __name__ == "__main__":

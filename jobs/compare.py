@@ -29,10 +29,14 @@ def compare(*refs: str, out: str | None = None, config: str | None = None, log: 
             phenomena: bool = False) -> None:
     if not refs:
         raise InputError("name at least one experiment or run id: python -m jobs compare tinystories_cpu")
+    assets_dir = load_config(config).data.assets_dir if config else ASSETS_DIR
+    folder = Path(out).expanduser() if out else Path(assets_dir) / "compare" / time.strftime("%Y%m%d-%H%M%S")
+    try:  # where the figures go, checked before the runs are read
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"--out {folder}: cannot make a folder there ({error.strerror})") from None
     runs = load_runs(list(refs))
     print(summary_table(runs, phenomena))
-    assets_dir = load_config(config).data.assets_dir if config else ASSETS_DIR
-    folder = Path(out) if out else Path(assets_dir) / "compare" / time.strftime("%Y%m%d-%H%M%S")
     paths = plot(runs, folder, phenomena)
     print(f"figures: {', '.join(str(p) for p in paths)}")
     if log:

@@ -233,6 +233,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
     for dotted, value in overrides.items():
         if isinstance(value, str) and value in YAML_NULLS:
             value = None
+        elif isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+            # fire reads --x=[a,b] as a list only when it is a Python literal; [/some/dir] arrives as text
+            value = [item.strip().strip("'\"") for item in value[1:-1].split(",") if item.strip()]
         keys = dotted.replace("-", "_").split(".")
         node = raw
         for key in keys[:-1]:

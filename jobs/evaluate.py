@@ -82,8 +82,10 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
     T = loaded.config.max_seq_len
     if text_file is not None:
         path = Path(text_file).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise InputError(f"--text-file: not found: {path}")
+        if not path.is_file():
+            raise InputError(f"--text-file: {path} is not a regular file (a folder, device or pipe)")
         check_utf8(path)
         text = path.read_text(encoding="utf-8")
         tokens = np.asarray(loaded.tokenizer.encode(text), dtype=np.int64)

@@ -177,8 +177,9 @@ def conversations(cfg: ExperimentConfig) -> tuple[list, list]:
                                                            chat.val_conversations, chat.max_answer_words,
                                                            chat.per_story)
     if not train and sum(skipped.values()):
-        raise ConfigError(f"no training conversations: every record of {', '.join(map(str, skipped))} was bad and "
-                          f"skipped (chat.skip_bad); without skip_bad the first bad record is named with its line")
+        files = ", ".join(str(path) for path in +skipped)  # (+: those with a count above 0)
+        raise ConfigError(f"no training conversations: every record of {files} was bad and skipped "
+                          f"(chat.skip_bad); without skip_bad the first bad record is named with its line")
     if not train:
         raise ConfigError("no training conversations: set chat.from_stories, chat.conversation_files or chat.hub_dataset")
     return train, validation

@@ -85,6 +85,7 @@ def serve(argv: list[str]) -> None:
     from jobs.serving.loading import load_model
     from jobs.serving.openai_api import ServedModel, create_app
 
+    listening = bind(args.host, args.port)  # first: a port in use is said before any model loads
     served = []
     for ref, name in zip(args.model, names):
         loaded = load_model(ref, args.device)
@@ -93,10 +94,27 @@ def serve(argv: list[str]) -> None:
               f"{', chat' if served[-1].chat else ''}) on {loaded.device}", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: listening on {args.host} with no API key: anyone who reaches it can use it", file=sys.stderr)
-    print(f"chat page: http://{args.host}:{args.port}/   API: http://{args.host}:{args.port}/v1", file=sys.stderr)
     try:
-        uvicorn.run(create_app(served, api_key, allowed_hosts(args.host, args.allowed_host)), host=args.host,
-                    port=args.port, log_level="warning")
+        port = listening.getsockname()[1]  # bound here, so that --port 0 says which port it got
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"chat page: http://{host}:{port}/   API: http://{host}:{port}/v1", file=sys.stderr)
+        app = create_app(served, api_key, allowed_hosts(args.host, args.allowed_host))
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
     finally:
         for model in served:
             model.engine.close()
+
+
+def bind(host: str, port: int):
+    """A listening socket on host:port (port 0: one the system picks), or an InputError saying why not."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+        listening.listen(2048)
+    except OSError as error:
+        raise InputError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+    return listening

@@ -63,6 +63,10 @@ def world(tmp_path_factory):
     (root / "a-file").write_text("not a folder\n")
     (root / "latin1.yaml").write_bytes(b"experiment_name: caf\xe9\n")
     (root / "bomb.yaml").write_text('a: &a ["x", "x"]\nb: &b [*a, *a]\nc: &c [*b, *b]\nexperiment_name: x\n')
+    (root / "long-suite").mkdir()  # a sentence longer than the tiny model's 32-token context
+    (root / "long-suite" / "p-long.txt").write_text(("the dogs runs " * 20 + ".\n") + ("the dog runs " * 20 + ".\n"))
+    (root / "blocked-assets").mkdir()  # a file where the token files' folder goes
+    (root / "blocked-assets" / "tokens").write_text("not a folder\n")
     return files
 
 
@@ -131,6 +135,16 @@ CASES = [
     (["evaluate", "--model", "{best}", "--suite", "{root}/one-paragraph.txt", "--text-file", "{root}/empty.txt"], 2,
      ["--suite scores minimal pairs", "separate evaluate"]),
     (["train", "--config", "{config}", "--training.final_evals={root}/empty.txt"], 2, ["empty.txt", "empty"]),
+    # round three: misleading hints and tracebacks (issue 25)
+    (["evaluate", "--model", "{best}", "--text-file", "/dev/zero", "--log=False"], 2, ["not a regular file"]),
+    (["compare", "tiny_bad", "--out", "{root}/a-file"], 2, ["--out", "cannot make a folder there"]),
+    (["train", "--config", "{config}", "--training.final_evals=[{root}/nowhere]"], 2,
+     ["training.final_evals: not found", "/nowhere"]),
+    (["train", "--config", "{config}", "--training.final_evals=[{root}/long-suite]", "--experiment_name=long"], 2,
+     ["training.final_evals: suite 'long-suite'", "more than the model's context (32)"]),
+    (["generate", "--model", "models:/tiny_bad", "--prompt", "x"], 2, ["not which version", "models:/tiny_bad@champion"]),
+    (["prepare-data", "--config", "{config}", "--data.assets_dir={root}/blocked-assets"], 2,
+     ["cannot write", "blocked-assets/tokens", "data.assets_dir"]),
     # export: formats, types, where the files go (nothing written on a refusal)
     (["export", "--model", "{best}", "--format", "onnx", "--out", "{root}/exp"], 2, ["--format", "'gguf' or 'hf'"]),
     (["export", "--model", "{best}", "--format", "gguf", "--out", "{root}/exp", "--dtype", "q4_0"], 2, ["--dtype"]),
@@ -276,6 +290,18 @@ def test_binary_bytes_on_chats_stdin_are_one_clear_line(world):
                           cwd=world["root"])
     err = done.stderr.decode()
     assert done.returncode == 2 and "error: stdin: not UTF-8 text" in err and "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.slow
+def test_a_reader_that_closes_the_pipe_ends_generate_quietly(world):
+    """`generate ... | head -c 5`: the reader goes away after 5 bytes; the job stops with status 0 and no traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "jobs", "generate", "--model", str(world["best"]), "--prompt",
+                                "Once", "--max-length", "30", "--temperature", "0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=world["env"], cwd=world["root"])
+    assert len(process.stdout.read(5)) == 5
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err[-2000:]
 
 
 @pytest.mark.slow

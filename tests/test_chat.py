@@ -314,3 +314,80 @@ def test_finetune_a_llama_base_with_the_twin(tmp_path, store):
     assert result.steps == 4 and math.isfinite(result.best_val_loss) and result.model_version == "1"
     chat_model = load_model(str(result.checkpoint_dir / "best"))
     assert chat_model.config.architecture == "llama" and chat_model.model_type == "torch" and chat_model.chat
+
+
+def test_openai_weight_zero_shows_a_turn_without_teaching_it_and_an_empty_reply_is_history(tokenizer, tmp_path):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Bad answer.", "weight": 0},
+                {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Good answer.", "weight": 1}]
+    ids, mask = chat_template.render(tokenizer, messages)
+    assert tokenizer.decode([i for i, m in zip(ids, mask) if m]) == "Good answer.<|end|>"
+    with pytest.raises(InputError, match="weight is 0 or 1"):
+        chat_template.render(tokenizer, [{"role": "user", "content": "Hi", "weight": 0}])
+    with pytest.raises(InputError, match="weight is 0 or 1"):
+        chat_template.render(tokenizer, [{"role": "assistant", "content": "Hi", "weight": 0.5}])
+    empty = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "?"}]
+    ids, _ = chat_template.render(tokenizer, empty, add_generation_prompt=True)
+    assert tokenizer.decode(ids) == "<|user|>Hi<|end|><|assistant|><|end|><|user|>?<|end|><|assistant|>"
+    with pytest.raises(InputError, match="non-empty text"):
+        chat_template.render(tokenizer, [{"role": "user", "content": " "}])
+    # a line nested 100,000 deep is a bad record like any other: named, or skipped and counted
+    path = tmp_path / "deep.jsonl"
+    good = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}'
+    path.write_text(good + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(InputError, match="deep.jsonl:2: not JSON this program reads"):
+        chat_data.read_conversations(path)
+    assert chat_data.read_conversations(path, skip_bad=True)[1] == 1
+
+
+def test_a_record_too_long_for_the_context_is_dropped_before_it_is_tokenized(tokenizer, monkeypatch):
+    huge = chat_data.Conversation([{"role": "user", "content": "Hi"},
+                                   {"role": "assistant", "content": "word " * 2_000_000}], "file")
+    fits = chat_data.Conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes."}], "file")
+    rendered = []
+    real = chat_template.render
+    monkeypatch.setattr(chat_template, "render", lambda tok, messages, *a, **k: rendered.append(len(messages)) or
+                        real(tok, messages, *a, **k))
+    packed = chat_data.pack([huge, fits], tokenizer, 32)
+    assert packed.dropped_too_long == 1 and len(rendered) == 1 and len(packed.tokens) == 1
+
+
+@pytest.mark.slow
+def test_finetune_data_problems_are_named_and_a_resume_on_other_conversations_is_refused(tmp_path, store):
+    import json as jsonlib
+
+    from conftest import tiny
+    from jobs.config import validate_config
+    from jobs.errors import CheckpointError
+    from jobs.finetune import run_finetuning
+    from jobs.training.trainer import run_training
+    from model_zoo.errors import ConfigError
+
+    base = run_training(tiny(tmp_path / "base", model={"max_seq_len": 64}, max_steps=4))
+    def conversation(i):
+        return jsonlib.dumps({"messages": [{"role": "user", "content": f"Tell me about Tim {i}."},
+                                           {"role": "assistant", "content": "Tim had a ball. He was happy."}]})
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("\n".join(conversation(i) for i in range(20)) + "\n")
+    val.write_text("\n".join(conversation(i) for i in range(20, 24)) + "\n")
+
+    def config(**chat):
+        values = tiny(tmp_path / "chat", max_steps=4, eval_every=2, checkpoint_every=2).to_dict()
+        return validate_config(values | {"experiment_name": "files_chat", "model": {}, "chat": {
+            "base": str(base.checkpoint_dir / "best"), "from_stories": False, "conversation_files": [str(train)],
+            "val_conversation_files": [str(val)]} | chat})
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n[1, 2]\n")
+    with pytest.raises(ConfigError, match="every record of .*bad.jsonl was bad and skipped"):
+        run_finetuning(config(conversation_files=[str(bad)], skip_bad=True))
+    long = tmp_path / "long.jsonl"
+    long.write_text(jsonlib.dumps({"messages": [{"role": "user", "content": "Tell me."},
+                                                {"role": "assistant", "content": "Tim ran. " * 60}]}) + "\n")
+    with pytest.raises(ConfigError, match=r"all 1 are longer than the base's context of 64 tokens \(the shortest is"):
+        run_finetuning(config(val_conversation_files=[str(long)]))
+
+    first = run_finetuning(config())
+    assert first.steps == 4
+    train.write_text("\n".join(conversation(i) for i in range(100, 120)) + "\n")  # other conversations, same name
+    with pytest.raises(CheckpointError, match="was trained on other data"):
+        run_finetuning(config(), resume=True)

@@ -168,3 +168,27 @@ def test_a_sentence_longer_than_the_context_is_refused_by_name():
     _, model, _ = trained("gpt2", steps=1)
     with pytest.raises(Exception, match="more than the model's context"):
         sentence_logprobs(model, Tokenizer(), ["x" * 80])
+
+
+def test_a_byte_order_mark_is_dropped_the_same_way_in_both_layouts_and_names_stay_metric_keys(tmp_path):
+    from mlflow.utils.validation import _validate_metric_name
+
+    plain = read_suite(write_zorro(tmp_path / "plain"))
+    marked = write_zorro(tmp_path / "marked")
+    for file in marked.glob("*.txt"):
+        file.write_bytes(b"\xef\xbb\xbf" + file.read_bytes())
+    assert [p.bad for p in read_suite(marked).paradigms] == [p.bad for p in plain.paradigms]
+    blimp = tmp_path / "blimp.jsonl"
+    blimp.write_bytes(b"\xef\xbb\xbf" + json.dumps({"sentence_good": "a cat ran .", "sentence_bad": "a cats ran ."}).encode())
+    assert read_suite(blimp).paradigms[0].good == ("a cat ran .",)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(SuiteError, match="deep.jsonl:1: not JSON this program reads"):
+        read_suite(deep)
+    for name in ("-", "..", "."):  # files named -.txt, ...txt, ..txt: their names become safe metric keys
+        odd = tmp_path / f"odd{len(name)}{name.replace('.', 'd')}"
+        odd.mkdir()
+        (odd / f"{name}.txt").write_text("a cats ran .\na cat ran .\n")
+        suite = read_suite(odd / f"{name}.txt")
+        for key in [f"{suite.name}/accuracy", f"{suite.name}/paradigm/{suite.paradigms[0].name}"]:
+            _validate_metric_name(key)

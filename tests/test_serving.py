@@ -204,6 +204,35 @@ def test_chunked_bodies_are_counted_as_they_arrive_and_messages_bounded(edge):
     assert http.get("/health").status_code == 200
 
 
+def test_bodies_that_are_not_json_and_wrong_methods_get_openai_errors(edge):
+    http = edge()
+    for body, words in [(b"\xff\xfe{}", "not UTF-8"), (b"[" * 100_000 + b"]" * 100_000, "nested too deep"),
+                        (b"{not json", "not valid JSON")]:
+        response = http.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
+    wrong_method = http.get("/v1/completions")
+    assert wrong_method.status_code == 405 and set(wrong_method.json()) == {"error"}
+    assert http.get("/v1/nothing").json()["error"]["message"] == "Not Found"
+    # curl -d sends a form's Content-Type: the body is read as the JSON it is
+    form = http.post("/v1/completions", content=b'{"model": "tiny", "prompt": "Tim", "max_tokens": 2}',
+                     headers={"content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 200 and form.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_serve_binds_before_loading_and_says_the_port_it_got():
+    from jobs.errors import InputError
+    from jobs.serve import bind
+
+    listening = bind("127.0.0.1", 0)
+    try:
+        port = listening.getsockname()[1]
+        assert port > 0
+        with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port}"):
+            bind("127.0.0.1", port)
+    finally:
+        listening.close()
+
+
 def test_without_a_key_only_the_bound_host_names_are_answered(edge):
     evil = {"host": "attacker.example:8000"}
     http = edge()

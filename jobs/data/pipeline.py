@@ -17,6 +17,8 @@ what is missing, once, and the `prepare-data STEP` commands go through it too.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import logging
@@ -29,6 +31,7 @@ from pathlib import Path
 from jobs.config import DataConfig
 from jobs.data import shards, sources
 from jobs.data.tokenizer import SPECIAL_TOKENS, LoadedTokenizer, analyze, load_tokenizer, save_tokenizer, train_bpe
+from jobs.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +111,25 @@ def prepare(config: DataConfig, tokenizer: LoadedTokenizer | None = None) -> Pre
     tokenizer, prepared = existing(layout, tokenizer)
     if prepared is not None:
         return prepared
-    documents = sources.load_documents(config, layout.cache_dir)
-    if tokenizer is None:
-        tokenizer = train_tokenizer(layout, documents)
-    return write_tokens(layout, tokenizer, documents)
+    with refused_writes(config):
+        documents = sources.load_documents(config, layout.cache_dir)
+        if tokenizer is None:
+            tokenizer = train_tokenizer(layout, documents)
+        return write_tokens(layout, tokenizer, documents)
+
+
+@contextlib.contextmanager
+def refused_writes(config: DataConfig):
+    """A place under the assets folder that cannot be written (read-only, a file where a folder goes, a full disk):
+    one line naming it, not a traceback. (Everything is written under temporary names first: nothing half-made is
+    left looking whole.)"""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            raise
+        raise DataError(f"cannot write {error.filename} ({error.strerror}): data.assets_dir "
+                        f"{config.assets_dir} must be a folder this job can write in") from None
 
 
 def prepare_tokenizer(config: DataConfig) -> LoadedTokenizer:
@@ -121,7 +139,8 @@ def prepare_tokenizer(config: DataConfig) -> LoadedTokenizer:
     if tokenizer is not None:
         log.info(f"tokenizer: reusing {tokenizer.path} (vocab {tokenizer.vocab_size:,})")
         return tokenizer
-    return train_tokenizer(layout, sources.load_documents(config, layout.cache_dir))
+    with refused_writes(config):
+        return train_tokenizer(layout, sources.load_documents(config, layout.cache_dir))
 
 
 def existing(layout: DataLayout, tokenizer: LoadedTokenizer | None = None

@@ -238,6 +238,8 @@ def require_file(path: Path) -> Path:
     path = path.expanduser()
     if path.is_file():
         return path
+    if path.exists():
+        raise DataError(f"data file {path} is not a regular file (a folder, device or pipe)")
     hint = ""
     if "tinystories" in str(path).lower():
         hint = ("; for the TinyStories text set data.dataset: tinystories in the config (it downloads from the "

@@ -58,6 +58,10 @@ def resolve_checkpoint_folder(model: str) -> Path:
         from jobs import tracking
 
         tracking.connect()  # a server that does not answer fails here, in seconds
+        name = model.removeprefix("models:/").rstrip("/")
+        if model.startswith("models:/") and "@" not in name and "/" not in name:
+            raise CheckpointError(f"{model} names a registered model but not which version: "
+                                  f"models:/{name}@champion, models:/{name}/<version> or models:/{name}/latest")
         uri = model
         if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
             uri = uri.rstrip("/") + "/model"  # runs:/<id> means the model logged by that run

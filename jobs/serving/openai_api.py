@@ -29,6 +29,7 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.data import chat_template
@@ -137,6 +138,10 @@ def create_app(models: list[ServedModel], api_key: str | None = None,
     async def api_error(request: Request, error: APIError):
         return error_response(error.status, error.message, error.param, error.code)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):  # 404 for a path, 405 for a method...
+        return error_response(error.status_code, str(error.detail), None, None)
+
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, error: RequestValidationError):
         first = error.errors()[0]
@@ -243,6 +248,17 @@ class Guard:
                     return await too_large()(scope, receive, send)
                 if not message.get("more_body", False):
                     break
+            if scope["path"].startswith("/v1/"):  # the API speaks JSON: a body that is not is refused here, in
+                try:  # OpenAI's shape (FastAPI would answer {"detail": ...}, or fail on a body nested too deep)
+                    json.loads(bytes(body).decode("utf-8"))
+                except (ValueError, RecursionError) as error:  # (UnicodeDecodeError is a ValueError)
+                    why = ("not UTF-8" if isinstance(error, UnicodeDecodeError) else
+                           "nested too deep" if isinstance(error, RecursionError) else "not valid JSON")
+                    return await error_response(400, f"the body is {why}: send a JSON object", None,
+                                                "invalid_json")(scope, receive, send)
+                # parsed as JSON whatever Content-Type said (curl -d sends a form type)
+                scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+                             + [(b"content-type", b"application/json")])
             receive = replay(bytes(body), receive)
         return await self.app(scope, receive, send)
 
