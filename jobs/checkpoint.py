@@ -70,6 +70,7 @@ class CheckpointState(BaseModel):
     loader: LoaderState | None = None
     rng: dict[str, list[int]] | None = None
     optimizer_scalars: dict[str, Any] | None = None
+    world_size: StrictInt = Field(1, ge=1)  # processes that trained it: a global batch is batch_size x world_size
 
     RESUME_FIELDS: ClassVar[tuple[str, ...]] = (
         "best_val_loss", "train_seconds", "loader", "rng", "optimizer_scalars", "mlflow_run_id", "tokenizer_sha256")

@@ -24,7 +24,7 @@ from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_data, chat_template
 from jobs.data.sources import load_documents
 from jobs.errors import ConfigError
-from jobs.train import ProgressBar, report
+from jobs.train import ProgressBar, launcher, report
 from jobs.training.trainer import Trainer, TrainResult, run_training
 from jobs.training.distributed import Distributed
 from jobs.training.validation import masked_validation_loss
@@ -44,7 +44,7 @@ def finetune(config: str, base: str | None = None, model_type: Literal["torch", 
     cfg = with_chat_name(load_config(config, overrides))
     result = run_finetuning(cfg, resume, progress=ProgressBar)
     flags = [f"--config {config}"] + [f"--{key}={value}" for key, value in overrides.items()]
-    report(cfg, result, f"python -m jobs finetune {' '.join(flags)}")
+    report(cfg, result, f"{launcher()} finetune {' '.join(flags)}")
 
 
 def run_finetuning(cfg: ExperimentConfig, resume: str | bool | None = None, step_hook=None,

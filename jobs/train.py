@@ -33,7 +33,19 @@ def train(config: str | None = None, model_type: Literal["torch", "custom"] | No
     cfg = load_config(config, overrides)
     result = run_training(cfg, resume=resume, progress=ProgressBar)
     flags = ([f"--config {config}"] if config else []) + [f"--{key}={value}" for key, value in overrides.items()]
-    report(cfg, result, f"python -m jobs train {' '.join(flags)}")
+    report(cfg, result, f"{launcher()} train {' '.join(flags)}")
+
+
+def launcher() -> str:
+    """How this process was started, for the --resume command it prints: under torchrun, the launcher with the
+    same process count (a resume on another count is refused: the global batch would change)."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world == 1:
+        return "python -m jobs"
+    if world == local:
+        return f"python -m jobs.launch --standalone --nproc_per_node={local} -m jobs"
+    return (f"python -m jobs.launch --nnodes={world // local} --nproc_per_node={local} --rdzv_backend=c10d "
+            f"--rdzv_endpoint=HOST:PORT -m jobs")
 
 
 def report(cfg: ExperimentConfig, result: "TrainResult", command: str) -> None:

@@ -203,6 +203,8 @@ def _corrupt_copy(world, name: str, change) -> Path:
     ("rng-300", lambda s: s["rng"]["torch"].__setitem__(0, 300), ["state.json", "rng", "outside 0..255"]),
     ("no-param-groups", lambda s: s.update(optimizer_scalars={}), ["optimizer state does not fit", "KeyError"]),
     ("unknown-run", lambda s: s.update(mlflow_run_id="0123456789abcdef"), ["mlflow_run_id", "is not a run in"]),
+    ("two-ranks", lambda s: s.update(world_size=2), ["trained by 2 process(es), and this is 1",
+                                                     "python -m jobs.launch --standalone --nproc_per_node=2"]),
 ])
 def test_a_corrupt_checkpoint_is_refused_before_mlflow_and_the_run_stays_as_it_was(world, name, change, words, capsys,
                                                                                   monkeypatch):

@@ -119,6 +119,8 @@ def test_a_restarted_pod_resumes_from_the_newest_checkpoint_and_trains_as_if_nev
     _, first_err = first.communicate(timeout=120)
     assert first.returncode == 143, "stopped by SIGTERM (128 + 15): not finished, and not a crash either"
     assert "stopped by SIGTERM" in first_err and "--resume " in first_err, first_err[-2000:]
+    # the command it prints relaunches the same number of processes (one process would halve the global batch)
+    assert "python -m jobs.launch --standalone --nproc_per_node=2 -m jobs train" in first_err, first_err[-2000:]
     assert "SignalException" not in first_err, "torchrun's own traceback is not shown"
     (latest,) = runs_root.glob("*/latest")
     stopped_at = load_checkpoint(latest).state.step

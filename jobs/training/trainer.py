@@ -157,6 +157,12 @@ class Trainer:
                 raise CheckpointError(f"--resume: {checkpoint.folder} was trained with another tokenizer than the data "
                                       f"prepared now ({self.tokenizer.path}): the training text or its settings changed; "
                                       f"start a new run")
+            if checkpoint.state.world_size != distributed.world_size:  # each rank draws its slice of a global batch
+                n = checkpoint.state.world_size
+                raise CheckpointError(f"--resume: {checkpoint.folder} was trained by {n} process(es), and this is "
+                                      f"{distributed.world_size}: the global batch and its data stream would change; "
+                                      f"resume with {n} (" + (f"python -m jobs.launch --standalone --nproc_per_node={n} "
+                                      f"-m jobs train ...)" if n > 1 else "python -m jobs train ...)"))
             if data.content_id is not None and checkpoint.state.dataset_id not in (None, data.content_id):
                 was = checkpoint.state.dataset_id
                 raise CheckpointError(f"--resume: {checkpoint.folder} was trained on other data ({was}; the data now "
@@ -402,7 +408,8 @@ class Trainer:
             model_type=self.tc.model_type, model_config=self.model_config.to_dict(), experiment=self.cfg.to_dict(),
             mlflow_run_id=self.tracked.run_id, tokenizer_sha256=self.tokenizer.sha256, eot_id=self.tokenizer.eot_id,
             dataset_id=self.data.dataset_id, **asdict(self.progress),  # step, best_val_loss, train_seconds
-            loader=self.loader.state_dict(), rng=rng_state(), optimizer_scalars=opt_scalars)
+            loader=self.loader.state_dict(), rng=rng_state(), optimizer_scalars=opt_scalars,
+            world_size=self.distributed.world_size)
         save_checkpoint(self.root / name, self.runtime.model.state_dict(), opt_tensors, state, self.tokenizer.path)
 
     def register(self) -> str | None:
