@@ -343,9 +343,10 @@ class TrackedRun:
     """
 
     def __init__(self, experiment_name: str, run_name: str, journal_file: Path, run_id: str | None = None,
-                 resume_step: int | None = None):
+                 resume_step: int | None = None, branch: bool = False):
         self.experiment_name, self.run_name, self.run_id = experiment_name, run_name, run_id
-        self.journal_file, self.resume_step = journal_file, resume_step
+        self.journal_file, self.resume_step, self.branch = journal_file, resume_step, branch
+        self.branched_from: tuple[str, int] | None = None  # (run id, step) when this run branched from another
         self.status = "FINISHED"
         self.reported_down = False
 
@@ -356,7 +357,10 @@ class TrackedRun:
         experiment_id = setup(self.experiment_name)
         self.client = MlflowClient()
         continued = self.run_id is not None
-        if continued:
+        if continued and self.branch and self._logged_after_resume():
+            self._branch(experiment_id, resolve_tags)
+            continued = False
+        elif continued:
             self.client.update_run(self.run_id, status="RUNNING")
         else:  # with the tags MLflow's start_run would add: user, source file, git commit
             self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=resolve_tags()).info.run_id
@@ -364,6 +368,29 @@ class TrackedRun:
         safely("start system metrics", self.system_metrics.start)
         self.logger = RunLogger(self.run_id, self.journal_file, self.resume_step)
         return self
+
+    def _logged_after_resume(self) -> bool:
+        """Whether the run holds metrics of steps after the one it resumes from (steps about to be trained again)."""
+        history = safely("read the run's history", self.client.get_metric_history, self.run_id, "train/loss") or []
+        return any(metric.step > self.resume_step for metric in history)
+
+    def _branch(self, experiment_id: str, resolve_tags) -> None:
+        """Steps after resume_step are trained again with changed settings: their metrics must describe the model
+        trained now, and MLflow keeps a metric's history for good. So the new session is a new run, nested under the
+        one it branched from (mlflow.parentRunId), tagged with where, and holding that run's metrics up to there,
+        so its curves are whole from step 1."""
+        old, step = self.run_id, self.resume_step
+        RunLogger(old, self.journal_file, step).close()  # what the old run's last session journalled goes to it
+        tags = resolve_tags() | {"mlflow.parentRunId": old, "branched_from_run": old, "branched_at_step": str(step)}
+        self.run_id = self.client.create_run(experiment_id, run_name=f"{self.run_name}-from-step-{step}",
+                                             tags=tags).info.run_id
+        earlier = [m for key in self.client.get_run(old).data.metrics
+                   for m in self.client.get_metric_history(old, key) if m.step <= step]
+        for start in range(0, len(earlier), 1000):  # MLflow takes at most 1000 metrics a call
+            self.client.log_batch(self.run_id, metrics=earlier[start:start + 1000], synchronous=True)
+        self.branched_from, self.resume_step = (old, step), None
+        log.info(f"tracking: steps after {step} were already logged with other settings; this session is run "
+                 f"{self.run_id}, branched from {old} at step {step} (nested under it in the MLflow UI)")
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         self.logger.close()
@@ -491,7 +518,7 @@ class NullRun:
     """What ranks other than 0 get in a distributed run (only rank 0 tracks): TrackedRun's calls, each doing
     nothing. Written out, so that a misspelt call fails on every rank, not only on rank 0."""
 
-    run_id, status, overhead_seconds = None, "FINISHED", (0.0, 0.0)
+    run_id, status, overhead_seconds, branched_from = None, "FINISHED", (0.0, 0.0), None
 
     def __enter__(self) -> "NullRun":
         return self

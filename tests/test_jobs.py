@@ -494,3 +494,28 @@ def test_a_run_that_died_while_registering_is_finished_by_the_next_start(tmp_pat
     assert client.get_run(finished.run_id).info.status == "FINISHED"
     again = run_training(cfg, resume="auto")
     assert again.stopped_by == "nothing to do" and len(client.search_model_versions(f"name='{cfg.model_name}'")) == 1
+
+
+@pytest.mark.slow
+def test_steps_trained_again_with_new_settings_go_to_a_branch_run_that_says_where_it_branched(tmp_path, store):
+    """Resume a 6-step run from its step-2 checkpoint with max_steps 8 (a new schedule): steps 3-6 are trained
+    again, so they are logged in a new run nested under the first (its curves: steps 1-2 copied, then the new
+    ones); the first run keeps its own history. Resuming from the newest checkpoint goes on in the same run."""
+    client = MlflowClient()
+    cfg = tiny(tmp_path, max_steps=6, eval_every=2, checkpoint_every=2, keep_checkpoints=5)
+    first = run_training(cfg)
+    more = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_steps": 8})})
+    branch = run_training(more, resume=str(first.checkpoint_dir / "step-0000002"))
+    assert branch.run_id != first.run_id and branch.steps == 8
+    run = client.get_run(branch.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == first.run_id and run.data.tags["branched_at_step"] == "2"
+    assert run.data.params["training.max_steps"] == "8"
+
+    def lrs(run_id):
+        return {m.step: m.value for m in client.get_metric_history(run_id, "train/lr")}
+    old, new = lrs(first.run_id), lrs(branch.run_id)
+    assert sorted(old) == list(range(1, 7)) and sorted(new) == list(range(1, 9))
+    assert all(new[step] == old[step] for step in (1, 2)) and new[4] != old[4], "a new schedule from step 3"
+    assert load_checkpoint(branch.checkpoint_dir / "latest").state.mlflow_run_id == branch.run_id
+    further = more.model_copy(update={"training": more.training.model_copy(update={"max_steps": 10})})
+    assert run_training(further, resume=True).run_id == branch.run_id  # nothing trained twice: the same run

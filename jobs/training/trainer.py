@@ -229,11 +229,12 @@ class Trainer:
             log.info(self.header())
         view = self.progress_view(self) if self.progress_view and self.main else contextlib.nullcontext()
         with self.tracked_run() as self.tracked, StopOnSignal() as signals, view as self.bar:
-            if not self.resumed:
+            if not self.resumed or self.tracked.branched_from:  # a new MLflow run
+                self.run_id = self.tracked.run_id
                 self.log_run_params()
-                if self.suites and self.tc.final_evals_history:  # the untrained model: where the growth starts
-                    self.save(f"step-{0:07d}")
-            elif self.resume_changes:  # what this session changed, said and kept with the run
+            if not self.resumed and self.suites and self.tc.final_evals_history:  # the untrained model: where the
+                self.save(f"step-{0:07d}")  # growth starts
+            if self.resumed and self.resume_changes:  # what this session changed, said and kept with the run
                 changed = {key: {"was": old, "now": new} for key, (old, new) in self.resume_changes.items()}
                 self.say("resumed with " + ", ".join(f"{k} {v['now']} (was {v['was']})" for k, v in changed.items()))
                 self.tracked.log_dict(changed, f"resume-changes/step-{self.progress.step:07d}.json")
@@ -463,8 +464,9 @@ class Trainer:
         """The MLflow run (rank 0 only): a new one, or the resumed run continued."""
         if not self.main:
             return tracking.NullRun()
-        return tracking.TrackedRun(self.cfg.experiment_name, self.root.name, self.journal_file,
-                                   self.run_id, resume_step=self.progress.step if self.resumed else None)
+        return tracking.TrackedRun(self.cfg.experiment_name, self.root.name, self.journal_file, self.run_id,
+                                   resume_step=self.progress.step if self.resumed else None,
+                                   branch=bool(self.resume_changes))  # new settings: steps trained again differ
 
     def log_run_params(self) -> None:
         """What a run is: its config (flattened, and whole as config.yaml), sizes, data, code and versions."""
