@@ -35,29 +35,35 @@ def _jobs() -> dict:
 ARGPARSE_JOBS = ("serve",)  # jobs whose flags argparse reads (serve's --model repeats, which fire cannot express)
 
 
-def _module_docstring(module: str) -> str:
+def _read_job(job: str) -> tuple[str, str | None]:
+    """(description, options) of a job, read from its file's source without importing it (the modules import
+    torch and MLflow, seconds of work that --help does not need): the job function's docstring, else the
+    module's, and the function's parameters as written."""
     import ast
     from pathlib import Path
 
+    module, function = JOBS[job]
     path = Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
-    return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function), None)
+    doc = (node and ast.get_docstring(node)) or ast.get_docstring(tree) or ""
+    options = ast.unparse(node.args) if node is not None else None
+    return doc, options
 
 
 def usage(job: str | None = None) -> str:
-    """The job's module docstring (its command line and options), or the list of jobs. Written here because
-    fire would read --help as a config override for jobs that take **overrides."""
-    import inspect
-
+    """The job's description (its command line and options), or the list of jobs. Written here because fire would
+    read --help as a config override for jobs that take **overrides."""
     if job is None:
         lines = ["usage: python -m jobs <job> [--config configs/X.yaml] [--section.key=value ...]", "", "jobs:"]
-        for name, (module, _) in JOBS.items():
-            lines.append(f"  {name:<14}{_module_docstring(module).splitlines()[0]}")
+        for name in JOBS:
+            lines.append(f"  {name:<14}{_read_job(name)[0].splitlines()[0]}")
         lines.append("\n`python -m jobs <job> --help` for one job's options.")
         return "\n".join(lines)
-    doc = _module_docstring(JOBS[job][0])
+    doc, options = _read_job(job)
     if job in ARGPARSE_JOBS:
         return doc
-    return f"{doc}\n\noptions: {job}{inspect.signature(job_function(job))}"
+    return f"{doc}\n\noptions: {job}({options})"
 
 
 def quiet_libraries() -> None:

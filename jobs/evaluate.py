@@ -1,4 +1,5 @@
-"""`python -m jobs evaluate --model REF [--config X.yaml] [--text-file PATH] [--max-batches N] [--json]`
+"""`python -m jobs evaluate --model REF [--config X.yaml | --text-file PATH | --suite FOLDER] [--json]`
+`python -m jobs evaluate --model REF [--config X.yaml] [--text-file PATH] [--max-batches N] [--json]`
 `python -m jobs evaluate --model REF --suite FOLDER [--paradigms] [--json]`
 
 Loss, perplexity and bits per byte of a trained model (REF: registry URI, run URI or checkpoint folder) on the
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)  # `log` is the flag that says whether to l
 def evaluate(model: str, config: str | None = None, text_file: str | None = None, max_batches: Positive | None = None,
              batch_size: Positive = 8, device: Device = "auto", json: bool = False, log: bool = True,
              suite: str | None = None, paradigms: bool = False, **overrides) -> None:
-    """Fire entry point (returns nothing, so fire prints nothing after the JSON line)."""
+    # the command line (it returns nothing, so fire prints nothing after the JSON line)
     if text_file is not None and (config or overrides):
         raise InputError("--text-file is scored with the model's own tokenizer and context; --config and config "
                          "overrides describe other data: give one or the other")

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 @typed
 def finetune(config: str, base: str | None = None, model_type: Literal["torch", "custom"] | None = None,
              resume: str | bool | None = None, **overrides) -> None:
-    """Fire entry point; see run_finetuning."""
+    # the command line; run_finetuning does the work (the module docstring is what --help shows)
     if base is not None:
         overrides["chat.base"] = base
     if model_type is not None:

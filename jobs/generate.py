@@ -37,6 +37,12 @@ def _resolve(model: str | None, config: str | None) -> str:
 def generate(prompt: str, model: str | None = None, config: str | None = None, max_length: Positive = 100,
              temperature: Temperature = 0.8, top_k: TopK = 50, top_p: TopP | None = None, seed: Seed | None = None,
              device: Device = "auto") -> None:
+    """`python -m jobs generate --model REF --prompt TEXT`: continue a prompt, printing tokens as they come.
+
+    REF: a registry URI (`models:/<name>@champion`), a run URI (`runs:/<id>`) or a checkpoint folder (or --config:
+    the champion of that config's model). --max-length N tokens; --temperature T (0: always the likeliest token);
+    --top-k K (0: off); --top-p P (nucleus); --seed S (the same text each time); --device auto|cpu|cuda.
+    """
     prompt = str(prompt)
     try:  # bytes that are not UTF-8 reach Python as lone surrogates, which no tokenizer can encode
         prompt.encode("utf-8")
@@ -58,6 +64,12 @@ def _stream(loaded, prompt: str, prefix: str, max_length, temperature, top_k, to
 @typed
 def chat(model: str | None = None, config: str | None = None, max_length: Positive = 100, temperature: Temperature = 0.8,
          top_k: TopK = 50, top_p: TopP | None = None, seed: Seed | None = None, device: Device = "auto") -> None:
+    """`python -m jobs chat --model REF`: talk to a model in the terminal.
+
+    A model fine-tuned to chat (`finetune`) answers each message, remembering the conversation (the oldest
+    exchanges dropped when it outgrows the context); a base model continues each line you type. Type `temp X` or
+    `topk X` to change the sampling, `/reset` to start over, `quit` to leave. Flags as for generate.
+    """
     ref = _resolve(model, config)
     loaded = load_model(ref, device)
     state = loaded.state

@@ -27,7 +27,7 @@ from jobs.training.trainer import StopReason, TrainResult, run_training
 @typed
 def train(config: str | None = None, model_type: Literal["torch", "custom"] | None = None,
           resume: str | bool | None = None, **overrides) -> None:
-    """Fire entry point; see run_training for the work."""
+    # the command line; run_training does the work (its module docstring is what --help shows)
     if model_type is not None:
         overrides["training.model_type"] = model_type
     cfg = load_config(config, overrides)

@@ -38,6 +38,26 @@ def store(tmp_path, monkeypatch):
     return uri
 
 
+SENT_BY_TESTS = {"SIGTERM": 0}  # signals a test sends itself on purpose (signal_during_step)
+
+
+def stop_the_session(signum, frame):
+    """SIGTERM to the test process (CI cancelling, `timeout`): pytest stops, even when a test trains in-process at
+    that moment (the trainer calls this handler after saving its checkpoint). A signal a test sent itself is not
+    the runner's."""
+    if SENT_BY_TESTS["SIGTERM"]:
+        SENT_BY_TESTS["SIGTERM"] -= 1
+        return
+    raise KeyboardInterrupt("SIGTERM")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sigterm_stops_pytest():
+    previous = signal.signal(signal.SIGTERM, stop_the_session)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
 def signal_during_step(n: int, signum: int = signal.SIGTERM, then=None):
     """A step hook (run_training's step_hook, the trainer's seam) that sends a real signal to this process during
     training step n (as an eviction or Ctrl-C would), so a run stops the way it does in production: the job's
@@ -45,6 +65,8 @@ def signal_during_step(n: int, signum: int = signal.SIGTERM, then=None):
 
     def hook(step_number, step):
         if step_number == n:
+            if signum == signal.SIGTERM:
+                SENT_BY_TESTS["SIGTERM"] += 1
             os.kill(os.getpid(), signum)
         return step() if then is None else then(step_number, step)
     return hook

@@ -519,3 +519,66 @@ def test_steps_trained_again_with_new_settings_go_to_a_branch_run_that_says_wher
     assert load_checkpoint(branch.checkpoint_dir / "latest").state.mlflow_run_id == branch.run_id
     further = more.model_copy(update={"training": more.training.model_copy(update={"max_steps": 10})})
     assert run_training(further, resume=True).run_id == branch.run_id  # nothing trained twice: the same run
+
+
+def test_help_reads_the_files_and_imports_neither_torch_nor_mlflow():
+    """`python -m jobs <job> --help` answers at once: every job's description and options come from its source."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys, io, contextlib\nfrom jobs.__main__ import JOBS, main\nout = {}\n"
+            "for job in [None, *JOBS]:\n"
+            "    text = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(text): main([job, '--help'] if job else ['--help'])\n"
+            "    out[job] = text.getvalue()\n"
+            "print(repr(out)); print([m for m in ('torch', 'mlflow', 'transformers') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    texts, heavy = done.stdout.splitlines()
+    assert heavy == "[]", f"--help imported {heavy}"
+    import ast
+
+    out = ast.literal_eval(texts)
+    assert out["generate"].startswith("`python -m jobs generate") and out["chat"].startswith("`python -m jobs chat")
+    assert "--suite" in out[None].split("evaluate", 1)[1].splitlines()[0]
+    assert "options: train(config: str | None=None" in out["train"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_pytest_even_while_a_test_trains_in_process(tmp_path):
+    """CI cancellation and `timeout` send SIGTERM to pytest: the trainer saves its checkpoint, then the runner
+    stops (the next test never starts) instead of the signal being taken as the training's alone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    (tmp_path / "conftest.py").write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('repo_conftest', {str(REPO / 'tests' / 'conftest.py')!r})\n"
+        "repo = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(repo)\n"
+        "sigterm_stops_pytest, store = repo.sigterm_stops_pytest, repo.store\n")
+    (tmp_path / "test_probe.py").write_text(
+        "from pathlib import Path\nimport conftest\n"
+        "def test_trains(tmp_path, store):\n"
+        "    from jobs.training.trainer import run_training\n"
+        "    def step(n, real):\n"
+        "        Path(__file__).with_name('training').touch()\n"
+        "        return conftest.repo.slow_step(n, real)\n"
+        "    run_training(conftest.repo.tiny(tmp_path, max_steps=100_000, eval_every=100_000), step_hook=step)\n"
+        "def test_after():\n"
+        "    Path(__file__).with_name('after').touch()\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "training").exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=120)
+    assert child.returncode != 0 and not (tmp_path / "after").exists(), output[-3000:]
+    assert "KeyboardInterrupt" in output or "SIGTERM" in output, output[-3000:]

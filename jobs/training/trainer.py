@@ -490,7 +490,9 @@ class Trainer:
 
 class StopOnSignal:
     """While active, SIGINT and SIGTERM do not kill the process: they are noted (`caught`), and the loop saves a
-    checkpoint and ends the run after the step in progress."""
+    checkpoint and ends the run after the step in progress. A handler of the signal that was there before (a test
+    runner's, when a test trains in-process) is called then, so that the signal meant for it is not swallowed;
+    Python's own SIGINT handler is not (the command line reports the stop and exits 130 itself)."""
 
     def __enter__(self) -> "StopOnSignal":
         self.caught: str | None = None
@@ -504,6 +506,9 @@ class StopOnSignal:
     def __exit__(self, *exc_info) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        before = self.previous.get(signal.Signals[self.caught]) if self.caught else None
+        if callable(before) and before is not signal.default_int_handler:
+            before(signal.Signals[self.caught], None)
 
 
 class TextData:
