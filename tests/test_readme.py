@@ -18,3 +18,15 @@ def test_the_twin_models_snippet_runs_as_pasted():
     assert abs(loss - torch_loss) < 1e-4 and gradient_gap < 1e-5, printed.getvalue()
     bf16_dtype, bf16_loss = second.split()
     assert bf16_dtype == "torch.bfloat16" and abs(float(bf16_loss) - loss) < 0.05, printed.getvalue()
+
+
+def test_every_file_and_line_reference_in_the_llama_table_names_the_symbol_it_says():
+    """README's "From GPT-2 to Llama" table points at code as `file.py:LINE` Symbol: line LINE of model_zoo/file.py
+    holds Symbol (its definition, or its use), so an edit that moves code shows here."""
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## From GPT-2 to Llama", 1)[1].split("**Quality per compute", 1)[0]
+    references = re.findall(r"`(\w+\.py):(\d+)` (\w+)", table)
+    assert len(references) >= 15, references
+    for file, line, symbol in references:
+        text = (REPO / "model_zoo" / file).read_text().splitlines()[int(line) - 1]
+        assert re.search(rf"\b{symbol}\b", text), f"{file}:{line} does not hold {symbol}: {text.strip()!r}"

@@ -36,3 +36,12 @@ def test_prepare_train_evaluate_generate_from_the_registry(tmp_path):
     text = job("generate", "--model", "models:/test_torch@champion", "--prompt", "ROMEO:", "--max-length", "20",
                "--seed", "0")
     assert text.startswith("ROMEO:") and len(text.strip()) > len("ROMEO:")
+    # configs/test_chat.yaml exactly as its header says: it fine-tunes this test_torch model
+    header = (REPO / "configs" / "test_chat.yaml").read_text().splitlines()[0]
+    assert "fine-tunes the test_torch model" in header
+    chat_config = str(REPO / "configs" / "test_chat.yaml")
+    assert "registered as version 1 of 'test_torch-chat'" in job("finetune", "--config", chat_config)
+    reply = subprocess.run([sys.executable, "-m", "jobs", "chat", "--model", "models:/test_torch-chat@champion",
+                            "--max-length", "8", "--seed", "0"], input="Tell me a story.\n", capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=300)
+    assert reply.returncode == 0 and "A chat model" in reply.stdout and "Model: " in reply.stdout, reply.stderr[-2000:]
