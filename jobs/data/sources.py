@@ -159,6 +159,8 @@ def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
     _split_on_separator), .jsonl (one JSON object a line, text in data.text_field) and .parquet."""
     import datasets
 
+    LOCAL = datasets.DownloadConfig(download_desc="reading data files")  # not "Downloading data": they are here
+
     paths = [require_file(Path(f)) for f in files]
     kinds = {TEXT_SUFFIXES.get(p.suffix.lower()) for p in paths}
     if None in kinds:
@@ -174,13 +176,14 @@ def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
         # `document` keeps each file whole, so a separator line can split it; `paragraph` splits on blank lines.
         sample_by = "document" if config.separator else "paragraph"
         dataset = datasets.load_dataset("text", data_files=data_files, sample_by=sample_by, split="train",
-                                        cache_dir=str(cache_dir))
+                                        cache_dir=str(cache_dir), download_config=LOCAL)
         if config.separator:
             dataset = dataset.map(_split_on_separator, batched=True, fn_kwargs={"separator": config.separator},
                                   num_proc=config.num_proc, desc="splitting documents")
     else:
         try:
-            dataset = datasets.load_dataset(builder, data_files=data_files, split="train", cache_dir=str(cache_dir))
+            dataset = datasets.load_dataset(builder, data_files=data_files, split="train", cache_dir=str(cache_dir),
+                                            download_config=LOCAL)
         except Exception as error:  # the builders raise many types for a malformed file
             raise DataError(f"cannot read {', '.join(files)} as {builder}: {str(error).splitlines()[0]}") from None
         dataset = _text_column(dataset, config.text_field, ", ".join(files))
