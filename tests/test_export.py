@@ -205,7 +205,7 @@ def test_llama_cpp_runs_the_gguf_with_our_logits_and_greedy_tokens(tmp_path, tok
 def test_export_refuses_bad_input_in_one_line_and_leaves_nothing_behind(tmp_path, tokenizer_folder, monkeypatch):
     from jobs.errors import InputError
     from jobs.export import export
-    import jobs.export
+    import jobs.export_formats
 
     checkpoint = make_checkpoint(tmp_path / "ckpt", tokenizer_folder)
     cases = [
@@ -253,7 +253,7 @@ def test_export_refuses_bad_input_in_one_line_and_leaves_nothing_behind(tmp_path
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(jobs.export.gguf_file, "write_gguf", disk_full)
+    monkeypatch.setattr(jobs.export_formats.gguf_file, "write_gguf", disk_full)
     with pytest.raises(InputError, match="No space left on device"):
         export(str(checkpoint), "gguf", str(tmp_path / "out"), force=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
