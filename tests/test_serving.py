@@ -25,8 +25,10 @@ LLAMA = {"architecture": "llama", "n_kv_heads": 1}
 # --- the engine, in-process --------------------------------------------------------------------------------
 
 
-def run_engine(engine: Engine, prompts: list[list[int]], **settings) -> list[tuple[list[int], str]]:
-    """Submit every prompt at once; wait for all; each request's tokens and finish reason."""
+def run_engine(engine: Engine, prompts: list[list[int]], per_request: list[dict] | None = None,
+               **settings) -> list[tuple[list[int], str]]:
+    """Submit every prompt at once (with `settings`, and each its own `per_request` ones); wait for all; each
+    request's tokens and finish reason (or error message)."""
     results, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
     reasons = [None] * len(prompts)
 
@@ -40,7 +42,7 @@ def run_engine(engine: Engine, prompts: list[list[int]], **settings) -> list[tup
         return emit
 
     for i, prompt in enumerate(prompts):
-        engine.submit(Request(prompt, emit=emitter(i), **settings))
+        engine.submit(Request(prompt, emit=emitter(i), **settings, **(per_request[i] if per_request else {})))
     for event in done:
         assert event.wait(60), "the engine did not finish a request"
     return list(zip(results, reasons))
@@ -107,7 +109,9 @@ def test_what_one_request_raises_ends_that_request_alone(monkeypatch):
     config = ModelConfig(vocab_size=50, d_model=16, n_heads=2, n_blocks=1, d_ffn=32, max_seq_len=64)
     engine = Engine(build_model(config, "torch"), max_batch=4)
     try:
-        (tokens, reason), (bad_tokens, bad_reason) = run_engine_mixed(engine, [(1.0, None), (1.0, 2**64)])
+        seeds = [{"seed": None}, {"seed": 2**64}]
+        (tokens, reason), (bad_tokens, bad_reason) = run_engine(engine, [[1, 2, 3]] * 2, seeds, max_tokens=20,
+                                                                 temperature=1.0)
         assert reason == "length" and len(tokens) == 20
         assert bad_reason.startswith("internal error") and bad_tokens == []
 
@@ -122,29 +126,13 @@ def test_what_one_request_raises_ends_that_request_alone(monkeypatch):
             return real(logits, temperatures, top_ps, generators)
 
         monkeypatch.setattr(engine_module, "sample_rows", breaks_on_the_second_use)
-        (tokens, reason), (bad_tokens, bad_reason) = run_engine_mixed(engine, [(1.0, 7), (0.5, 7)])
+        temperatures = [{"temperature": 1.0}, {"temperature": 0.5}]
+        (tokens, reason), (bad_tokens, bad_reason) = run_engine(engine, [[1, 2, 3]] * 2, temperatures, max_tokens=20,
+                                                                 seed=7)
         assert reason == "length" and len(tokens) == 20
         assert bad_reason.startswith("internal error") and len(bad_tokens) == 1
     finally:
         engine.close()
-
-
-def run_engine_mixed(engine: Engine, settings: list[tuple[float, int]]):
-    """Requests of [1, 2, 3] with their own (temperature, seed), 20 tokens each: (tokens, finish) per request."""
-    got, reasons, done = [[] for _ in settings], [None] * len(settings), [threading.Event() for _ in settings]
-
-    def emitter(i):
-        def emit(event):
-            if event[0] == "token":
-                got[i].append(event[1])
-            else:
-                reasons[i] = event[1]
-                done[i].set()
-        return emit
-    for i, (temperature, seed) in enumerate(settings):
-        engine.submit(Request([1, 2, 3], 20, emitter(i), temperature=temperature, seed=seed))
-    assert all(event.wait(30) for event in done)
-    return list(zip(got, reasons))
 
 
 # --- the HTTP edge, in-process: what is checked before a request reaches a model ------------------------------
