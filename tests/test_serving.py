@@ -207,6 +207,14 @@ def test_bodies_that_are_not_json_and_wrong_methods_get_openai_errors(edge):
     assert form.status_code == 200 and form.json()["usage"]["completion_tokens"] >= 1
 
 
+def test_an_empty_assistant_turn_is_valid_history(edge):
+    """A model may answer nothing (its first token ends the turn); a client that sends that turn back is served."""
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""},
+                {"role": "user", "content": "Tell me a story."}]
+    response = edge().post("/v1/chat/completions", json={"model": "tiny", "messages": messages, "max_tokens": 3})
+    assert response.status_code == 200, response.text
+
+
 def test_serve_binds_before_loading_and_says_the_port_it_got():
     from jobs.errors import InputError
     from jobs.serve import bind
