@@ -27,7 +27,6 @@ from jobs.export_formats import FORMATS, MAIN_FILE, WRITERS, check_exportable
 from jobs.serving.loading import LoadedModel, load_model
 
 
-
 @typed
 def export(model: str, format: Literal["gguf", "hf"], out: str, dtype: Literal["f32", "f16", "q8_0"] = "f32",
            force: bool = False) -> None:
@@ -38,7 +37,7 @@ def export(model: str, format: Literal["gguf", "hf"], out: str, dtype: Literal["
     loaded = load_model(model, "cpu")
     check_exportable(format, loaded.config, dtype)  # before anything is written
     with staging(out_dir) as folder:
-        WRITERS[format](loaded, folder, dtype, name_of(model, loaded))
+        WRITERS[format](loaded, folder, dtype, name_of(loaded))
     sha256 = file_sha256(out_dir / MAIN_FILE[format])
     for path in sorted(out_dir.iterdir()):
         print(f"{path}  {path.stat().st_size:,} bytes")
@@ -52,7 +51,7 @@ def export(model: str, format: Literal["gguf", "hf"], out: str, dtype: Literal["
     print(next_steps(format, out_dir, loaded))
 
 
-def name_of(model: str, loaded: LoadedModel) -> str:
+def name_of(loaded: LoadedModel) -> str:
     """The model's name in the files: the experiment's model name, else the checkpoint folder's."""
     return str((loaded.state.experiment or {}).get("model_name") or loaded.folder.name)
 
