@@ -30,3 +30,15 @@ def test_every_file_and_line_reference_in_the_llama_table_names_the_symbol_it_sa
     for file, line, symbol in references:
         text = (REPO / "model_zoo" / file).read_text().splitlines()[int(line) - 1]
         assert re.search(rf"\b{symbol}\b", text), f"{file}:{line} does not hold {symbol}: {text.strip()!r}"
+
+
+def test_every_config_validates_and_every_config_the_readme_names_exists():
+    """A config with a typo in a key, or one README points at that was renamed, fails here rather than for a user."""
+    from jobs.config import load_config
+
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        load_config(path)  # raises with the file and key on a schema error
+    named = set(re.findall(r"--config (configs/[\w.]+\.yaml)", (REPO / "README.md").read_text()))
+    assert "configs/chat_demo.yaml" in named and "configs/cpu_demo.yaml" in named, named
+    missing = sorted(name for name in named if not (REPO / name).is_file())
+    assert not missing, f"README names configs that do not exist: {missing}"
