@@ -20,13 +20,14 @@ import threading
 
 import torch
 
+from jobs.models import load_model
 from jobs.config import load_config
-from jobs.data import chat_data, chat_template
-from jobs.finetune import conversations
+from jobs.data import chat_template, conversations
+from jobs.data.chat_data import load_conversations
+from jobs.data.windows import validation_batches
 from jobs.serving.engine import Engine, Request
-from jobs.serving.loading import load_model
-from jobs.training.validation import masked_validation_loss
 from jobs.training.runtime import make_runtime
+from jobs.training.validation import validation_loss
 
 
 def replies(loaded, prompts: list[list[int]], max_tokens: int) -> list[str]:
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=3, help="print this many examples of each kind")
     args = parser.parse_args()
     cfg = load_config(args.config)
-    _, validation = conversations(cfg)
+    _, validation = load_conversations(cfg)
     word_cases = [c for c in validation if c.kind == "uses_words"]
     name_cases = [c for c in validation if len(c.messages) > 2]
     models = {"base": (load_model(args.base, "cpu"), False), "fine-tuned": (load_model(args.chat, "cpu"), True)}
@@ -82,10 +83,10 @@ def main() -> None:
         correct = [name in reply for name, reply in zip(names, name_replies)]
         # "Tell me a story about Lily." then "What was the girl's name?": the question itself gives the name away
         unprompted = [ok for ok, name, c in zip(correct, names, name_cases) if name not in c.messages[0]["content"]]
-        packed = chat_data.pack(validation, loaded.tokenizer, loaded.config.max_seq_len)
+        packed = conversations.pack(validation, loaded.tokenizer, loaded.config.max_seq_len)
         with torch.no_grad():
-            loss, scored = masked_validation_loss(make_runtime(loaded.model_type, loaded.model, "cpu"),
-                                                  chat_data.validation_windows(packed, 16))
+            loss, scored = validation_loss(make_runtime(loaded.model_type, loaded.model, "cpu"),
+                                           validation_batches(packed, 16))
         rows[label] = (sum(word_share) / max(len(word_share), 1), sum(correct) / max(len(correct), 1),
                        sum(unprompted) / max(len(unprompted), 1), loss, scored)
         print(f"\n== {label}: {args.base if label == 'base' else args.chat}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from jobs.export_formats import FORMATS, MAIN_FILE, WRITERS, check_exportable
-from jobs.serving.loading import load_model
+from jobs.models import load_model
 
 
 def windows(loaded, text_file: Path, count: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 
 from jobs.config import load_config
 from jobs.data import pipeline
-from jobs.data.shards import TrainWindows
+from jobs.data.windows import TokenStream, TrainWindows, validation_batches
 from jobs.training.validation import validation_loss
 from jobs.training.runtime import make_runtime
 from model_zoo.build import build_model
@@ -48,26 +48,26 @@ class HFRuntime:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def train_step(self, windows, max_grad_norm):
+    def train_step(self, batches, max_grad_norm):
         self.model.train()
-        (window,) = windows
-        loss = self._loss(window)
+        (batch,) = batches
+        loss = self._loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm or math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach()), 0.0
 
-    def _loss(self, window):
+    def _loss(self, batch):
         # The same loss as ours over the same T predictions per window (the models' own `labels=` path
-        # would shift inside the window and score only T - 1).
-        logits = self.model(window[:, :-1]).logits  # (B, T, V)
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
+        # would shift inside the window and score only T - 1); text: every token scored
+        logits = self.model(batch.tokens[:, :-1]).logits  # (B, T, V)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.tokens[:, 1:].flatten())
 
     @torch.no_grad()
-    def loss(self, window):
+    def loss(self, batch):
         self.model.eval()
-        return float(self._loss(window))
+        return float(self._loss(batch))
 
 
 class AsOurs(torch.nn.Module):
@@ -87,7 +87,7 @@ def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple
     tc = cfg.training
     torch.manual_seed(tc.seed)
     runtime = make_runtime()
-    loader = TrainWindows(tokens, tc.batch_size, T, seed=tc.seed)
+    loader = TrainWindows(TokenStream(tokens, T), tc.batch_size, seed=tc.seed)
     budget = minutes * 60
     start = time.perf_counter()
     step = 0
@@ -96,7 +96,7 @@ def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple
         runtime.train_step([loader.next_batch()], tc.max_grad_norm)
         step += 1
     elapsed = time.perf_counter() - start
-    loss, _ = validation_loss(runtime, val_tokens, tc.batch_size, T)
+    loss, _ = validation_loss(runtime, validation_batches(TokenStream(val_tokens, T), tc.batch_size))
     return loss, step, step * tc.batch_size * T / elapsed, runtime
 
 

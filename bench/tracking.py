@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from jobs import tracking
-from jobs.data.shards import TrainWindows
+from jobs.data.windows import TokenStream, TrainWindows
 from jobs.training.runtime import make_runtime
 from model_zoo.build import build_model
 from model_zoo.config import ModelConfig
@@ -42,7 +42,7 @@ def main() -> None:
     runtime = make_runtime("torch", build_model(config, "torch"), "cpu")
     runtime.configure_optimizer(3e-3, 0.1, (0.9, 0.95))
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, 2_000_000).astype(np.uint16)
-    loader = TrainWindows(tokens, batch_size=16, seq_len=config.max_seq_len, seed=0)
+    loader = TrainWindows(TokenStream(tokens, config.max_seq_len), batch_size=16, seed=0)
 
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")

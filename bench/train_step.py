@@ -27,6 +27,7 @@ import torch
 from model_zoo.config import ModelConfig, count_parameters, flops_per_token
 from model_zoo.build import build_hf_model, build_model
 from model_zoo.optimizer import configure_optimizer
+from jobs.data.windows import Batch
 from jobs.training.runtime import make_runtime
 from jobs.training.throughput import measure_matmul_flops, sync
 
@@ -88,7 +89,7 @@ def job_step(model_type: str, model, device: str, dtype: str, compile_model: boo
     """The train job's step: make_runtime's train_step on one micro-batch, clipping at 1.0."""
     runtime = make_runtime(model_type, model, device, dtype, compile_model)
     runtime.configure_optimizer(lr, 0.1, (0.9, 0.95))
-    return lambda window: runtime.train_step([window], 1.0)
+    return lambda window: runtime.train_step([Batch(window, torch.ones_like(window, dtype=torch.bool))], 1.0)
 
 
 def hf_step(model, device: str, dtype: torch.dtype, lr: float):

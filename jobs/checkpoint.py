@@ -28,8 +28,9 @@ from safetensors.torch import load_file, save_file
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
+from jobs.data.tokenizer import LoadedTokenizer, load_tokenizer
 from jobs.errors import CheckpointError, first_problem
-from model_zoo.build import build_model
+from model_zoo.build import build_model, resolve_device
 from model_zoo.config import ModelConfig
 from model_zoo.errors import ConfigError
 
@@ -219,3 +220,49 @@ def rotate(folder: Path, keep: int) -> None:
     steps = sorted(folder.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
     for old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# --- a trained model, loaded from a reference (what every job that uses one calls) -------------------------------
+
+
+@dataclass
+class LoadedModel:
+    model: object  # a TorchTransformer, CustomTransformer, TorchLlama or CustomLlama, in eval mode
+    tokenizer: LoadedTokenizer
+    state: CheckpointState  # the checkpoint's state.json
+    folder: Path
+    device: str
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def model_type(self) -> str:
+        return self.state.model_type
+
+    @property
+    def chat(self) -> bool:
+        """Fine-tuned to chat (by `finetune`): its replies follow the chat template."""
+        from jobs.data import chat_template
+
+        return bool((self.state.experiment or {}).get("chat")) and chat_template.supports_chat(self.tokenizer)
+
+    @property
+    def stop_ids(self) -> set[int]:
+        """Where generation ends: <|endoftext|>, and a chat turn's <|end|>."""
+        from jobs.data import chat_template
+
+        return chat_template.stop_ids(self.tokenizer)
+
+
+def load_model_folder(folder: str | Path, device: str = "auto") -> LoadedModel:
+    """The model in a checkpoint folder, rebuilt from its files (jobs/model_ref.py: load_model takes any reference)."""
+    folder = Path(folder)
+    checkpoint = load_checkpoint(folder, with_optimizer=False)
+    device = resolve_device(device)
+    built = build_from_checkpoint(checkpoint, device)
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    if checkpoint.state.tokenizer_sha256 and checkpoint.state.tokenizer_sha256 != tokenizer.sha256:
+        raise CheckpointError(f"{folder}: tokenizer.json does not match the one the model was trained with")
+    return LoadedModel(built, tokenizer, checkpoint.state, folder, device)

@@ -22,12 +22,14 @@ import numpy as np
 
 from jobs import tracking
 from jobs.data import pipeline
+from jobs.data.shards import check_validation_fits
+from jobs.data.windows import TokenStream, validation_batches
 from jobs.training.validation import validation_loss
 from jobs.training.runtime import make_runtime
 from jobs.data.sources import check_utf8
 from jobs.cli import Device, Positive, typed
 from jobs.errors import InputError
-from jobs.serving.loading import load_model
+from jobs.models import load_model
 
 logger = logging.getLogger(__name__)  # `log` is the flag that says whether to log to MLflow
 
@@ -108,7 +110,8 @@ def run_evaluation(model: str, config: str | None = None, text_file: str | None 
         n_bytes = prepared.meta.text_bytes["validation"] * len(tokens) / prepared.meta.tokens["validation"]
         source = f"{prepared.meta.source} (validation)"
     runtime = make_runtime(loaded.model_type, loaded.model, loaded.device)
-    loss, n_tokens = validation_loss(runtime, tokens, batch_size, T, max_batches)
+    check_validation_fits(tokens, T)
+    loss, n_tokens = validation_loss(runtime, validation_batches(TokenStream(tokens, T), batch_size, max_batches))
     covered_bytes = n_bytes * n_tokens / max(len(tokens) - 1, 1)
     result = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": n_tokens,
               "bits_per_byte": pipeline.bits_per_byte(loss, n_tokens, covered_bytes)}

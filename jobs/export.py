@@ -24,7 +24,9 @@ from typing import Literal
 from jobs.cli import typed
 from jobs.errors import InputError
 from jobs.export_formats import FORMATS, MAIN_FILE, WRITERS, check_exportable
-from jobs.serving.loading import LoadedModel, load_model
+from jobs.checkpoint import LoadedModel
+from jobs.model_ref import ModelRef
+from jobs.models import load_model
 
 
 @typed
@@ -42,7 +44,7 @@ def export(model: str, format: Literal["gguf", "hf"], out: str, dtype: Literal["
     for path in sorted(out_dir.iterdir()):
         print(f"{path}  {path.stat().st_size:,} bytes")
     print(f"sha256 of {MAIN_FILE[format]}: {sha256}")
-    if model.startswith("models:/"):
+    if ModelRef.parse(model).kind == "registry":
         from jobs import registry
 
         version = registry.log_export(model, out_dir, format, dtype, sha256)

@@ -12,7 +12,7 @@ import torch
 
 from jobs.data import chat_template
 from jobs.data.tokenizer import bpe_tables
-from jobs.serving.loading import LoadedModel
+from jobs.checkpoint import LoadedModel
 from model_zoo import gguf_file, hf_gpt2, hf_llama
 from model_zoo.config import ModelConfig
 

@@ -15,7 +15,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from jobs.cli import Device, Positive, Seed, Temperature, TopK, TopP, typed
 from jobs.errors import InputError
-from jobs.serving.loading import complete, load_model
+from jobs.models import load_model
+from jobs.serving.loading import complete
 from model_zoo.config import count_parameters
 
 DEFAULT_MODEL = "models:/{name}@champion"

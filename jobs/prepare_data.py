@@ -22,7 +22,7 @@ def prepare_data(step: str = "all", config: str | None = None, **overrides) -> N
     cfg = load_config(config, overrides)
     data = cfg.data
     if step == "chat":
-        from jobs.finetune import write_conversations
+        from jobs.data.chat_data import write_conversations
 
         print(write_conversations(cfg))
     elif step == "download":

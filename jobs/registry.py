@@ -79,18 +79,19 @@ def champion_version(model_name: str) -> str | None:
 
 
 def version_of(model_ref: str):
-    """The model version a registry URI names (`models:/<name>@<alias>`, `models:/<name>/<version>`, or
+    """The model version a registry reference names (`models:/<name>@<alias>`, `models:/<name>/<version>`, or
     `models:/<name>/latest`), else None: a run URI or a checkpoint folder is not a version."""
-    if not model_ref.startswith("models:/"):
+    from jobs.model_ref import ModelRef
+
+    ref = ModelRef.parse(model_ref)
+    if ref.kind != "registry":
         return None
-    name, _, which = model_ref.removeprefix("models:/").partition("@")
     client = MlflowClient()
-    if which:
-        return client.get_model_version_by_alias(name, which)
-    name, _, number = name.rstrip("/").partition("/")
-    if number == "latest":
-        return max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
-    return client.get_model_version(name, number)
+    if ref.alias:
+        return client.get_model_version_by_alias(ref.name, ref.alias)
+    if ref.version == "latest":
+        return max(client.search_model_versions(f"name='{ref.name}'"), key=lambda v: int(v.version))
+    return client.get_model_version(ref.name, ref.version)
 
 
 def logged_model_id(version) -> str | None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from jobs.errors import InputError
+from jobs.model_ref import ModelRef
 
 API_KEY_VARIABLE = "SERVE_API_KEY"
 
@@ -53,17 +53,6 @@ def positive(text: str) -> int:
     return value
 
 
-def served_name(ref: str) -> str:
-    """What clients call a model: `name@alias` or `name/version` for the registry, the folder's last two parts
-    for a checkpoint (`<run folder>/best`), the run URI as given."""
-    if ref.startswith("models:/"):
-        return ref[len("models:/"):].rstrip("/")
-    if ref.startswith("runs:/"):
-        return ref
-    path = Path(ref).expanduser().resolve()
-    return f"{path.parent.name}/{path.name}"
-
-
 def allowed_hosts(host: str, extra: list[str]) -> frozenset[str]:
     """The host names the server answers without an API key: the loopback names, the bound one, --allowed-host."""
     from jobs.serving.openai_api import LOOPBACK_HOSTS
@@ -76,13 +65,13 @@ def serve(argv: list[str]) -> None:
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
     if api_key is not None and (len(api_key) < 8 or not api_key.isprintable()):
         raise InputError("--api-key: use at least 8 printable characters")
-    names = [served_name(ref) for ref in args.model]
+    names = [ModelRef.parse(ref).served_name for ref in args.model]
     if len(set(names)) != len(names):
         raise InputError(f"--model: the same model is named twice ({', '.join(names)})")
     import uvicorn
 
     from jobs.serving.engine import Engine
-    from jobs.serving.loading import load_model
+    from jobs.models import load_model
     from jobs.serving.openai_api import ServedModel, create_app
 
     listening = bind(args.host, args.port)  # first: a port in use is said before any model loads

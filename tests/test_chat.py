@@ -164,7 +164,7 @@ def test_a_tokenizer_without_chat_tokens_is_told_to_prepare_again(tmp_path):
 
 # --- chat data --------------------------------------------------------------------------------------------------
 
-from jobs.data import chat_data  # noqa: E402
+from jobs.data import conversations as chat_data  # noqa: E402  (making, reading and packing conversations)
 
 STORY = ("Once upon a time, there was a girl named Lily. Lily had a dog named Max. Max liked to run in the park. "
          "One day, Lily and Max found a big red ball. They played with the ball all day. Lily was very happy.")
@@ -253,7 +253,7 @@ def test_finetune_starts_from_the_base_registers_a_chat_model_and_resumes(tmp_pa
     from conftest import signal_during_step, tiny
     from jobs.config import validate_config
     from jobs.finetune import run_finetuning
-    from jobs.serving.loading import load_model
+    from jobs.models import load_model
     from jobs.training.trainer import run_training
 
     base = run_training(tiny(tmp_path / "base", model={"max_seq_len": 128}, max_steps=8))
@@ -261,7 +261,7 @@ def test_finetune_starts_from_the_base_registers_a_chat_model_and_resumes(tmp_pa
     values |= {"experiment_name": "tiny_chat", "model": {},
                "chat": {"base": "models:/tiny_torch@champion", "val_conversations": 10}}
     cfg = validate_config(values)
-    from jobs.finetune import write_conversations
+    from jobs.data.chat_data import write_conversations
 
     assert "train (" in write_conversations(cfg)  # prepare-data chat: the conversations as JSONL, read back whole
     written, skipped = chat_data.read_conversations(tmp_path / "chat" / "assets" / "chat" / "tiny_chat" / "train.jsonl")
@@ -302,7 +302,7 @@ def test_finetune_a_llama_base_with_the_twin(tmp_path, store):
     from conftest import tiny
     from jobs.config import validate_config
     from jobs.finetune import run_finetuning
-    from jobs.serving.loading import load_model
+    from jobs.models import load_model
     from jobs.training.trainer import run_training
 
     llama = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48, "max_seq_len": 128}

@@ -9,7 +9,7 @@ from conftest import write_stories
 from jobs.__main__ import main as jobs_main
 from jobs.config import DataConfig
 from jobs.data import pipeline, shards, sources
-from jobs.data.shards import TrainWindows, validation_batches
+from jobs.data.windows import TokenStream, TrainWindows, validation_batches
 from jobs.errors import DataError
 from jobs.data.tokenizer import load_tokenizer, train_bpe
 
@@ -198,28 +198,37 @@ def test_cli_bad_config_exits_with_one_line(tmp_path, capsys):
 
 def test_train_windows_are_seeded_and_resumable():
     tokens = np.arange(10_000, dtype=np.uint16)
-    loader = TrainWindows(tokens, batch_size=4, seq_len=16, seed=3)
-    first = [loader.next_batch() for _ in range(5)]
-    assert first[0].shape == (4, 17)
-    assert (first[0][:, 1:] - first[0][:, :-1] == 1).all(), "windows are contiguous runs of the file"
-    state = loader.state_dict()
-    continued = [loader.next_batch() for _ in range(3)]
-    resumed = TrainWindows(tokens, batch_size=4, seq_len=16, seed=0)
+
+    def loader(batch_size=4, seed=3, **ranks):
+        return TrainWindows(TokenStream(tokens, seq_len=16), batch_size=batch_size, seed=seed, **ranks)
+
+    stream = loader()
+    first = [stream.next_batch() for _ in range(5)]
+    assert first[0].tokens.shape == (4, 17) and first[0].mask.all(), "text: every token is learnt"
+    assert (first[0].tokens[:, 1:] - first[0].tokens[:, :-1] == 1).all(), "windows are contiguous runs of the file"
+    state = stream.state_dict()
+    continued = [stream.next_batch() for _ in range(3)]
+    resumed = loader(seed=0)
     resumed.load_state_dict(state)
-    assert all((a == resumed.next_batch()).all() for a in continued)
-    whole = TrainWindows(tokens, batch_size=8, seq_len=16, seed=3).next_batch()
-    ranks = [TrainWindows(tokens, batch_size=4, seq_len=16, seed=3, rank=r, world_size=2).next_batch() for r in (0, 1)]
+    assert all((a.tokens == resumed.next_batch().tokens).all() for a in continued)
+    whole = loader(batch_size=8).next_batch().tokens
+    ranks = [loader(rank=r, world_size=2).next_batch().tokens for r in (0, 1)]
     assert (ranks[0] == whole[:4]).all() and (ranks[1] == whole[4:]).all(), "ranks split the global batch"
 
 
+def test_too_little_text_for_one_window_is_refused_with_the_counts():
+    with pytest.raises(DataError, match="17 training tokens are fewer than one window of 17"):
+        TrainWindows(TokenStream(np.arange(17, dtype=np.uint16), seq_len=16), batch_size=2)
+
+
 def test_validation_batches_are_a_fixed_ordered_pass():
-    tokens = np.arange(1000, dtype=np.uint16)
-    batches = list(validation_batches(tokens, batch_size=4, seq_len=10))
-    assert len(batches) == 24  # 99 windows of 10 (+1) -> 24 full batches
+    source = TokenStream(np.arange(1000, dtype=np.uint16), seq_len=10)
+    batches = [b.tokens for b in validation_batches(source, batch_size=4)]
+    assert len(batches) == 25 and len(batches[-1]) == 3  # 99 windows of 10 (+1): 24 full batches and one of 3
     assert batches[0][0, 0] == 0 and batches[0][1, 0] == 10 and batches[1][0, 0] == 40
-    assert [b.tolist() for b in validation_batches(tokens, 4, 10, max_batches=2)] == [b.tolist() for b in batches[:2]]
-    ranks = [list(validation_batches(tokens, 4, 10, rank=r, world_size=2)) for r in (0, 1)]
-    assert len(ranks[0]) + len(ranks[1]) == 24 and ranks[1][0].tolist() == batches[1].tolist()
+    assert [b.tokens.tolist() for b in validation_batches(source, 4, max_batches=2)] == [b.tolist() for b in batches[:2]]
+    ranks = [list(validation_batches(source, 4, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) + len(ranks[1]) == 25 and ranks[1][0].tokens.tolist() == batches[1].tolist()
 
 
 def test_validation_loss_is_the_mean_over_tokens_across_rank_shards():
@@ -228,8 +237,8 @@ def test_validation_loss_is_the_mean_over_tokens_across_rank_shards():
     from jobs.training.validation import validation_loss
 
     class KnownLoss:  # a stand-in runtime: 90 for the batch that starts at token 60, else 0
-        def loss(self, window):
-            return 90.0 if int(window[0, 0]) == 60 else 0.0
+        def loss(self, batch):
+            return 90.0 if int(batch.tokens[0, 0]) == 60 else 0.0
 
     class Shard:  # rank r of 2, its all-reduce left out: we add the ranks' sums by hand below
         def __init__(self, rank):
@@ -239,9 +248,11 @@ def test_validation_loss_is_the_mean_over_tokens_across_rank_shards():
             return list(values)
 
     tokens = np.arange(9 * 10 + 1, dtype=np.int64)  # 9 windows of 10: batches of 3 start at tokens 0, 30, 60
-    single, n_tokens = validation_loss(KnownLoss(), tokens, batch_size=3, seq_len=10)
+    source = TokenStream(tokens, seq_len=10)
+    single, n_tokens = validation_loss(KnownLoss(), validation_batches(source, batch_size=3))
     assert (single, n_tokens) == (pytest.approx(30.0), 90)
-    shards = [validation_loss(KnownLoss(), tokens, batch_size=3, seq_len=10, distributed=Shard(r)) for r in (0, 1)]
+    shards = [validation_loss(KnownLoss(), validation_batches(source, 3, rank=r, world_size=2), distributed=Shard(r))
+              for r in (0, 1)]
     assert [n for _, n in shards] == [60, 30]
     assert sum(loss * n for loss, n in shards) / 90 == pytest.approx(single)
     assert sum(loss for loss, _ in shards) / 2 != pytest.approx(single), "a mean of the ranks' means is wrong"

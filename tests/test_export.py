@@ -26,7 +26,7 @@ TEXTS = ["Once upon a time, Lily's cat ran to the park.", "  two spaces, tabs\ta
 
 
 def our_logits(checkpoint, ids):
-    from jobs.serving.loading import load_model
+    from jobs.models import load_model
 
     loaded = load_model(str(checkpoint), "cpu")
     with torch.no_grad():

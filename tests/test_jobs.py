@@ -51,7 +51,8 @@ def test_train_tracks_in_embedded_store_and_registers_champion(tmp_path, store, 
     import pandas as pd
 
     texts = model.predict(pd.DataFrame({"prompt": ["Once upon a time"]}), params={"max_length": 10, "seed": 0})
-    from jobs.serving.loading import complete, load_model
+    from jobs.models import load_model
+    from jobs.serving.loading import complete
 
     # the registered model is the best checkpoint: served, it writes what the checkpoint itself writes
     direct = "".join(complete(load_model(str(result.checkpoint_dir / "best")), "Once upon a time", max_length=10, seed=0))
@@ -295,7 +296,8 @@ def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server):
     assert len(client.get_metric_history(result.run_id, "train/loss")) == 6
     local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="config.yaml", dst_path=str(tmp_path / "dl"))
     assert "experiment_name: tiny_torch" in Path(local).read_text()
-    from jobs.serving.loading import complete, load_model
+    from jobs.models import load_model
+    from jobs.serving.loading import complete
 
     loaded = load_model(f"models:/{cfg.model_name}@champion")
     text = "".join(complete(loaded, "Once upon a time", max_length=10, seed=0))
@@ -401,7 +403,8 @@ def test_llama_trains_resumes_registers_and_generates(tmp_path, store, model_typ
     assert whole.losses[-1] < whole.losses[0]
     run = MlflowClient().get_run(second.run_id)
     assert run.data.params["architecture"] == "llama" and run.info.status == "FINISHED"
-    from jobs.serving.loading import complete, load_model
+    from jobs.models import load_model
+    from jobs.serving.loading import complete
 
     loaded = load_model(f"models:/{cfg.model_name}@champion")
     assert loaded.config.architecture == "llama" and loaded.config.n_kv_heads == 2

@@ -144,7 +144,7 @@ def edge(tmp_path, tokenizer_folder):
     from starlette.testclient import TestClient
 
     from conftest import make_checkpoint
-    from jobs.serving.loading import load_model
+    from jobs.models import load_model
     from jobs.serving.openai_api import ServedModel, create_app
 
     loaded = load_model(str(make_checkpoint(tmp_path / "ckpt", tokenizer_folder)), "cpu")

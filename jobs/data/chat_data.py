@@ -1,295 +1,137 @@
-"""Chat data: conversations made from stories, or read from JSONL files, packed into (B, T+1) training windows
-whose mask says which tokens the model learns (the assistant's, see chat_template.py).
+"""Conversations to learn from (what `finetune` reads): packed into windows, only the assistant's tokens learnt.
 
-Built from stories, deterministically from a seed, each answer taken from a real story:
-    "Tell me a story about <name>."                       -> the story
-    "Write a story that uses the words <a>, <b> and <c>." -> the story (the words drawn from it)
-    "Continue this story: <its first sentences>"          -> the rest of it
-and, where the story names a character ("a dog named Max", "a girl named Lily"), a second turn: "What was the dog's
-name?" -> "The dog's name was Max." Training and validation conversations come from the data config's train and validation stories,
-which never share a story.
-
-Your own conversations: JSONL, one `{"messages": [{"role": ..., "content": ...}, ...]}` per line (Hugging Face
-chat datasets' and OpenAI fine-tuning files' format), a `system` message allowed first, ending with the assistant.
+The conversations come from the config's chat section (jobs/data/conversations.py makes and reads them): made
+from the data's stories (training and validation stories apart), and/or JSONL files, and/or a Hub dataset.
+`write_conversations` writes what a config makes as JSONL (`prepare-data chat`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import random
-import re
+import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
+from jobs import atomic
+from jobs.config import ExperimentConfig
+from jobs.data import chat_template, conversations as convs
+from jobs.data.sources import load_documents
+from jobs.data.windows import TrainWindows, validation_batches
+from jobs.errors import ConfigError
+from jobs.training.data import StartingPoint
+from jobs.training.distributed import Distributed
 
-from jobs.data import chat_template
-from jobs.errors import InputError
-
-KINDS = ("story_about", "uses_words", "continue", "animal_name")
-COMMON_SHARE = 0.05  # a word in this share of the stories or more is too common to ask for
-NOT_NAMES = {"The", "Once", "One", "He", "She", "They", "It", "His", "Her", "Their", "Then", "But", "And", "So",
-             "When", "After", "Every", "There", "This", "That", "What", "Why", "How", "Yes", "No", "Mom", "Dad",
-             "Mommy", "Daddy", "I", "We", "You", "A", "In", "On", "At", "Suddenly", "Later", "Soon", "Today", "Finally",
-             "Sue", "Can", "Let", "Do", "Don", "Look", "Oh", "Wow", "Thank", "Please", "If", "As", "While", "Now"}
-STOP_WORDS = {"there", "their", "they", "them", "then", "that", "this", "with", "were", "was", "have", "what", "when",
-              "said", "very", "into", "from", "your", "will", "would", "could", "because", "about", "every", "after",
-              "some", "something", "other", "again", "before", "where", "which", "while", "each", "also", "just",
-              "like", "made", "make", "came", "come", "went", "want", "wanted", "know", "knew", "back", "more",
-              "much", "many", "time", "upon", "once", "day", "felt", "feel", "looked", "look", "saw", "see", "too"}
-ANIMAL_NAME = re.compile(r"\b(?:a|an|the) (?:little |big |small |old |friendly |happy |cute )?"
-                         r"(dog|cat|bird|fish|bunny|rabbit|bear|frog|duck|puppy|kitten|mouse|horse|cow|pig|lion|"
-                         r"monkey|turtle|owl|fox|sheep|squirrel|elephant|bee|butterfly|ant|snake|tiger|dragon|"
-                         r"girl|boy|man|woman|lady|king|queen|prince|princess|robot|car|truck|boat|doll|toy) "
-                         r"(?:named|called) ([A-Z][a-z]+)")
+log = logging.getLogger(__name__)
 
 
-@dataclass
-class Conversation:
-    messages: list[dict]
-    kind: str  # the first turn's: one of KINDS but animal_name (a second turn some have), or "file"
+class ChatData:
+    """Conversations packed whole into (B, T+1) windows with their masks (TrainingData)."""
+
+    def __init__(self, cfg: ExperimentConfig, tokenizer, seq_len: int, distributed: Distributed):
+        self.tokenizer = tokenizer
+        chat_template.require_chat(tokenizer)
+        train, validation = load_conversations(cfg)
+        self.train = convs.pack(train, tokenizer, seq_len)
+        self.validation = convs.pack(validation, tokenizer, seq_len)
+        for split, packed in (("training", self.train), ("validation", self.validation)):
+            if len(packed.tokens) == 0 and packed.dropped_too_long:
+                shortest = f" (the shortest is {packed.shortest_dropped:,})" if packed.shortest_dropped else ""
+                raise ConfigError(f"no {split} conversations fit: all {packed.dropped_too_long:,} are longer than the "
+                                  f"base's context of {seq_len} tokens{shortest}: lower chat.max_answer_words, or "
+                                  f"fine-tune a base with a longer model.max_seq_len")
+        if len(self.validation.tokens) == 0:
+            raise ConfigError("no validation conversations: give chat.val_conversation_files or story data")
+        self.train_tokens = self.train.tokens.size
+        digest = hashlib.sha256(self.train.tokens.tobytes() + self.validation.tokens.tobytes()).hexdigest()[:10]
+        self.dataset_id = self.content_id = f"chat-{digest}"  # the conversations' tokens: a resume on others is refused
+        if distributed.is_main:
+            log.info(f"chat data: {describe(self.train)} to train; {describe(self.validation)} to validate")
+
+    def check_fits(self, seq_len: int) -> None:
+        pass  # packed for the base's context, which a fine-tune keeps
+
+    def loader(self, batch_size: int, seq_len: int, seed: int, distributed: Distributed) -> TrainWindows:
+        return TrainWindows(self.train, batch_size, seed, distributed.rank, distributed.world_size)
+
+    def validation_batches(self, batch_size: int, seq_len: int, max_batches: int | None, distributed: Distributed):
+        return validation_batches(self.validation, batch_size, max_batches, distributed.rank, distributed.world_size)
+
+    def metrics(self, val_loss: float) -> dict:
+        return {}
+
+    def params(self) -> dict:
+        counts = {f"chat_train_{kind}": n for kind, n in self.train.kinds.items()}
+        counts |= {f"chat_val_{kind}": n for kind, n in self.validation.kinds.items()}
+        return counts | {"dataset_id": self.dataset_id, "train_windows": len(self.train.tokens),
+                         "val_windows": len(self.validation.tokens), "train_assistant_tokens": self.train.scored_tokens,
+                         "val_assistant_tokens": self.validation.scored_tokens,
+                         "chat_dropped_too_long": self.train.dropped_too_long + self.validation.dropped_too_long}
+
+    def sample_prompt(self, prompt: str) -> tuple[list[int], str]:
+        """training.sample_prompt as a user's message, the assistant's reply to come."""
+        ids = chat_template.render(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
+        return ids, f"user: {prompt}\nassistant: "
 
 
-def sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+def load(cfg: ExperimentConfig, distributed: Distributed, start: StartingPoint) -> ChatData:
+    """The config's conversations, packed for the base model's tokenizer and context."""
+    if start.base is None:
+        raise ConfigError("chat data needs the model it fine-tunes (chat.base)")
+    return ChatData(cfg, start.base.tokenizer, start.base.config.max_seq_len, distributed)
 
 
-def story_name(story: str) -> str | None:
-    """The story's main character: the capitalised word (not a common sentence opener) named most often."""
-    counts = Counter(w for w in re.findall(r"\b[A-Z][a-z]{2,}\b", story) if w not in NOT_NAMES)
-    name, count = counts.most_common(1)[0] if counts else (None, 0)
-    return name if count >= 2 else None
+def describe(packed: convs.PackedChat) -> str:
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(packed.kinds.items()))
+    return (f"{len(packed.tokens):,} windows ({kinds}; {packed.scored_tokens:,} assistant tokens"
+            f"{f'; {packed.dropped_too_long:,} longer than the context, dropped' if packed.dropped_too_long else ''})")
 
 
-def shorten(story: str, max_words: int | None) -> str:
-    """The story's first whole sentences, as many as fit in max_words (a small model's context is short)."""
-    if max_words is None:
-        return story
-    kept, words = [], 0
-    for sentence in sentences(story):
-        words += len(sentence.split())
-        if words > max_words:
-            break
-        kept.append(sentence)
-    return " ".join(kept)
+def load_conversations(cfg: ExperimentConfig) -> tuple[list, list]:
+    """(train, validation) conversations: from the data's stories (train and validation stories apart) and files."""
+    chat = cfg.chat
+    train, validation = [], []
+    skipped = Counter()
+    for path in chat.conversation_files or []:
+        found, skipped[path] = convs.read_conversations(path, chat.skip_bad)
+        train += found
+    for path in chat.val_conversation_files or []:
+        found, skipped[path] = convs.read_conversations(path, chat.skip_bad)
+        validation += found
+    if chat.hub_dataset:
+        found, skipped[chat.hub_dataset] = convs.hub_conversations(chat.hub_dataset, chat.hub_split, chat.skip_bad)
+        train += found
+    for path, n in skipped.items():
+        if n:
+            log.warning(f"chat data: {path}: {n:,} bad record(s) skipped (chat.skip_bad)")
+    if chat.from_stories:
+        from jobs.data.pipeline import DataLayout
+
+        stories = load_documents(cfg.data, DataLayout.of(cfg.data).cache_dir)
+        train += convs.conversations_from_stories(stories["train"]["text"], chat.seed, chat.max_conversations,
+                                                  chat.max_answer_words, chat.per_story)
+        validation += convs.conversations_from_stories(stories["validation"]["text"], chat.seed + 1,
+                                                       chat.val_conversations, chat.max_answer_words, chat.per_story)
+    if not train and sum(skipped.values()):
+        files = ", ".join(str(path) for path in +skipped)  # (+: those with a count above 0)
+        raise ConfigError(f"no training conversations: every record of {files} was bad and skipped "
+                          f"(chat.skip_bad); without skip_bad the first bad record is named with its line")
+    if not train:
+        raise ConfigError("no training conversations: set chat.from_stories, chat.conversation_files or chat.hub_dataset")
+    return train, validation
 
 
-def conversations_from_story(story: str, rng: random.Random, max_words: int | None = None, per_story: int = 1,
-                             common: frozenset[str] = frozenset()) -> list[Conversation]:
-    """per_story conversations of different kinds for the story (drawn from the kinds the story allows), each with
-    a second turn about a character's name where the story has one. With max_words, the story is cut after its last
-    whole sentence within that many words, so that the conversation fits a short context."""
-    story = shorten(story.strip(), max_words)
-    parts = sentences(story)
-    if len(parts) < 3 or len(story) < 80:
-        return []
-    options = []
-    name = story_name(story)
-    if name:
-        options.append(("story_about", f"Tell me a story about {name}.", story))
-    # The words asked for are the story's own, and uncommon (in fewer than COMMON_SHARE of the stories: "little",
-    # "girl", "named" would be in any story), from its opening where it has three (a small model learns sooner to
-    # open with the words it was given than to work them in anywhere), else from the whole story.
-    def distinctive(text: str) -> list[str]:
-        return sorted({w for w in re.findall(r"\b[a-z]{4,}\b", text) if w not in STOP_WORDS and w not in common})
-
-    words = distinctive(" ".join(parts[:2]))
-    if len(words) < 3:
-        words = distinctive(story)
-    if len(words) >= 3:
-        a, b, c = rng.sample(words, 3)
-        options.append(("uses_words", f"Write a story that uses the words {a}, {b} and {c}.", story))
-    head = " ".join(parts[:2])
-    options.append(("continue", f"Continue this story: {head}", " ".join(parts[2:])))
-    made = []
-    for kind, question, answer in rng.sample(options, min(per_story, len(options))):
-        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        found = ANIMAL_NAME.search(answer)
-        if found and kind != "continue":  # asked about the story just told
-            animal, animal_name = found.group(1), found.group(2)
-            messages += [{"role": "user", "content": f"What was the {animal}'s name?"},
-                         {"role": "assistant", "content": f"The {animal}'s name was {animal_name}."}]
-        made.append(Conversation(messages, kind))
-    return made
-
-
-def conversations_from_stories(stories, seed: int, limit: int | None = None, max_words: int | None = None,
-                               per_story: int = 1) -> list[Conversation]:
-    rng = random.Random(seed)
-    stories = list(stories)
-    common = common_words(stories)
-    conversations: list[Conversation] = []
-    for story in stories:
-        conversations += conversations_from_story(story, rng, max_words, per_story, common)
-        if limit is not None and len(conversations) >= limit:
-            break
-    return conversations[:limit]
-
-
-def common_words(stories: list[str]) -> frozenset[str]:
-    """Words found in at least COMMON_SHARE of the stories (never asked for: any story would use them)."""
-    seen = Counter(w for story in stories for w in set(re.findall(r"\b[a-z]{4,}\b", story)))
-    return frozenset(w for w, n in seen.items() if n >= COMMON_SHARE * len(stories))
-
-
-def read_conversations(path: Path, skip_bad: bool = False) -> tuple[list[Conversation], int]:
-    """The conversations of a JSONL messages file, and how many bad lines were skipped (skip_bad) — or an
-    InputError naming the file and line of the first bad one."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"conversation file not found: {path}")
-    with open(path, encoding="utf-8", errors="strict") as lines:
-        try:
-            numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: not UTF-8 text") from None
-    return _collect(numbered, _record_messages, lambda number: f"{path}:{number}", skip_bad)
-
-
-def hub_conversations(name: str, split: str, skip_bad: bool = False) -> tuple[list[Conversation], int]:
-    """The `messages` column of a Hugging Face Hub dataset (e.g. a chat dataset in the messages format), each row
-    checked as a JSONL record is. Needs the network (or the local Hub cache)."""
-    import datasets
-
-    try:
-        rows = datasets.load_dataset(name, split=split)
-    except Exception as error:  # offline, a wrong name or split: one line, not the library's traceback
-        raise InputError(f"chat.hub_dataset {name[:100]!r} (split {split!r}) could not be loaded "
-                         f"({type(error).__name__}); offline, use chat.conversation_files instead") from None
-    if "messages" not in rows.column_names:
-        raise InputError(f"chat.hub_dataset {name[:100]!r} has no 'messages' column ({', '.join(rows.column_names)})")
-    return _collect(enumerate(rows["messages"], 1), _checked_messages, lambda number: f"{name}[{split}] row {number}",
-                    skip_bad)
-
-
-def _collect(numbered, check, where, skip_bad: bool) -> tuple[list[Conversation], int]:
-    """Conversations from numbered records, each checked; a bad one is refused naming where it is (`where(number)`),
-    or with skip_bad skipped and counted."""
-    conversations, skipped = [], 0
-    for number, record in numbered:
-        try:
-            conversations.append(Conversation(check(record), "file"))
-        except InputError as error:
-            if not skip_bad:
-                raise InputError(f"{where(number)}: {error}") from None
-            skipped += 1
-    return conversations, skipped
-
-
-def _record_messages(line: str) -> list[dict]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InputError(f"not JSON ({error.msg})") from None
-    except RecursionError:  # [[[[... a hundred thousand deep: Python's parser gives up
-        raise InputError("not JSON this program reads (nested too deep)") from None
-    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-        raise InputError('each line is an object with a "messages" list')
-    return _checked_messages(record["messages"])
-
-
-def _checked_messages(messages) -> list[dict]:
-    if not isinstance(messages, list):
-        raise InputError('"messages" must be a list')
-    messages = chat_template.check_messages(messages, "messages")
-    if messages[-1]["role"] != "assistant":
-        raise InputError("the conversation must end with the assistant")
-    return messages
-
-
-# --- packing ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PackedChat:
-    """Whole conversations laid end to end in windows of T + 1 tokens, with their masks; counts of what was made."""
-
-    tokens: np.ndarray  # (N, T + 1) int64
-    mask: np.ndarray  # (N, T + 1) bool: True on tokens the model learns
-    kinds: Counter = field(default_factory=Counter)
-    dropped_too_long: int = 0
-    shortest_dropped: int | None = None  # tokens of the shortest conversation dropped (for the message that says so)
-
-    @property
-    def scored_tokens(self) -> int:
-        return int(self.mask[:, 1:].sum())
-
-
-def pack(conversations: list[Conversation], tokenizer, seq_len: int) -> PackedChat:
-    """Render each conversation and pack them into windows of seq_len + 1 tokens, never splitting one; a
-    conversation longer than a window is dropped and counted. The rest of a window is <|endoftext|>, unscored."""
-    width = seq_len + 1
-    windows, masks = [], []
-    ids_now: list[int] = []
-    mask_now: list[bool] = []
-    kept: list[Conversation] = []
-    dropped, shortest_dropped = 0, None
-    # No token spells more characters than the longest in the vocabulary: a conversation with more characters than
-    # width times that cannot fit, and is dropped before it is tokenized (a 24 MB record would take minutes)
-    most_characters = width * max(len(token) for token in tokenizer.tokenizer.get_vocab())
-    for conversation in conversations:
-        if sum(len(m["content"]) for m in conversation.messages) > most_characters:
-            dropped += 1
-            continue
-        ids, mask = chat_template.render(tokenizer, conversation.messages)
-        ids, mask = ids + [tokenizer.eot_id], mask + [False]  # conversations separated like documents
-        if len(ids) > width:
-            dropped += 1
-            shortest_dropped = min(len(ids) - 1, shortest_dropped or len(ids))
-            continue
-        kept.append(conversation)
-        if len(ids_now) + len(ids) > width:
-            windows.append(ids_now), masks.append(mask_now)
-            ids_now, mask_now = [], []
-        ids_now, mask_now = ids_now + ids, mask_now + mask
-    if ids_now:
-        windows.append(ids_now), masks.append(mask_now)
-    tokens = np.full((len(windows), width), tokenizer.eot_id, dtype=np.int64)
-    scored = np.zeros((len(windows), width), dtype=bool)
-    for i, (ids, mask) in enumerate(zip(windows, masks)):
-        tokens[i, :len(ids)], scored[i, :len(mask)] = ids, mask
-    return PackedChat(tokens, scored, kind_counts(kept), dropped, shortest_dropped)
-
-
-def kind_counts(conversations: list[Conversation]) -> Counter:
-    """Conversations per kind, and as animal_name those made from stories with a second turn (a name asked)."""
-    kinds = Counter(c.kind for c in conversations)
-    kinds["animal_name"] = sum(len(c.messages) > 2 and c.kind != "file" for c in conversations)
-    return +kinds  # without zero counts
-
-
-class ChatWindows:
-    """Random batches of packed chat windows, (tokens, mask) each (B, T+1): TrainWindows' interface and its
-    reproducible, resumable, rank-sliced stream (global batch i from a generator seeded with (seed, i))."""
-
-    def __init__(self, packed: PackedChat, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        if len(packed.tokens) == 0:
-            raise InputError("no chat training windows: every conversation was dropped or none was made")
-        self.packed, self.batch_size, self.seed, self.rank, self.world_size = packed, batch_size, seed, rank, world_size
-        self.position = 0
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.position])
-        rows = rng.integers(0, len(self.packed.tokens), size=self.batch_size * self.world_size)
-        self.position += 1
-        mine = rows[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        return torch.from_numpy(self.packed.tokens[mine]), torch.from_numpy(self.packed.mask[mine])
-
-    def state_dict(self) -> dict:
-        return {"position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position, self.seed = int(state["position"]), int(state["seed"])
-
-
-def validation_windows(packed: PackedChat, batch_size: int, max_batches: int | None = None, rank: int = 0,
-                       world_size: int = 1):
-    """A fixed ordered pass over the validation windows (rank r: batches r, r + world_size, ...)."""
-    n_batches = max(1, -(-len(packed.tokens) // batch_size))
-    if max_batches is not None:
-        n_batches = min(n_batches, max_batches)
-    for b in range(rank, n_batches, world_size):
-        rows = slice(b * batch_size, (b + 1) * batch_size)
-        yield torch.from_numpy(packed.tokens[rows]), torch.from_numpy(packed.mask[rows])
+def write_conversations(cfg: ExperimentConfig) -> str:
+    """The config's conversations as JSONL (`prepare-data chat`): what fine-tuning trains and validates on."""
+    if cfg.chat is None:
+        raise ConfigError("the config has no chat section (see configs/chat_cpu.yaml)")
+    train, validation = load_conversations(cfg)
+    folder = Path(cfg.data.assets_dir).expanduser() / "chat" / cfg.experiment_name
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for split, found in (("train", train), ("validation", validation)):
+        lines = "".join(json.dumps({"messages": c.messages, "kind": c.kind}) + "\n" for c in found)
+        atomic.write_text(folder / f"{split}.jsonl", lines)
+        kinds = convs.kind_counts(found)
+        summary.append(f"{len(found):,} {split} ({', '.join(f'{k} {n:,}' for k, n in sorted(kinds.items()))})")
+    return f"conversations: {'; '.join(summary)}; written to {folder}"

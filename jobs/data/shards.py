@@ -8,7 +8,7 @@ On disk, in the tokens folder of a (dataset, tokenizer) pair:
 
 Each file is written to a temporary name and renamed when complete, and meta.json comes last: a run that is
 interrupted leaves no file that looks whole, and a folder with a matching meta.json is reused as it is.
-The trainer reads (B, T+1) windows straight from the memmap: no per-token Python work.
+The trainer reads (B, T+1) windows straight from the memmap (jobs/data/windows.py): no per-token Python work.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 from tqdm.auto import tqdm
 
@@ -121,63 +120,8 @@ def open_split(folder: Path, split: str, meta: TokensMeta) -> np.memmap:
 
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Windows for training and validation
-
-
-class TrainWindows:
-    """Random (B, T+1) windows: input is [:, :-1], targets [:, 1:].
-
-    Global batch number i (batch_size x world_size windows) is drawn from a generator seeded with (seed, i),
-    and rank r takes rows r*B .. (r+1)*B of it. So the stream is reproducible, resumes from a saved position
-    with no replay, and N ranks with batch B see exactly the windows one process with batch N*B would.
-    """
-
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
-        if len(tokens) < seq_len + 2:
-            raise DataError(f"{len(tokens):,} training tokens are fewer than one window of {seq_len + 1}")
-        self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.position = 0  # global batches served so far
-
-    def next_batch(self) -> torch.Tensor:
-        rng = np.random.default_rng([self.seed, self.position])
-        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size * self.world_size)
-        self.position += 1
-        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        return _gather(self.tokens, mine, self.seq_len)
-
-    def state_dict(self) -> dict:
-        return {"position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position, self.seed = int(state["position"]), int(state["seed"])
-
-
 def check_validation_fits(tokens: np.ndarray, seq_len: int) -> None:
     """The validation split must hold at least one window of seq_len + 1 tokens."""
     if len(tokens) < seq_len + 1:
         raise DataError(f"the validation split has {len(tokens):,} tokens, fewer than one window of "
                         f"model.max_seq_len + 1 = {seq_len + 1}: lower model.max_seq_len or give more validation text")
-
-
-def validation_batches(tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None,
-                       rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
-    """A fixed ordered pass: non-overlapping windows from the start, the same on every call.
-
-    With several ranks, rank r takes batches r, r + world_size, ... of that same sequence.
-    """
-    check_validation_fits(tokens, seq_len)
-    n_windows = (len(tokens) - 1) // seq_len
-    n_batches = max(1, n_windows // batch_size)
-    if max_batches is not None:
-        n_batches = min(n_batches, max_batches)
-    for b in range(rank, n_batches, world_size):
-        starts = np.arange(b * batch_size, min((b + 1) * batch_size, n_windows)) * seq_len
-        yield _gather(tokens, starts, seq_len)
-
-
-def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
-    windows = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
-    return torch.from_numpy(windows)  # (B, T + 1)

@@ -120,7 +120,7 @@ class ChatBody(_Sampling):
 @dataclass
 class ServedModel:
     name: str  # what clients put in "model": the registry name and alias or version, or the folder
-    loaded: object  # jobs.serving.loading.LoadedModel
+    loaded: object  # jobs.checkpoint.LoadedModel
     engine: Engine
 
     @property

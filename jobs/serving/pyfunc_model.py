@@ -12,9 +12,9 @@ from mlflow.pyfunc import PythonModel
 
 class TransformerTextGenerator(PythonModel):
     def load_context(self, context):
-        from jobs.serving.loading import load_model
+        from jobs.checkpoint import load_model_folder
 
-        self.loaded = load_model(context.artifacts["checkpoint"])
+        self.loaded = load_model_folder(context.artifacts["checkpoint"])
 
     # The DataFrame hint says what the signature (given at logging) already says, and keeps MLflow's DataFrame
     # payloads (`dataframe_records`); a list type hint would make MLflow accept only {"inputs": ...} requests.

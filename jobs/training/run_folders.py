@@ -186,3 +186,9 @@ class RunLock:
 
     def release(self) -> None:
         self.file.close()  # closing the file releases the lock
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()

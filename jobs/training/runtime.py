@@ -13,25 +13,18 @@ import math
 
 import torch
 
+from jobs.data.windows import Batch
 from jobs.training.distributed import Distributed, average_gradients
 from model_zoo.custom_layers import IGNORE_INDEX
 from model_zoo.optimizer import clip_grad_norm, configure_optimizer
 
 
-def inputs_and_targets(window) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (B, T+1) window of token ids -> (inputs, targets), each (B, T): every next token is a target. A chat
-    window is (tokens, mask): a target is scored only where the mask is True (the assistant's tokens); the others
-    become IGNORE_INDEX, which both models' loss skips. The one place where the two kinds of data differ."""
-    if isinstance(window, (tuple, list)):
-        tokens, mask = window
-        return tokens[:, :-1], tokens[:, 1:].masked_fill(~mask[:, 1:], IGNORE_INDEX)
-    return window[:, :-1], window[:, 1:]
-
-
-def move(window, device: str):
-    if isinstance(window, (tuple, list)):
-        return tuple(part.to(device, non_blocking=True) for part in window)
-    return window.to(device, non_blocking=True)
+def inputs_and_targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of (B, T+1) windows -> (inputs, targets), each (B, T): every next token is a target, scored only
+    where the mask is True; the others become IGNORE_INDEX, which both models' loss skips. (Text's mask is all
+    True; a conversation's is True on the assistant's tokens.)"""
+    tokens, mask = batch
+    return tokens[:, :-1], tokens[:, 1:].masked_fill(~mask[:, 1:], IGNORE_INDEX)
 
 
 class ModelRuntime:
@@ -47,43 +40,40 @@ class ModelRuntime:
     def configure_optimizer(self, learning_rate: float, weight_decay: float, betas: tuple[float, float]) -> None:
         self.optimizer = configure_optimizer(self.model, learning_rate, weight_decay, betas)
 
-    def train_step(self, windows: list, max_grad_norm: float | None) -> tuple[float, float]:
-        """One optimizer step over micro-batches of (B, T+1) windows (or chat windows: (tokens, mask)); returns
-        (mean loss, grad norm before clipping).
+    def train_step(self, batches: list[Batch], max_grad_norm: float | None) -> tuple[float, float]:
+        """One optimizer step over micro-batches; returns (mean loss, grad norm before clipping).
 
         Each micro-batch's loss is scaled (loss_scales), so the accumulated gradient is that of the mean loss over
         all of them, as if they had been one big batch. With several ranks, gradients are averaged over ranks
         once, after the last micro-batch.
         """
         self.model.train()
-        scales = self.loss_scales(windows)
+        scales = self.loss_scales(batches)
         total_loss = 0.0
-        for i, (window, scale) in enumerate(zip(windows, scales)):
-            idx, targets = inputs_and_targets(move(window, self.device))
-            loss = self.forward_backward(idx, targets, scale, last=i == len(windows) - 1)
+        for i, (batch, scale) in enumerate(zip(batches, scales)):
+            idx, targets = inputs_and_targets(batch.to(self.device))
+            loss = self.forward_backward(idx, targets, scale, last=i == len(batches) - 1)
             total_loss += loss * scale
         grad_norm = self.clip_gradients(max_grad_norm if max_grad_norm is not None else math.inf)
         self.optimizer.step()
         self.zero_grad()
         return total_loss, grad_norm
 
-    def loss_scales(self, windows: list) -> list[float]:
+    def loss_scales(self, batches: list[Batch]) -> list[float]:
         """What each micro-batch's mean loss is multiplied by, so that the step's gradient is that of the mean over
-        every scored token of the global batch (all micro-batches, all ranks). Text windows score every target
-        alike: 1/k each for k micro-batches. Chat windows score only the assistant's tokens, a different number in
-        each: a micro-batch weighs its count over the global count (one all-reduce adds up the ranks' counts),
-        times world_size, because the ranks' gradients are then averaged."""
-        if not isinstance(windows[0], (tuple, list)):
-            return [1.0 / len(windows)] * len(windows)
-        counts = [int(mask[:, 1:].sum()) for _, mask in windows]
+        every scored token of the global batch (all micro-batches, all ranks): a micro-batch weighs its count of
+        scored tokens over the global count (one all-reduce adds up the ranks' counts), times world_size, because
+        the ranks' gradients are then averaged. Text scores every token, so this is 1/k for k micro-batches; a
+        conversation scores only the assistant's tokens, a different number in each."""
+        counts = [batch.scored for batch in batches]
         (total,) = self.distributed.sum(float(sum(counts)))
         return [count * self.distributed.world_size / max(total, 1.0) for count in counts]
 
     @torch.no_grad()
-    def loss(self, window) -> float:
-        """Mean next-token loss (nats) of one (B, T+1) batch (or chat batch: over its scored tokens), in eval mode."""
+    def loss(self, batch: Batch) -> float:
+        """Mean next-token loss (nats) over one batch's scored tokens, in eval mode."""
         self.model.eval()
-        idx, targets = inputs_and_targets(move(window, self.device))
+        idx, targets = inputs_and_targets(batch.to(self.device))
         with self.autocast():
             _, loss = self.model(idx, targets)
         return float(loss)

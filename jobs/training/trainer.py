@@ -26,13 +26,13 @@ from typing import Callable
 import torch
 
 from jobs import minimal_pairs, tracking
-from jobs.checkpoint import Checkpoint, CheckpointState, load_weights, restore_rng_state, rng_state, rotate, \
+from jobs.checkpoint import Checkpoint, CheckpointState, load_model_folder, load_weights, restore_rng_state, rng_state, rotate, \
     save_checkpoint
 from jobs.config import ExperimentConfig
-from jobs.data import chat_template, pipeline
-from jobs.data.shards import TrainWindows, check_validation_fits
+from jobs.data import chat_template, text_data
 from jobs.errors import CheckpointError
 from jobs.registry import registered_version
+from jobs.training.data import StartingPoint, TrainingData, settle_config
 from jobs.training.distributed import Distributed
 from jobs.training.validation import validation_loss
 from jobs.training.run_folders import (RunLock, checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint,
@@ -41,7 +41,6 @@ from jobs.training.runtime import make_runtime
 from jobs.training.schedule import learning_rate
 from model_zoo.build import build_model, resolve_device
 from model_zoo.config import count_parameters, flops_per_token
-from model_zoo.errors import ConfigError
 from model_zoo.generation import generate_tokens
 
 log = logging.getLogger(__name__)
@@ -89,26 +88,25 @@ class TrainResult:
 StepHook = Callable[[int, Callable[[], tuple[float, float]]], tuple[float, float]]
 
 
-def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, trainer: type | None = None,
-                 step_hook: StepHook | None = None, progress: Callable | None = None) -> TrainResult:
-    """Train as the config says (on every rank, under torchrun); `trainer`: Trainer, or finetune's ChatTrainer.
+def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, step_hook: StepHook | None = None,
+                 progress: Callable | None = None, load_data: Callable = text_data.load,
+                 start: StartingPoint = StartingPoint()) -> TrainResult:
+    """Train as the config says (on every rank, under torchrun). load_data(cfg, distributed, start) gives the
+    TrainingData (text by default; jobs/data/chat_data.py: load for fine-tuning); start: where the weights start.
     step_hook: the tests' seam, see Trainer.step_hook; progress: what shows the steps (see Trainer.progress_view)."""
-    trainer = trainer or Trainer
     device = resolve_device(cfg.training.device)
     distributed = Distributed.from_env(device)
     try:
         # Before the trainer is built: the suites to score at the end (read first: a bad one is refused before any
-        # work), then the data, prepared (tokenizer, token files) when it is not already
+        # work), then the data, prepared (tokenizer, token files) when it is not already; then the config settled
         suites = [minimal_pairs.read_suite(path, "training.final_evals")
                   for path in cfg.training.final_evals] if distributed.is_main else []
-        data = trainer.load_data(cfg, distributed)
-        run = trainer(cfg, data, suites, resume, distributed.device(device), distributed)
-        run.step_hook, run.progress_view = step_hook, progress
-        try:
+        data = load_data(cfg, distributed, start)
+        cfg = settle_config(cfg, data, start)
+        run = Trainer(cfg, data, start, suites, resume, distributed.device(device), distributed, step_hook, progress)
+        # one process continues a run at a time (rank 0 holds the lock for all ranks; the others never write there)
+        with RunLock(run.root) if distributed.is_main else contextlib.nullcontext():
             return run.run()
-        finally:
-            if run.lock is not None:
-                run.lock.release()
     finally:
         distributed.close()
 
@@ -123,27 +121,25 @@ class Progress:
 
 
 class Trainer:
-    """One training run. __init__ sets it up (data, model, optimizer, the checkpoint to resume); run() is the loop:
+    """One training run. __init__ sets it up (model, optimizer, the checkpoint to resume); run() is the loop:
     optimizer steps, and every so often a validation, a sample and a checkpoint; then registration."""
 
-    # The tests' seam: step_hook(n, step) runs optimizer step n by calling step() (the real one) and returns its
-    # (loss, grad norm). Tests slow steps down, send a signal or stop a server during one, or replace a loss.
-    step_hook: StepHook | None = None
-    # What shows the run's progress, given by the command (jobs/train.py: ProgressBar): progress_view(trainer) is a
-    # context manager whose .step() is called after each optimizer step, on rank 0. None: the run shows no bar.
-    progress_view: Callable | None = None
-
-    def __init__(self, cfg: ExperimentConfig, data: "TextData", suites: list, resume: str | bool | None, device: str,
-                 distributed: Distributed):
-        """data: what this run learns from (load_data's: text, or conversations); suites: minimal-pair suites to
-        score at the end (training.final_evals, read by rank 0)."""
+    def __init__(self, cfg: ExperimentConfig, data: TrainingData, start: StartingPoint, suites: list,
+                 resume: str | bool | None, device: str, distributed: Distributed, step_hook: StepHook | None = None,
+                 progress_view: Callable | None = None):
+        """cfg: settled (settle_config); data: what this run learns from; start: where new weights start; suites:
+        minimal-pair suites to score at the end (training.final_evals, read by rank 0).
+        step_hook(n, step): the tests' seam, runs optimizer step n by calling step() (the real one) and returns its
+        (loss, grad norm); tests slow steps down, send a signal or stop a server during one, or replace a loss.
+        progress_view(trainer): what shows the run's progress, given by the command (a context manager whose .step()
+        is called after each optimizer step, on rank 0); None: no bar."""
         tc = cfg.training
         self.distributed, self.device, self.main = distributed, device, distributed.is_main
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
-        self.suites, self.data, self.tokenizer = suites, data, data.tokenizer
-        self.cfg = cfg = self.data.experiment(cfg)
-        self.tc, self.model_config = tc, cfg.model_config_
+        self.suites, self.data, self.tokenizer, self.start = suites, data, data.tokenizer, start
+        self.step_hook, self.progress_view = step_hook, progress_view
+        self.cfg, self.tc, self.model_config = cfg, tc, cfg.model_config_
         T = self.model_config.max_seq_len
         for suite in suites:  # scored after training: every sentence must fit the context, known now
             minimal_pairs.check_fits(suite, self.tokenizer, T)
@@ -168,7 +164,6 @@ class Trainer:
                 raise CheckpointError(f"--resume: {checkpoint.folder} was trained on other data ({was}; the data now "
                                       f"is {data.content_id}): its files changed; start a new run")
         self.root = checkpoint.folder.parent if checkpoint else new_run_folder(cfg)  # this run's checkpoints
-        self.lock = RunLock(self.root) if distributed.is_main else None  # one process continues a run at a time
 
         torch.manual_seed(tc.seed)
         model = self.initial_model(checkpoint is not None)
@@ -186,14 +181,13 @@ class Trainer:
         self.tracked: tracking.TrackedRun | tracking.NullRun = tracking.NullRun()
         self.bar = None
 
-    @staticmethod
-    def load_data(cfg: ExperimentConfig, distributed: Distributed) -> "TextData":
-        """The prepared token files of cfg.data (made first when missing)."""
-        return TextData(prepare_data(cfg, distributed))
-
     def initial_model(self, resuming: bool):
-        """A freshly initialised model (a resume then loads its checkpoint's weights into it)."""
-        return build_model(self.model_config, self.tc.model_type)
+        """The model a run starts from: the base's weights (fine-tuning) or fresh ones; a resume then loads its
+        checkpoint's weights into it."""
+        model = build_model(self.model_config, self.tc.model_type)
+        if self.start.base is not None and not resuming:
+            model.load_state_dict(self.start.base.model.state_dict())  # same names, either model type
+        return model
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Weights, optimizer, data position, RNG and progress from the checkpoint, and its MLflow run, which must
@@ -351,8 +345,9 @@ class Trainer:
 
     def validation_loss(self) -> float:
         """Every rank scores its share of the validation batches; the all-reduce gives all of them the total."""
-        return self.data.validation_loss(self.runtime, self.tc.batch_size, self.model_config.max_seq_len,
-                                         self.tc.eval_batches, self.distributed)
+        batches = self.data.validation_batches(self.tc.batch_size, self.model_config.max_seq_len, self.tc.eval_batches,
+                                               self.distributed)
+        return validation_loss(self.runtime, batches, self.distributed)[0]
 
     def validate(self) -> float:
         """The validation loss now: logged, said, returned."""
@@ -374,22 +369,15 @@ class Trainer:
         tc, step = self.tc, self.progress.step
         if not self.main:
             return
-        prompt_ids = self.sample_prompt_ids()
+        prompt_ids, shown = self.data.sample_prompt(tc.sample_prompt)
         if not prompt_ids:
             return
         stops = chat_template.stop_ids(self.tokenizer)
         ids = [i for i in generate_tokens(self.runtime.model, prompt_ids, max_new_tokens=tc.sample_length,
                                           temperature=0.8, top_k=50, seed=step, stop_ids=stops) if i not in stops]
-        text = self.sample_text(self.tokenizer.decode(ids))
+        text = shown + self.tokenizer.decode(ids)
         self.say(f"sample @ {step}: {text!r}")
         self.tracked.log_text(text, f"samples/step-{step:07d}.txt")
-
-    def sample_prompt_ids(self) -> list[int]:
-        """The sample's prompt: training.sample_prompt as text to continue."""
-        return self.tokenizer.encode(self.tc.sample_prompt)
-
-    def sample_text(self, generated: str) -> str:
-        return self.tc.sample_prompt + generated
 
     # --- checkpoints and the end -----------------------------------------------------------------------------
 
@@ -430,13 +418,12 @@ class Trainer:
         if not self.main or not self.suites:
             return
         from jobs.figures import plot_suite_history
-        from jobs.serving.loading import load_model
 
         best = self.root / "best" if (self.root / "best").is_dir() else self.root / "latest"
         steps = sorted(self.root.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
         history: dict[str, dict[int, minimal_pairs.SuiteScore]] = {suite.name: {} for suite in self.suites}
         for folder in (steps if self.tc.final_evals_history else []) + [best]:
-            loaded = load_model(str(folder), self.device)
+            loaded = load_model_folder(folder, self.device)
             for suite in self.suites:
                 score = minimal_pairs.score_suite(loaded.model, loaded.tokenizer, suite, self.device)
                 history[suite.name][loaded.state.step] = score
@@ -478,7 +465,10 @@ class Trainer:
             "tokenizer_sha256": self.tokenizer.sha256, "git_commit": _git_commit(), "torch_version": torch.__version__,
             "python_version": platform.python_version(),
         })
-        self.tracked.log_params(params | self.data.params())
+        lineage = {f"base_{key}": value for key, value in self.start.lineage.items()}  # where a fine-tune starts
+        self.tracked.log_params(params | self.data.params() | lineage)
+        if lineage:
+            self.tracked.set_tags(lineage)
         self.tracked.log_dict(self.cfg.to_dict(), "config.yaml")
         self.tracked.log_artifact(self.tokenizer.path, "tokenizer")
 
@@ -509,60 +499,6 @@ class StopOnSignal:
         before = self.previous.get(signal.Signals[self.caught]) if self.caught else None
         if callable(before) and before is not signal.default_int_handler:
             before(signal.Signals[self.caught], None)
-
-
-class TextData:
-    """What `train` learns from: the prepared token files, read in random (B, T+1) windows; validated over a
-    fixed pass of the validation split. (finetune.ChatData is the same for conversations.)"""
-
-    def __init__(self, prepared: pipeline.PreparedData):
-        self.prepared, self.tokenizer = prepared, prepared.tokenizer
-        self.train, self.validation = prepared.open("train"), prepared.open("validation")
-        self.train_tokens, self.dataset_id = len(self.train), prepared.meta.dataset_id
-        # what a resume compares with the checkpoint's dataset_id: None here, since this id follows the files' names,
-        # sizes and times (a touched file changes it); the text itself is held by the tokenizer check and the config
-        self.content_id = None
-
-    def experiment(self, cfg: ExperimentConfig) -> ExperimentConfig:
-        """The config with the model's vocab size from the tokenizer; the validation split must hold a window."""
-        cfg = with_vocab_size(cfg, self.tokenizer.vocab_size)
-        check_validation_fits(self.validation, cfg.model_config_.max_seq_len)  # now, not at the first validation
-        return cfg
-
-    def loader(self, batch_size: int, seq_len: int, seed: int, distributed: Distributed) -> TrainWindows:
-        return TrainWindows(self.train, batch_size, seq_len, seed=seed, rank=distributed.rank,
-                            world_size=distributed.world_size)
-
-    def validation_loss(self, runtime, batch_size: int, seq_len: int, max_batches: int, distributed: Distributed) -> float:
-        """Every rank scores its share of the validation batches; the all-reduce gives all of them the total."""
-        return validation_loss(runtime, self.validation, batch_size, seq_len, max_batches, distributed)[0]
-
-    def metrics(self, loss: float) -> dict:
-        return {"val/bits_per_byte": self.prepared.bits_per_byte(loss)}
-
-    def params(self) -> dict:
-        return {"dataset_id": self.dataset_id, "dataset_source": self.prepared.meta.source,
-                "train_tokens": len(self.train), "val_tokens": len(self.validation)}
-
-
-def prepare_data(cfg: ExperimentConfig, distributed: Distributed) -> pipeline.PreparedData:
-    """Rank 0 prepares missing data (download, tokenizer, token shards); the others wait, then find it ready."""
-    if not distributed.is_main:
-        distributed.barrier()
-    prepared = pipeline.prepare(cfg.data)
-    if distributed.is_main:
-        distributed.barrier()
-    return prepared
-
-
-def with_vocab_size(cfg: ExperimentConfig, tokenizer_vocab: int) -> ExperimentConfig:
-    """model.vocab_size defaults to the tokenizer's; a smaller one could not embed every token."""
-    model_values = dict(cfg.model)
-    model_values.setdefault("vocab_size", tokenizer_vocab)
-    if model_values["vocab_size"] < tokenizer_vocab:
-        raise ConfigError(f"model.vocab_size ({model_values['vocab_size']}) is smaller than the tokenizer's "
-                          f"{tokenizer_vocab} tokens")
-    return cfg.model_copy(update={"model": model_values})
 
 
 def _peak_flops(device: str) -> float | None:
