@@ -20,7 +20,7 @@ from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_data
 from jobs.errors import ConfigError
-from jobs.train import ProgressBar, launcher, report
+from jobs.terminal import ProgressBar, launcher, report
 from jobs.training.data import StartingPoint
 from jobs.training.trainer import TrainResult, run_training
 

@@ -1,4 +1,7 @@
-"""The import graph of jobs/ and model_zoo/ has no circle: every import, at the top of a module or inside a
+"""The import graph of jobs/, model_zoo/ and bench/ has no circle, and points down the layers: models, then
+libraries, then commands, then benchmarks; a command never imports another command.
+
+No circle: every import, at the top of a module or inside a
 function, points down. (A circle hidden in a function-level import still ties two modules into one concern.)"""
 
 import ast
@@ -6,8 +9,9 @@ import ast
 from conftest import REPO
 
 
-def import_graph() -> dict[str, set[str]]:
-    files = [*REPO.glob("jobs/**/*.py"), *REPO.glob("model_zoo/**/*.py")]
+def import_graph(with_benchmarks: bool = False) -> dict[str, set[str]]:
+    files = [*REPO.glob("jobs/**/*.py"), *REPO.glob("model_zoo/**/*.py")] + ([*REPO.glob("bench/*.py")]
+                                                                           if with_benchmarks else [])
     modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p for p in files}
     graph = {name: set() for name in modules}
     for name, path in modules.items():
@@ -54,3 +58,49 @@ def test_no_module_imports_its_way_back_to_itself():
     graph = import_graph()
     assert len(graph) > 40 and graph["jobs.train"], "the graph was read"
     assert find_circle(graph) is None, " -> ".join(find_circle(graph))
+
+
+# --- the layers: models, then libraries, then commands, then benchmarks ----------------------------------------
+
+def layer(module: str, commands: set[str]) -> int:
+    """0: the models (model_zoo); 1: the libraries (the rest of jobs/); 2: the commands (a job's module, the
+    command line, the launcher); 3: the benchmarks (bench/)."""
+    if module.startswith("model_zoo"):
+        return 0
+    if module.startswith("bench"):
+        return 3
+    return 2 if module in commands else 1
+
+
+def layering_problems(graph: dict[str, set[str]], commands: set[str]) -> list[str]:
+    """Imports that point up a layer, commands that import a command, and benchmarks that import a command
+    (they measure the libraries, which the commands only call)."""
+    problems = []
+    for module, targets in graph.items():
+        for target in sorted(targets):
+            if layer(target, commands) > layer(module, commands):
+                problems.append(f"{module} -> {target} (up a layer)")
+            elif target in commands and layer(module, commands) >= 2:
+                problems.append(f"{module} -> {target} (a command imported by a command or a benchmark)")
+    return sorted(problems)
+
+
+def test_every_import_points_to_its_own_layer_or_below_and_no_command_imports_another():
+    from jobs.__main__ import JOBS
+
+    commands = {module for module, _ in JOBS.values()} | {"jobs.__main__", "jobs.launch"}
+    graph = import_graph(with_benchmarks=True)
+    assert commands <= set(graph) and any(m.startswith("bench.") for m in graph), "the graph was read"
+    problems = layering_problems(graph, commands)
+    assert not problems, "; ".join(problems)
+
+
+def test_the_layer_check_finds_what_it_forbids():
+    commands = {"jobs.train", "jobs.finetune"}
+    graph = {"jobs.finetune": {"jobs.train", "jobs.checkpoint"}, "jobs.train": {"jobs.checkpoint"},
+             "jobs.checkpoint": {"model_zoo.config"}, "model_zoo.config": {"jobs.errors"}, "jobs.errors": set(),
+             "bench.chat": {"jobs.finetune", "jobs.checkpoint"}}
+    assert layering_problems(graph, commands) == [
+        "bench.chat -> jobs.finetune (a command imported by a command or a benchmark)",
+        "jobs.finetune -> jobs.train (a command imported by a command or a benchmark)",
+        "model_zoo.config -> jobs.errors (up a layer)"]

@@ -85,7 +85,7 @@ def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path
     assert (other_data, same_data_better) == ("2", "3")
     assert str(client.get_model_version_by_alias(cfg.model_name, "champion").version) == "3"
     # what the job says at its end names the version the alias serves, not the one just registered
-    from jobs.train import next_steps
+    from jobs.terminal import next_steps
     from jobs.training.trainer import TrainResult
 
     said = next_steps(cfg, TrainResult("r", 4, 1.0, result.checkpoint_dir, model_version="2"))
