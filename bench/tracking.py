@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import torch
 
-from jobs import tracking
+from jobs.tracking.metrics import RunLogger
 from jobs.data.windows import TokenStream, TrainWindows
 from jobs.training.runtime import make_runtime
 from model_zoo.build import build_model
@@ -48,7 +48,7 @@ def main() -> None:
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
         experiment_id = mlflow.create_experiment("bench-tracking")
         run = mlflow.start_run(experiment_id=experiment_id)
-        logger = tracking.RunLogger(run.info.run_id, Path(tmp) / "journal.jsonl")
+        logger = RunLogger(run.info.run_id, Path(tmp) / "journal.jsonl")
         rates = {True: [], False: []}
         step, train_seconds = 0, 0.0
         for _ in range(2):  # warm-up steps, not counted

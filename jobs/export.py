@@ -45,7 +45,7 @@ def export(model: str, format: Literal["gguf", "hf"], out: str, dtype: Literal["
         print(f"{path}  {path.stat().st_size:,} bytes")
     print(f"sha256 of {MAIN_FILE[format]}: {sha256}")
     if ModelRef.parse(model).kind == "registry":
-        from jobs import registry
+        from jobs.tracking import registry
 
         version = registry.log_export(model, out_dir, format, dtype, sha256)
         print(f"logged to {version.name} version {version.version}: artifacts exports/{format}-{dtype}, "

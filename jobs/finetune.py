@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jobs import registry
+from jobs.tracking import registry
 from jobs.checkpoint import CheckpointState
 from jobs.model_ref import ModelRef
 from jobs.models import load_model

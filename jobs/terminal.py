@@ -8,7 +8,7 @@ import sys
 
 from jobs import tracking
 from jobs.config import ExperimentConfig
-from jobs.registry import CHAMPION, champion_version
+from jobs.tracking.registry import CHAMPION, champion_version
 from jobs.training.trainer import StopReason, TrainResult
 
 

@@ -63,7 +63,7 @@ def test_train_tracks_in_embedded_store_and_registers_champion(tmp_path, store, 
 def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path, store, capsys):
     import shutil
 
-    from jobs.registry import log_and_register
+    from jobs.tracking.registry import log_and_register
 
     cfg = tiny(tmp_path, max_steps=4, eval_every=2)
     result = run_training(cfg)
@@ -313,7 +313,7 @@ def test_tracking_outage_mid_run_does_not_stop_or_lose_training(tmp_path, mlflow
             mlflow_server.process.wait()
         return step()
 
-    monkeypatch.setattr("jobs.tracking.RunLogger.FLUSH_SECONDS", 0.05)  # send metrics about every step
+    monkeypatch.setattr("jobs.tracking.metrics.RunLogger.FLUSH_SECONDS", 0.05)  # send metrics about every step
     result = run_training(tiny(tmp_path, max_steps=8), step_hook=step_with_outage)
     assert result.steps == 8 and len(result.losses) == 8
     assert load_checkpoint(result.checkpoint_dir / "latest").state.step == 8

@@ -62,7 +62,7 @@ def test_a_store_that_takes_the_connection_but_never_answers_stalls_a_checkpoint
 
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import RunLogger
+    from jobs.tracking.metrics import RunLogger
 
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment("frozen")).info.run_id

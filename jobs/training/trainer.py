@@ -31,7 +31,7 @@ from jobs.checkpoint import Checkpoint, CheckpointState, load_model_folder, load
 from jobs.config import ExperimentConfig
 from jobs.data import chat_template, text_data
 from jobs.errors import CheckpointError
-from jobs.registry import registered_version
+from jobs.tracking.registry import registered_version
 from jobs.training.data import StartingPoint, TrainingData, settle_config
 from jobs.training.distributed import Distributed
 from jobs.training.validation import validation_loss
@@ -407,8 +407,21 @@ class Trainer:
             return None
         best = self.root / "best" if (self.root / "best").is_dir() else self.root / "latest"
         version = self.tracked.register(best, self.cfg.model_name)
-        self.tracked.log_figures(self.root / "figures")
+        self.draw_figures()
         return version
+
+    def draw_figures(self) -> None:
+        """The run's loss (vs step and vs FLOPs), schedule and throughput figures, drawn from its curves as MLflow
+        holds them (every session's), and logged with the run."""
+        from jobs.figures import plot
+
+        self.tracked.flush()
+        if self.tracked.still_down("draw its figures"):
+            return
+        folder = self.root / "figures"
+        paths = tracking.safely("draw the figures", lambda: plot(tracking.load_runs([self.tracked.run_id]), folder))
+        for path in paths or []:
+            self.tracked.log_artifact(path, "figures")
 
     def final_evaluations(self, version: str | None) -> None:
         """training.final_evals: each minimal-pair suite scored on the registered (best) checkpoint, logged with the
@@ -444,7 +457,7 @@ class Trainer:
 
     @property
     def journal_file(self) -> Path:
-        """Where metrics MLflow could not take yet wait (see tracking.RunLogger)."""
+        """Where metrics MLflow could not take yet wait (see jobs/tracking/metrics.py: RunLogger)."""
         return self.root / "metrics-journal.jsonl"
 
     def tracked_run(self) -> tracking.TrackedRun | tracking.NullRun:

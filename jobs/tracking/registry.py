@@ -14,14 +14,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
 from jobs.checkpoint import read_state
+import jobs.tracking.store as store
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"  # the alias of the version with the best validation loss: models:/<name>@champion
-PYFUNC_FILE = Path(__file__).with_name("serving") / "pyfunc_model.py"
+PYFUNC_FILE = Path(__file__).parent.parent / "serving" / "pyfunc_model.py"
 
 
 def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
@@ -49,7 +49,7 @@ def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                               "safetensors", "tokenizers", "transformer-fundamentals"],
         )
-    client = MlflowClient()
+    client = store.client()
     version = str(info.registered_model_version)
     client.set_model_version_tag(model_name, version, "val_loss", f"{val_loss:.6f}")
     client.set_model_version_tag(model_name, version, "model_type", state.model_type)
@@ -64,7 +64,7 @@ def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
         log.info(f"champion stays at version {champion.version} of {model_name}: its validation loss was measured on "
               f"other data ({champion.tags.get('val_data', 'not recorded')}; version {version}: {val_data}), so the "
               f"two do not compare. To serve version {version}, set the alias on its page in the MLflow UI or call "
-              f"MlflowClient().set_registered_model_alias({model_name!r}, {CHAMPION!r}, {version!r})")
+              f"store.client().set_registered_model_alias({model_name!r}, {CHAMPION!r}, {version!r})")
     elif champion is None or val_loss <= float(champion.tags.get("val_loss", "inf")):
         client.set_registered_model_alias(model_name, CHAMPION, version)
     return version
@@ -73,7 +73,7 @@ def log_and_register(checkpoint: Path, model_name: str, run_id: str) -> str:
 def champion_version(model_name: str) -> str | None:
     """The version the champion alias serves now (None without one, or when the registry cannot be asked)."""
     try:
-        return str(MlflowClient().get_model_version_by_alias(model_name, CHAMPION).version)
+        return str(store.client().get_model_version_by_alias(model_name, CHAMPION).version)
     except Exception:
         return None
 
@@ -86,7 +86,7 @@ def version_of(model_ref: str):
     ref = ModelRef.parse(model_ref)
     if ref.kind != "registry":
         return None
-    client = MlflowClient()
+    client = store.client()
     if ref.alias:
         return client.get_model_version_by_alias(ref.name, ref.alias)
     if ref.version == "latest":
@@ -108,7 +108,7 @@ def registered_version(run_id: str | None) -> str | None:
     a run that reached its end and was registered from one that crashed while registering."""
     if run_id is None:
         return None
-    versions = MlflowClient().search_model_versions(f"run_id='{run_id}'")
+    versions = store.client().search_model_versions(f"run_id='{run_id}'")
     return str(max(int(v.version) for v in versions)) if versions else None
 
 
@@ -116,7 +116,7 @@ def log_export(model_ref: str, folder: Path, format: str, dtype: str, sha256: st
     """Log an export of a registry version (`folder`) as artifacts of the version's run, under
     exports/<format>-<dtype>, and tag the version with its SHA-256. Returns the version."""
     version = version_of(model_ref)
-    client = MlflowClient()
+    client = store.client()
     client.log_artifacts(version.run_id, str(folder), f"exports/{format}-{dtype}")
     client.set_model_version_tag(version.name, version.version, f"export.{format}.{dtype}.sha256", sha256)
     return version
