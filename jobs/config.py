@@ -132,7 +132,7 @@ def _check_name(value: str | None) -> str | None:
 
 
 class ChatConfig(_Section):
-    """Chat fine-tuning (`python -m jobs finetune`): the base model and the conversations (jobs/data/chat_data.py)."""
+    """Chat fine-tuning (`python -m jobs finetune`): the base model and the conversations (jobs/data/conversations.py)."""
 
     base: str | None = None  # the model to fine-tune: registry URI, run URI or checkpoint folder (--base sets it)
     from_stories: bool = True  # conversations made from data's stories (train and validation stories kept apart)
