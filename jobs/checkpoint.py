@@ -215,9 +215,20 @@ def restore_rng_state(state: dict[str, list[int]]) -> None:
         torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
 
 
+def step_folders(run_folder: Path) -> list[Path]:
+    """A run folder's step-N checkpoints, oldest first (by N, not by name: step-900 before step-1000)."""
+    return sorted(run_folder.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def best_checkpoint(run_folder: Path) -> Path:
+    """The checkpoint a run registers and serves: `best` (the lowest validation loss), else `latest` (a run that
+    stopped before its first validation)."""
+    return run_folder / "best" if (run_folder / "best").is_dir() else run_folder / "latest"
+
+
 def rotate(folder: Path, keep: int) -> None:
     """Keep the newest `keep` step-N checkpoints (best and latest are separate folders)."""
-    steps = sorted(folder.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    steps = step_folders(folder)
     for old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
 

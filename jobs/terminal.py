@@ -7,6 +7,7 @@ import os
 import sys
 
 from jobs import tracking
+from jobs.checkpoint import best_checkpoint
 from jobs.config import ExperimentConfig
 from jobs.tracking.registry import CHAMPION, champion_version
 from jobs.training.trainer import StopReason, TrainResult
@@ -73,7 +74,7 @@ def next_steps(cfg: ExperimentConfig, result: TrainResult) -> str:
     model = f"models:/{cfg.model_name}@{CHAMPION}"
     champion = champion_version(cfg.model_name) if result.model_version is not None else None
     if result.model_version is None:
-        model = str(result.checkpoint_dir / "best")
+        model = str(best_checkpoint(result.checkpoint_dir))
         registered = "not registered (see the tracking warnings above); the checkpoint serves directly"
     elif champion == result.model_version:
         registered = f"registered as version {result.model_version} of {cfg.model_name!r}, the champion: {model} serves it"

@@ -26,12 +26,13 @@ from typing import Callable
 import torch
 
 from jobs import minimal_pairs, tracking
-from jobs.checkpoint import Checkpoint, CheckpointState, load_model_folder, load_weights, restore_rng_state, rng_state, rotate, \
+from jobs.checkpoint import Checkpoint, CheckpointState, load_weights, restore_rng_state, rng_state, rotate, \
     save_checkpoint
 from jobs.config import ExperimentConfig
 from jobs.data import chat_template, text_data
 from jobs.errors import CheckpointError
 from jobs.tracking.registry import registered_version
+from jobs.training import run_end
 from jobs.training.data import StartingPoint, TrainingData, settle_config
 from jobs.training.distributed import Distributed
 from jobs.training.validation import validation_loss
@@ -212,7 +213,8 @@ class Trainer:
     def run(self) -> TrainResult:
         if self.resumed and self.reached_the_end():
             # Rank 0 asks MLflow; one all-reduce tells every rank, so all of them finish the run or none does
-            (unfinished,) = self.distributed.sum(float(self.main and not self.finished_in_tracking()))
+            finished = self.main and run_end.finished_in_tracking(self.run_id, self.journal_file)
+            (unfinished,) = self.distributed.sum(float(self.main and not finished))
             if not unfinished:  # before MLflow is written to: a finished run stays as it is
                 return TrainResult(self.run_id, self.progress.step, self.progress.best_val_loss, self.root,
                                    stopped_by=StopReason.NOTHING_TO_DO)
@@ -254,8 +256,7 @@ class Trainer:
                     break
             self.save("latest")
             if stopped_by.reached_the_end:  # register the best checkpoint, and score it
-                model_version = self.register()
-                self.final_evaluations(model_version)
+                model_version = self.register_and_score()
             if self.progress.best_val_loss == math.inf:  # stopped before its first validation
                 self.progress.best_val_loss = self.validation_loss()
             if stopped_by.exit_status:  # a signal stopped training (one that comes during registration does not:
@@ -277,11 +278,6 @@ class Trainer:
                 f"on {self.device} x{self.distributed.world_size}: {self.data.train_tokens:,} training tokens, "
                 f"{budget} of batches of {self.tokens_per_step:,} tokens; run {self.root.name}")
 
-    def finished_in_tracking(self) -> bool:
-        """A run that reached its end is finished when its model is registered and no metric waits in its journal
-        (a crash or an outage during the final registration leaves one or the other undone). Asked on rank 0."""
-        return registered_version(self.run_id) is not None and not self.journal_file.exists()
-
     def finish(self) -> TrainResult:
         """The end of a run that reached it in an earlier session but was not registered (or its metrics not all
         sent): reopen the run (which sends the journal), register once, score, end it FINISHED."""
@@ -291,8 +287,7 @@ class Trainer:
         model_version = registered_version(self.run_id)
         with self.tracked_run() as self.tracked:
             if model_version is None:
-                model_version = self.register()
-                self.final_evaluations(model_version)
+                model_version = self.register_and_score()
         self.distributed.barrier()
         return TrainResult(self.tracked.run_id, self.progress.step, self.progress.best_val_loss, self.root,
                            stopped_by=StopReason.END, model_version=model_version)
@@ -401,57 +396,16 @@ class Trainer:
             world_size=self.distributed.world_size)
         save_checkpoint(self.root / name, self.runtime.model.state_dict(), opt_tensors, state, self.tokenizer.path)
 
-    def register(self) -> str | None:
-        """The best checkpoint becomes a new version of cfg.model_name (champion if it is the best); figures."""
+    def register_and_score(self) -> str | None:
+        """The end of a run that reached it (rank 0): jobs/training/run_end.py registers the best checkpoint, draws
+        the figures and scores the final_evals suites; returns the registered version."""
         if not self.main:
             return None
-        best = self.root / "best" if (self.root / "best").is_dir() else self.root / "latest"
-        version = self.tracked.register(best, self.cfg.model_name)
-        self.draw_figures()
+        version = run_end.register(self.tracked, self.root, self.cfg.model_name)
+        if self.suites:
+            run_end.score_suites(self.tracked, self.root, self.suites, self.device, self.tc.final_evals_history,
+                                 self.cfg.model_name, version)
         return version
-
-    def draw_figures(self) -> None:
-        """The run's loss (vs step and vs FLOPs), schedule and throughput figures, drawn from its curves as MLflow
-        holds them (every session's), and logged with the run."""
-        from jobs.figures import plot
-
-        self.tracked.flush()
-        if self.tracked.still_down("draw its figures"):
-            return
-        folder = self.root / "figures"
-        paths = tracking.safely("draw the figures", lambda: plot(tracking.load_runs([self.tracked.run_id]), folder))
-        for path in paths or []:
-            self.tracked.log_artifact(path, "figures")
-
-    def final_evaluations(self, version: str | None) -> None:
-        """training.final_evals: each minimal-pair suite scored on the registered (best) checkpoint, logged with the
-        run and the model version; with final_evals_history also on each kept step-N checkpoint (and the untrained
-        model, saved as step 0), logged at its step as <suite>/during_training/... (the metrics' history in MLflow
-        is how accuracy grew), and drawn as a figure."""
-        if not self.main or not self.suites:
-            return
-        from jobs.figures import plot_suite_history
-
-        best = self.root / "best" if (self.root / "best").is_dir() else self.root / "latest"
-        steps = sorted(self.root.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
-        history: dict[str, dict[int, minimal_pairs.SuiteScore]] = {suite.name: {} for suite in self.suites}
-        for folder in (steps if self.tc.final_evals_history else []) + [best]:
-            loaded = load_model_folder(folder, self.device)
-            for suite in self.suites:
-                score = minimal_pairs.score_suite(loaded.model, loaded.tokenizer, suite, self.device)
-                history[suite.name][loaded.state.step] = score
-                self.say(f"{suite.name} @ step {loaded.state.step} ({folder.name}): {score.accuracy:.1%} of "
-                         f"{score.pairs:,} pairs ({score.seconds:.0f} s)")
-                if folder == best:
-                    self.say(score.table())
-                    self.tracked.log_scores(score.metrics(), loaded.state.step, self.cfg.model_name, version,
-                                            score.version_tags())
-                else:  # apart from the registered model's scores, which a later step-N must not shadow
-                    self.tracked.log_metrics(score.metrics("during_training"), loaded.state.step)
-        for name, scores in history.items():
-            if len(scores) > 1:
-                figure = plot_suite_history(name, scores, self.root / "figures" / f"{name}_accuracy.png")
-                self.tracked.log_artifact(figure, "figures")
 
     # --- tracking and the terminal ----------------------------------------------------------------------------
 
