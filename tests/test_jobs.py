@@ -488,7 +488,7 @@ def test_a_run_that_died_while_registering_is_finished_by_the_next_start(tmp_pat
         raise Killed
 
     cfg = tiny(tmp_path, max_steps=4)
-    with mock.patch.object(Trainer, "register", dies), pytest.raises(Killed):
+    with mock.patch.object(Trainer, "register_and_score", dies), pytest.raises(Killed):
         run_training(cfg)
     client = MlflowClient()
     assert client.search_model_versions(f"name='{cfg.model_name}'") == []
