@@ -16,60 +16,45 @@ from model_zoo.kv_cache import KVCache
 GREEDY_BELOW = 1e-5  # a temperature under this is taken as 0: dividing by it would overflow the logits
 
 
-def sample_next_token(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick the next token from last-position logits (B, V); returns (B, 1) ids.
+def sample_rows(logits: torch.Tensor, temperatures: Sequence[float], top_ks: Sequence[int | None],
+                top_ps: Sequence[float | None], generators: Sequence[torch.Generator]) -> list[int]:
+    """The one sampler: one token per row of last-position logits (B, V), each row with its own temperature,
+    top-k, top-p and random generator (a batch of different requests in the server's engine; one row for
+    generate, chat and the training samples).
 
-    temperature divides the logits (below 1 sharpens, 0 means always the most likely token); top_k keeps the
-    k most likely tokens; top_p keeps the smallest set whose probabilities add up to at least p (nucleus).
+    temperature divides the logits (below 1 sharpens; 0, or under GREEDY_BELOW, means always the most likely
+    token); top_k keeps the k most likely tokens (None or 0: all); top_p keeps the smallest set whose probabilities
+    add up to at least p (nucleus; None or 1: all). Every filter runs once for the whole batch; the only per-row work
+    is the draw, from the row's own generator, so a seeded request gives the same tokens alone or in a batch.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if any(t < 0 for t in temperatures):
+        raise ValueError(f"temperature must be >= 0, got {min(temperatures)}")
+    if any(p is not None and not 0.0 < p <= 1.0 for p in top_ps):
+        raise ValueError(f"top_p must be in (0, 1], got {[p for p in top_ps if p is not None]}")
     logits = logits.float()
-    if temperature < GREEDY_BELOW:  # 0, or so small that dividing by it would overflow the logits
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+    B, V = logits.shape
+    most_likely = logits.argmax(dim=-1)  # (B,): what a greedy row takes
+    temperature = torch.tensor(temperatures, dtype=torch.float32, device=logits.device)[:, None]  # (B, 1)
+    greedy = (temperature < GREEDY_BELOW).squeeze(1)  # (B,): 0, or so small that dividing would overflow
+    logits = logits / temperature.clamp_min(GREEDY_BELOW)
+    ks = [k if k is not None and 0 < k < V else V for k in top_ks]
+    if min(ks) < V:  # top-k: each row's k-th largest logit is its threshold
+        largest = torch.topk(logits, max(ks), dim=-1).values  # (B, max k)
+        kth_largest = largest.gather(-1, torch.tensor(ks, device=logits.device)[:, None] - 1)  # (B, 1)
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    if top_p is not None and top_p < 1.0:
+    top_p = torch.tensor([1.0 if p is None else p for p in top_ps], device=logits.device)[:, None]  # (B, 1)
+    if bool((top_p < 1).any()):
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         sorted_probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the tokens ranked above it already reach top_p. The most likely token is always kept:
         # a top_p so small that float32 rounds it to 0 (1e-300) would otherwise drop every token.
         drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
         drop_sorted[..., 0] = False
-        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
-def sample_rows(logits: torch.Tensor, temperatures: Sequence[float], top_ps: Sequence[float | None],
-                generators: Sequence[torch.Generator]) -> list[int]:
-    """One token per row of (B, V) logits, each row with its own temperature, top-p and random generator: a batch
-    of different requests (the server's engine). Every tensor op runs once for the whole batch; the only per-row
-    work is one uniform draw from the row's generator, turned into a token by the inverse of the row's cumulative
-    distribution (the same distribution as sample_next_token, drawn another way)."""
-    logits = logits.float()
-    B, V = logits.shape
-    temperature = torch.tensor(temperatures, dtype=torch.float32, device=logits.device)  # (B,)
-    greedy = temperature < GREEDY_BELOW  # (B,)
-    probs = torch.softmax(logits / temperature.clamp_min(GREEDY_BELOW)[:, None], dim=-1)  # (B, V)
-    top_p = torch.tensor([1.0 if p is None else p for p in top_ps], device=logits.device)  # (B,)
-    if bool((top_p < 1).any()):  # nucleus, as in sample_next_token, with each row's own p
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p[:, None]
-        drop_sorted[:, 0] = False  # the most likely token stays, however small p is
-        probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
-    cdf = probs.cumsum(dim=-1)  # (B, V); its last column is each row's total (1, or what top-p kept)
-    uniform = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators])  # (B,)
-    drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).squeeze(1).clamp_max(V - 1)  # (B,)
-    return torch.where(greedy, logits.argmax(dim=-1), drawn).tolist()
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))  # vocabulary order
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    drawn = [int(torch.multinomial(probs[row], 1, generator=generator)) if not greedy[row] else 0
+             for row, generator in enumerate(generators)]
+    return torch.where(greedy, most_likely, torch.tensor(drawn, device=logits.device)).tolist()
 
 
 @torch.inference_mode()
@@ -108,7 +93,7 @@ def generate_tokens(
         else:  # first step, or the window slid: (re)fill the cache from the last max_len tokens
             cache = KVCache(model.config.n_blocks)
             logits, _ = model(torch.tensor([tokens[-max_len:]], device=device), kv_cache=cache)
-        next_id = int(sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator))
+        (next_id,) = sample_rows(logits[:, -1, :], [temperature], [top_k], [top_p], [generator])
         tokens.append(next_id)
         yield next_id
         if next_id == eos_id or next_id in stop_ids:

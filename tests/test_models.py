@@ -12,7 +12,7 @@ from proofs import (
 from model_zoo.config import ModelConfig, count_parameters
 from model_zoo.errors import ConfigError
 from model_zoo.custom_transformer import CustomTransformer
-from model_zoo.generation import generate, generate_tokens, sample_next_token
+from model_zoo.generation import generate, generate_tokens, sample_rows
 from model_zoo.hf_gpt2 import export_gpt2, import_gpt2
 from model_zoo.kv_cache import KVCache
 from model_zoo.torch_transformer import TorchTransformer
@@ -156,20 +156,23 @@ def test_generation_stops_at_eos_and_both_models_agree():
 def test_sampling_filters():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]])
     g = torch.Generator().manual_seed(0)
-    top2 = {int(sample_next_token(logits, 1.0, top_k=2, generator=g)) for _ in range(200)}
-    assert top2 == {3, 4}
-    # softmax of these logits: p(4) = 0.636, p(3) = 0.234; top_p=0.8 keeps exactly {4, 3}
-    nucleus = {int(sample_next_token(logits, 1.0, top_p=0.8, generator=g)) for _ in range(300)}
-    assert nucleus == {3, 4}
-    assert int(sample_next_token(logits, 0.0)) == 4
-    # a top_p that float32 rounds to 0 keeps the most likely token (it used to drop them all, and crash)
-    assert {int(sample_next_token(logits, 1.0, top_p=1e-300, generator=g)) for _ in range(20)} == {4}
-    from model_zoo.generation import sample_rows
 
-    gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    assert sample_rows(logits.repeat(2, 1), [1.0, 1.0], [1e-300, 1e-45], gens) == [4, 4]
-    with pytest.raises(ValueError, match="top_p"):
-        sample_next_token(logits, 1.0, top_p=1.5)
+    def draw(temperature=1.0, top_k=None, top_p=None, rows=1):
+        return sample_rows(logits.repeat(rows, 1), [temperature] * rows, [top_k] * rows, [top_p] * rows, [g] * rows)
+
+    assert {draw(top_k=2)[0] for _ in range(200)} == {3, 4}
+    # softmax of these logits: p(4) = 0.636, p(3) = 0.234; top_p=0.8 keeps exactly {4, 3}
+    assert {draw(top_p=0.8)[0] for _ in range(300)} == {3, 4}
+    assert draw(temperature=0.0) == [4]
+    # a top_p that float32 rounds to 0 keeps the most likely token (it used to drop them all, and crash)
+    assert {draw(top_p=1e-300)[0] for _ in range(20)} == {4}
+    assert draw(top_p=1e-45, rows=2) == [4, 4]
+    # each row its own settings in one call: greedy, top-1, top-2 with a nucleus, everything
+    generators = [torch.Generator().manual_seed(i) for i in range(4)]
+    mixed = [sample_rows(logits.repeat(4, 1), [0.0, 1.0, 1.0, 5.0], [None, 1, 2, None], [None, None, 0.9, None],
+                         generators) for _ in range(200)]
+    assert {row[0] for row in mixed} == {4} and {row[1] for row in mixed} == {4}
+    assert {row[2] for row in mixed} == {3, 4} and len({row[3] for row in mixed}) == 5
 
 
 def test_parameter_count_matches_modules():

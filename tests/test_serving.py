@@ -66,10 +66,18 @@ def test_engine_batched_requests_get_the_tokens_they_get_alone(architecture, mod
         # sampled with a seed: the same tokens too (each request has its own generator)
         seeded = run_engine(batched, prompts, max_tokens=10, temperature=1.0, seed=7)
         seeded_alone = [run_engine(alone, [p], max_tokens=10, temperature=1.0, seed=7)[0] for p in prompts]
+        # and with top-k, row by row: what `generate` samples (the same sampler and settings) for the same seed
+        top_k = [{"top_k": k, "top_p": p} for k, p in zip((3, None, 5, 1, None, 8), (None, 0.9, None, None, None, 0.8))]
+        filtered = run_engine(batched, prompts, top_k, max_tokens=10, temperature=1.0, seed=7)
     finally:
         batched.close(), alone.close()
     assert together == one_by_one
     assert seeded == seeded_alone
+    from model_zoo.generation import generate_tokens
+
+    by_generate = [list(generate_tokens(model, p, max_new_tokens=10, temperature=1.0, seed=7, **settings))
+                   for p, settings in zip(prompts, top_k)]
+    assert [tokens for tokens, _ in filtered] == by_generate
     assert {reason for _, reason in together} <= {"stop", "length"}
     # the context ends generation: prompt 12 + 15 tokens fits in 40; a 39-token prompt gets 2 tokens at most
     long = Engine(model, max_batch=2)
@@ -118,12 +126,12 @@ def test_what_one_request_raises_ends_that_request_alone(monkeypatch):
         real = engine_module.sample_rows
         calls = {"bad": 0}
 
-        def breaks_on_the_second_use(logits, temperatures, top_ps, generators):
+        def breaks_on_the_second_use(logits, temperatures, top_ks, top_ps, generators):
             if 0.5 in temperatures:  # the marked request: its prefill samples, its first decode step raises
                 calls["bad"] += 1
                 if calls["bad"] > 1:
                     raise RuntimeError("sampling failed")
-            return real(logits, temperatures, top_ps, generators)
+            return real(logits, temperatures, top_ks, top_ps, generators)
 
         monkeypatch.setattr(engine_module, "sample_rows", breaks_on_the_second_use)
         temperatures = [{"temperature": 1.0}, {"temperature": 0.5}]
@@ -160,7 +168,7 @@ def edge(tmp_path, tokenizer_folder):
 def test_every_numeric_field_is_checked_at_the_edge(edge):
     http = edge()
     for field, value in [("seed", 2**64), ("seed", 2**80), ("seed", -1), ("max_tokens", 2**40), ("max_tokens", 0),
-                         ("temperature", 3), ("top_p", 0)]:
+                         ("temperature", 3), ("top_p", 0), ("top_k", -1), ("top_k", 2**40)]:
         response = http.post("/v1/completions", json={"model": "tiny", "prompt": "Tim", field: value})
         assert response.status_code == 400 and response.json()["error"]["param"] == field, (field, response.text)
     highest = http.post("/v1/completions", json={"model": "tiny", "prompt": "Tim", "seed": 2**64 - 1, "max_tokens": 2})
@@ -173,6 +181,8 @@ def test_a_top_p_that_underflows_float32_samples_the_most_likely_token(edge):
     tiny_p = http.post("/v1/completions", json=body | {"top_p": 1e-300, "seed": 3}).json()
     greedy = http.post("/v1/completions", json=body | {"temperature": 0}).json()
     assert tiny_p["usage"]["completion_tokens"] == 6 and tiny_p["choices"][0]["text"] == greedy["choices"][0]["text"]
+    top_1 = http.post("/v1/completions", json=body | {"top_k": 1, "seed": 3}).json()  # vLLM's top_k, as generate's
+    assert top_1["choices"][0]["text"] == greedy["choices"][0]["text"]
 
 
 def test_chunked_bodies_are_counted_as_they_arrive_and_messages_bounded(edge):

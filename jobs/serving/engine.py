@@ -42,6 +42,7 @@ class Request:
     top_p: float | None = None
     seed: int | None = None
     stop_ids: frozenset[int] = frozenset()
+    top_k: int | None = None  # None or 0: every token (the OpenAI API has no top_k; vLLM's extension does)
     cancelled: threading.Event = field(default_factory=threading.Event)  # set by the caller: leave the batch
 
     def cancel(self) -> None:
@@ -186,7 +187,8 @@ class Engine:
     def _sample(sequences: list[_Sequence], logits: torch.Tensor) -> list[int]:
         """Each sequence's next token from its row of (B, V) logits, with its own settings and generator."""
         requests = [s.request for s in sequences]
-        return sample_rows(logits, [r.temperature for r in requests], [r.top_p for r in requests],
+        return sample_rows(logits, [r.temperature for r in requests], [r.top_k for r in requests],
+                           [r.top_p for r in requests],
                            [s.generator for s in sequences])
 
     def _leave(self, rows: set[int]) -> None:

@@ -75,6 +75,7 @@ class _Sampling(BaseModel):
     max_completion_tokens: Annotated[int, Field(ge=1, le=1 << 20)] | None = None  # the chat API's newer name
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
+    top_k: Annotated[int, Field(ge=0, le=1 << 20)] | None = None  # vLLM's extension (generate's --top-k); 0: off
     stop: Stop | list[Stop] | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     stream: bool = False
@@ -293,7 +294,7 @@ async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_id
     outbox = Outbox.of(asyncio.get_running_loop())
     job = EngineRequest(prompt_ids, max_tokens, lambda event: outbox.put(events, event), body.temperature,
                         body.top_p if body.top_p < 1 else None, body.seed,
-                        frozenset() if body.ignore_eos else frozenset(served.loaded.stop_ids))
+                        frozenset() if body.ignore_eos else frozenset(served.loaded.stop_ids), top_k=body.top_k or None)
     served.engine.submit(job)
     answer = Answer(served, kind, stops, len(prompt_ids))
     if body.stream:
