@@ -1,7 +1,7 @@
 """What only a GPU can check: both model types on CUDA, float64 gradients against autograd, bf16 mixed precision
 through the runtime adapters (torch.compile included), KV-cache generation, and a checkpoint restored onto
 the GPU. Skipped where no CUDA device is available (CI, the dev machines); run on a GPU machine with
-`python -m pytest tests/test_cuda.py`."""
+`python -m pytest tests/model_zoo/test_cuda.py`."""
 
 import pytest
 import torch

@@ -104,7 +104,7 @@ def test_hugging_face_llama_gives_our_logits_both_ways(config, tmp_path):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_llama_flops_formula_equals_torch_flop_counter(tie):
-    """As for GPT-2 (tests/test_models.py), with grouped-query attention and a tied or untied head."""
+    """As for GPT-2 (tests/model_zoo/test_models.py), with grouped-query attention and a tied or untied head."""
     config = ModelConfig(architecture="llama", vocab_size=64, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=2,
                          d_ffn=48, max_seq_len=16, tie_embeddings=tie)
     idx, targets = batch(config, B=2, T=16)
