@@ -211,7 +211,10 @@ class CustomLlama(CustomModel):
 
     def backward(self, loss_scale: float = 1.0) -> dict[str, torch.Tensor]:
         """As CustomTransformer.backward: gradients accumulated into .grad, returned by state_dict key."""
-        d_logits = self.cross_entropy.backward(loss_scale)  # (B, T, V)
+        return self.backward_from_logits(self.cross_entropy.backward(loss_scale))  # d_logits: (B, T, V)
+
+    def backward_from_logits(self, d_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """As CustomTransformer.backward_from_logits."""
         # When tied, the head is the embedding's first gradient path (the lookup below adds the second).
         d_x = self.norm_f.backward(self.lm_head.backward(d_logits))  # (B, T, C)
         for block in reversed(self.blocks):

@@ -151,7 +151,11 @@ class CustomTransformer(CustomModel):
         as with torch's freed graph); loss_scale multiplies the loss first (1 / accumulation steps when several
         micro-batches make one step). Returns {name: grad}, with the keys of state_dict().
         """
-        d_logits = self.cross_entropy.backward(loss_scale)  # (B, T, V)
+        return self.backward_from_logits(self.cross_entropy.backward(loss_scale))  # d_logits: (B, T, V)
+
+    def backward_from_logits(self, d_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rest of backward() from d loss / d logits (B, T, V) of the last forward: what a loss computed
+        outside the model (DPO's, model_zoo/preference_loss.py) hands back."""
         # The tied head is the embedding's first gradient path; the lookup at the bottom of the model adds the second.
         d_x = self.lm_head.backward(d_logits)  # (B, T, C)
         d_x = self.ln_f.backward(d_x)
