@@ -21,6 +21,7 @@ from jobs.data.windows import TrainWindows, validation_batches
 from jobs.errors import ConfigError
 from jobs.training.data import StartingPoint
 from jobs.training.distributed import Distributed
+from jobs.training.objectives import NextTokenLoss
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class ChatData:
         self.train_tokens = self.train.tokens.size
         digest = hashlib.sha256(self.train.tokens.tobytes() + self.validation.tokens.tobytes()).hexdigest()[:10]
         self.dataset_id = self.content_id = f"chat-{digest}"  # the conversations' tokens: a resume on others is refused
+        self.objective = NextTokenLoss()  # over the assistant's tokens: the mask says which
         if distributed.is_main:
             log.info(f"chat data: {describe(self.train)} to train; {describe(self.validation)} to validate")
 

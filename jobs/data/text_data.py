@@ -8,6 +8,7 @@ from jobs.data.shards import check_validation_fits
 from jobs.data.windows import TokenStream, TrainWindows, validation_batches
 from jobs.training.data import StartingPoint
 from jobs.training.distributed import Distributed
+from jobs.training.objectives import NextTokenLoss
 
 
 class TextData:
@@ -21,6 +22,7 @@ class TextData:
         # what a resume compares with the checkpoint's dataset_id: None here, since this id follows the files' names,
         # sizes and times (a touched file changes it); the text itself is held by the tokenizer check and the config
         self.content_id = None
+        self.objective = NextTokenLoss()
 
     def check_fits(self, seq_len: int) -> None:
         check_validation_fits(self.validation, seq_len)  # now, not at the first validation

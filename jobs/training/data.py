@@ -28,6 +28,7 @@ class TrainingData(Protocol):
     train_tokens: int  # tokens in the training set (training.num_epochs counts these)
     dataset_id: str  # logged with the run and saved in each checkpoint
     content_id: str | None  # a resume on data whose content_id changed is refused (None: not checked)
+    objective: object  # what a step minimises on this data (jobs/training/objectives.py: NextTokenLoss for text and chat)
 
     def check_fits(self, seq_len: int) -> None:
         """Raise a one-line error now if the data cannot give a window of the model's context."""

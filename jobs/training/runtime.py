@@ -15,25 +15,19 @@ import torch
 
 from jobs.data.windows import Batch
 from jobs.training.distributed import Distributed, average_gradients
-from model_zoo.custom_layers import IGNORE_INDEX
+from jobs.training.objectives import NextTokenLoss
 from model_zoo.optimizer import clip_grad_norm, configure_optimizer
-
-
-def inputs_and_targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of (B, T+1) windows -> (inputs, targets), each (B, T): every next token is a target, scored only
-    where the mask is True; the others become IGNORE_INDEX, which both models' loss skips. (Text's mask is all
-    True; a conversation's is True on the assistant's tokens.)"""
-    tokens, mask = batch
-    return tokens[:, :-1], tokens[:, 1:].masked_fill(~mask[:, 1:], IGNORE_INDEX)
 
 
 class ModelRuntime:
     """A model on its device with its optimizer; what the train job, evaluation and the benchmarks call."""
 
-    def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed()):
+    def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed(),
+                 objective=None):
         # bf16: mixed precision, the same torch.autocast for both model types. Weights stay fp32; matmuls run in
         # bf16; softmax, normalisation and the loss stay in fp32.
         self.model, self.device, self.bf16, self.distributed = model, device, bf16, distributed
+        self.objective = objective or NextTokenLoss()  # what a step minimises (jobs/training/objectives.py)
         self.config = model.config
         self.optimizer = None
 
@@ -51,8 +45,7 @@ class ModelRuntime:
         scales = self.loss_scales(batches)
         total_loss = 0.0
         for i, (batch, scale) in enumerate(zip(batches, scales)):
-            idx, targets = inputs_and_targets(batch.to(self.device))
-            loss = self.forward_backward(idx, targets, scale, last=i == len(batches) - 1)
+            loss = self.forward_backward(batch.to(self.device), scale, last=i == len(batches) - 1)
             total_loss += loss * scale
         grad_norm = self.clip_gradients(max_grad_norm if max_grad_norm is not None else math.inf)
         self.optimizer.step()
@@ -65,18 +58,16 @@ class ModelRuntime:
         scored tokens over the global count (one all-reduce adds up the ranks' counts), times world_size, because
         the ranks' gradients are then averaged. Text scores every token, so this is 1/k for k micro-batches; a
         conversation scores only the assistant's tokens, a different number in each."""
-        counts = [batch.scored for batch in batches]
+        counts = [self.objective.weight(batch) for batch in batches]
         (total,) = self.distributed.sum(float(sum(counts)))
         return [count * self.distributed.world_size / max(total, 1.0) for count in counts]
 
     @torch.no_grad()
     def loss(self, batch: Batch) -> float:
-        """Mean next-token loss (nats) over one batch's scored tokens, in eval mode."""
+        """The objective's loss of one batch (next-token: mean nats over its scored tokens), in eval mode."""
         self.model.eval()
-        idx, targets = inputs_and_targets(batch.to(self.device))
         with self.autocast():
-            _, loss = self.model(idx, targets)
-        return float(loss)
+            return float(self.objective.loss(self.model, batch.to(self.device)))
 
     def autocast(self):
         """bf16 matmuls from fp32 weights when bf16 is on, for both model types (the hand-written backward's
@@ -87,8 +78,8 @@ class ModelRuntime:
 
     # --- what each model type does its own way -----------------------------------------------------------
 
-    def forward_backward(self, idx: torch.Tensor, targets: torch.Tensor, scale: float, last: bool) -> float:
-        """Add the gradient of scale * loss(idx, targets) to the parameters' gradients; return the loss."""
+    def forward_backward(self, batch: Batch, scale: float, last: bool) -> float:
+        """Add the gradient of scale * the objective's loss of batch to the parameters' gradients; return the loss."""
         raise NotImplementedError
 
     def clip_gradients(self, max_norm: float) -> float:
@@ -112,8 +103,8 @@ class TorchRuntime(ModelRuntime):
     """The nn.Module twins: autograd, torch.optim.AdamW, DDP across ranks, optionally torch.compile."""
 
     def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed(),
-                 compile_model: bool = False):
-        super().__init__(model.to(device), device, bf16, distributed)
+                 compile_model: bool = False, objective=None):
+        super().__init__(model.to(device), device, bf16, distributed, objective)
         self.forward_model = self.model  # what the training step calls: maybe wrapped in DDP and compiled
         if distributed.enabled:  # DDP all-reduces gradients during backward, bucket by bucket
             from torch.nn.parallel import DistributedDataParallel
@@ -122,12 +113,12 @@ class TorchRuntime(ModelRuntime):
         if compile_model:
             self.forward_model = torch.compile(self.forward_model)
 
-    def forward_backward(self, idx, targets, scale, last):
+    def forward_backward(self, batch, scale, last):
         # DDP would all-reduce after every micro-batch; no_sync skips all but the last one's
         skip_sync = self.distributed.enabled and not last
         with self.forward_model.no_sync() if skip_sync else contextlib.nullcontext():
             with self.autocast():
-                _, loss = self.forward_model(idx, targets)
+                loss = self.objective.loss(self.forward_model, batch)
             (loss * scale).backward()
         return loss.item()
 
@@ -158,13 +149,13 @@ class TorchRuntime(ModelRuntime):
 class CustomRuntime(ModelRuntime):
     """The hand-written models: model.backward(), their own AdamW; gradients averaged over ranks by hand."""
 
-    def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed()):
-        super().__init__(model.to(device=device), device, bf16, distributed)
+    def __init__(self, model, device: str, bf16: bool = False, distributed: Distributed = Distributed(),
+                 objective=None):
+        super().__init__(model.to(device=device), device, bf16, distributed, objective)
 
-    def forward_backward(self, idx, targets, scale, last):
+    def forward_backward(self, batch, scale, last):
         with self.autocast():
-            _, loss = self.model.forward(idx, targets)
-            self.model.backward(loss_scale=scale)
+            loss = self.objective.forward_backward_by_hand(self.model, batch, scale)
         if last and self.distributed.enabled:
             average_gradients(self.model.named_parameters(), self.distributed.world_size)
         return loss.item()
@@ -186,9 +177,10 @@ class CustomRuntime(ModelRuntime):
 
 
 def make_runtime(model_type: str, model, device: str, dtype: str = "float32", compile_model: bool = False,
-                 distributed: Distributed = Distributed()) -> ModelRuntime:
-    """The adapter for a model of model_type ("torch" or "custom"), moved to device."""
+                 distributed: Distributed = Distributed(), objective=None) -> ModelRuntime:
+    """The adapter for a model of model_type ("torch" or "custom"), moved to device; objective: what a step
+    minimises (jobs/training/objectives.py; the next-token loss by default)."""
     bf16 = dtype == "bfloat16"
     if model_type == "torch":
-        return TorchRuntime(model, device, bf16, distributed, compile_model)
-    return CustomRuntime(model, device, bf16, distributed)
+        return TorchRuntime(model, device, bf16, distributed, compile_model, objective)
+    return CustomRuntime(model, device, bf16, distributed, objective)

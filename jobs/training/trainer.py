@@ -168,7 +168,7 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         model = self.initial_model(checkpoint is not None)
-        self.runtime = make_runtime(tc.model_type, model, device, tc.dtype, tc.compile, distributed)
+        self.runtime = make_runtime(tc.model_type, model, device, tc.dtype, tc.compile, distributed, data.objective)
         self.runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
         self.loader = self.data.loader(tc.batch_size, T, tc.seed, distributed)
 
