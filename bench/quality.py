@@ -25,6 +25,7 @@ import torch
 from jobs.config import load_config
 from jobs.data import pipeline
 from jobs.data.windows import TokenStream, TrainWindows, validation_batches
+from jobs.training.objectives import NextTokenLoss
 from jobs.training.validation import validation_loss
 from jobs.training.runtime import make_runtime
 from model_zoo.build import build_model
@@ -35,6 +36,8 @@ from jobs.minimal_pairs import read_suite, score_suite
 
 class HFRuntime:
     """A transformers causal LM behind the same two calls the benchmark makes of a ModelRuntime."""
+
+    objective = NextTokenLoss()  # what validation_loss weighs batches by
 
     def __init__(self, config, tc):
         from model_zoo.build import build_hf_model

@@ -154,6 +154,28 @@ class ChatConfig(_Section):
         return [value] if isinstance(value, str) else value
 
 
+class PreferenceConfig(_Section):
+    """Preference tuning (`python -m jobs prefer`): the model to tune, DPO's settings and the pairs
+    (jobs/data/preference_data.py)."""
+
+    base: str | None = None  # the chat model to tune: registry URI, run URI or checkpoint folder (--base sets it)
+    beta: float = Field(0.1, gt=0, le=10, allow_inf_nan=False)  # how far the policy may move from the reference
+    sft: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)  # weight of an SFT loss on the chosen replies
+    from_stories: bool = True  # pairs made from the data's stories (train and validation stories kept apart)
+    max_pairs: int | None = Field(None, gt=0)  # at most this many training pairs
+    val_pairs: int = Field(200, gt=0)  # validation pairs (the first made from validation stories)
+    max_answer_words: int | None = Field(None, gt=0)  # stories cut after the last whole sentence within this many
+    pair_files: list[str] | None = None  # JSONL pairs in TRL's format, for training
+    val_pair_files: list[str] | None = None  # and for validation
+    skip_bad: bool = False  # skip bad JSONL records (and count them) instead of refusing the file
+    seed: int = 1337  # the words asked for, the rejected story and the wrong name
+
+    @field_validator("pair_files", "val_pair_files", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class ExperimentConfig(_Section):
     experiment_name: str = Field(min_length=1)
     registered_model_name: str | None = None  # default: experiment_name
@@ -166,6 +188,7 @@ class ExperimentConfig(_Section):
     model: dict[str, Any] = {}
     training: TrainingConfig = TrainingConfig()
     chat: ChatConfig | None = None  # only for finetune
+    preference: PreferenceConfig | None = None  # only for prefer
 
     @field_validator("model")
     @classmethod

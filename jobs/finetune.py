@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jobs.tracking import registry
-from jobs.checkpoint import CheckpointState
 from jobs.model_ref import ModelRef
 from jobs.models import load_model
 from jobs.cli import typed
@@ -21,7 +19,7 @@ from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_data
 from jobs.errors import ConfigError
 from jobs.terminal import ProgressBar, launcher, report
-from jobs.training.data import StartingPoint
+from jobs.training.data import StartingPoint, lineage
 from jobs.training.trainer import TrainResult, run_training
 
 
@@ -59,14 +57,3 @@ def with_chat_name(cfg: ExperimentConfig) -> ExperimentConfig:
 def base_name(ref: str, fallback: str) -> str:
     """The base model's registry name (`models:/tinystories_cpu@champion` -> tinystories_cpu), else fallback."""
     return ModelRef.parse(ref).name or fallback
-
-
-def lineage(ref: str, state: CheckpointState) -> dict:
-    """Where the fine-tuned model comes from: the base's URI, registry version (when it is one) and run."""
-    found = {"model": ref, "run_id": state.mlflow_run_id or "unknown", "step": state.step}
-    if ModelRef.parse(ref).kind == "registry":
-        try:
-            found["version"] = str(registry.version_of(ref).version)
-        except Exception:  # the registry cannot say: the run is still traceable by the base's run id
-            found["version"] = "unknown"
-    return found

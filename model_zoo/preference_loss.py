@@ -31,9 +31,10 @@ def sequence_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 def dpo_loss(logits: torch.Tensor, targets: torch.Tensor, reference: torch.Tensor, beta: float,
-             sft: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, h) with autograd: logits (2P, T, V), targets (2P, T), reference (2P,) log-prob sums; h (P,) the
-    margins beta * (chosen's log-ratio - rejected's), what the rewards are read from."""
+             sft: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, rewards, logp) with autograd: logits (2P, T, V), targets (2P, T), reference (2P,) log-prob sums.
+    rewards (2P,) = beta * (log pi(y|x) - log pi_ref(y|x)) per row (TRL's rewards/chosen and rewards/rejected; the
+    margin h is chosen's minus rejected's); logp (2P,) the policy's log-probabilities; both detached."""
     logp = sequence_log_probs(logits, targets)  # (2P,)
     ratio = logp - reference  # (2P,): log pi(y|x) - log pi_ref(y|x)
     h = beta * (ratio[0::2] - ratio[1::2])  # (P,)
@@ -41,7 +42,7 @@ def dpo_loss(logits: torch.Tensor, targets: torch.Tensor, reference: torch.Tenso
     if sft:
         chosen = targets[0::2]
         loss = loss - sft * logp[0::2].sum() / (chosen != IGNORE_INDEX).sum().clamp_min(1)
-    return loss, h.detach()
+    return loss, (beta * ratio).detach(), logp.detach()
 
 
 class DPOLoss:

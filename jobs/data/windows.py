@@ -7,6 +7,7 @@ a conversation only the assistant's (jobs/data/chat_data.py).
 Batches are cut from a window source, which says how many windows it can give and gives those asked for:
     TokenStream   a flat stream of token ids (prepared text): a window may start at any token
     PackedChat    conversations packed into rows of T+1 tokens with their masks (jobs/data/conversations.py)
+    PackedPairs   preference pairs, two rows each (jobs/data/preference_data.py): a draw picks pairs
 `TrainWindows` draws random batches from either; `validation_batches` is a fixed ordered pass over either.
 """
 
@@ -23,6 +24,7 @@ from jobs.errors import DataError
 class Batch(NamedTuple):
     tokens: torch.Tensor  # (B, T+1) int64 token ids
     mask: torch.Tensor  # (B, T+1) bool: True where the token is learnt (scored as a target)
+    reference: torch.Tensor | None = None  # (B,) preference pairs only: the reference model's log p of each reply
 
     @property
     def scored(self) -> int:
@@ -30,7 +32,7 @@ class Batch(NamedTuple):
         return int(self.mask[:, 1:].sum())
 
     def to(self, device: str) -> "Batch":
-        return Batch(self.tokens.to(device, non_blocking=True), self.mask.to(device, non_blocking=True))
+        return Batch(*(part.to(device, non_blocking=True) if part is not None else None for part in self))
 
 
 class WindowSource(Protocol):

@@ -77,3 +77,18 @@ def settle_config(cfg: ExperimentConfig, data: TrainingData, start: StartingPoin
     cfg = cfg.model_copy(update={"model": model_values})
     data.check_fits(cfg.model_config_.max_seq_len)
     return cfg
+
+
+def lineage(ref: str, state) -> dict:
+    """Where a tuned model comes from (state: its base's CheckpointState): the base's URI, registry version (when it
+    is one) and run; a StartingPoint's lineage, logged as base_* params and tags."""
+    from jobs.model_ref import ModelRef
+    from jobs.tracking import registry
+
+    found = {"model": ref, "run_id": state.mlflow_run_id or "unknown", "step": state.step}
+    if ModelRef.parse(ref).kind == "registry":
+        try:
+            found["version"] = str(registry.version_of(ref).version)
+        except Exception:  # the registry cannot say: the run is still traceable by the base's run id
+            found["version"] = "unknown"
+    return found

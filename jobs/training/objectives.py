@@ -36,3 +36,46 @@ class NextTokenLoss:
         _, loss = model.forward(idx, targets)
         model.backward(loss_scale=scale)
         return loss
+
+
+class PreferenceLoss:
+    """Preference pairs (jobs/data/preference_data.py): DPO's loss over a batch of pairs, rows 2p and 2p+1 the chosen
+    and rejected replies (model_zoo/preference_loss.py: with autograd for the torch twins and validation, by hand
+    for the custom models). A validation pass also gathers what DPO users watch (TRL's names)."""
+
+    def __init__(self, beta: float, sft: float = 0.0):
+        from model_zoo.preference_loss import DPOLoss
+
+        self.beta, self.sft, self.by_hand = beta, sft, DPOLoss(beta, sft)
+        self.seen: dict[str, float] = {}
+
+    def weight(self, batch: Batch) -> int:
+        return len(batch.tokens) // 2  # the loss is a mean over pairs
+
+    def loss(self, model, batch: Batch) -> torch.Tensor:
+        from model_zoo.preference_loss import dpo_loss
+
+        idx, targets = inputs_and_targets(batch)
+        logits, _ = model(idx)
+        loss, rewards, logp = dpo_loss(logits, targets, batch.reference, self.beta, self.sft)
+        if not torch.is_grad_enabled():  # a validation batch: keep its figures
+            chosen, rejected = rewards[0::2], rewards[1::2]
+            for key, values in {"rewards/chosen": chosen, "rewards/rejected": rejected,
+                                "rewards/margins": chosen - rejected, "rewards/accuracies": (chosen > rejected).double(),
+                                "logps/chosen": logp[0::2], "logps/rejected": logp[1::2]}.items():
+                self.seen[key] = self.seen.get(key, 0.0) + float(values.sum())
+            self.seen["pairs"] = self.seen.get("pairs", 0.0) + len(chosen)
+        return loss
+
+    def forward_backward_by_hand(self, model, batch: Batch, scale: float) -> torch.Tensor:
+        idx, targets = inputs_and_targets(batch)
+        logits, _ = model.forward(idx)
+        loss = self.by_hand.forward(logits, targets, batch.reference)
+        model.backward_from_logits(self.by_hand.backward(scale))
+        return loss
+
+    def take_validation_metrics(self) -> dict[str, float]:
+        """Means over the pairs of the validation batches since the last call (this rank's share)."""
+        seen, self.seen = self.seen, {}
+        pairs = seen.pop("pairs", 0.0)
+        return {key: total / pairs for key, total in seen.items()} if pairs else {}

@@ -16,11 +16,13 @@ from jobs.training.distributed import Distributed
 
 
 def validation_loss(runtime, batches: Iterable[Batch], distributed: Distributed = Distributed()) -> tuple[float, int]:
-    """(mean loss in nats per scored token, tokens scored) over batches (this rank's share of a fixed pass)."""
+    """(mean loss in nats per scored token, tokens scored) over batches (this rank's share of a fixed pass); for an
+    objective whose mean is over something else (pairs), over that."""
     loss_sum, n_scored = 0.0, 0
     for batch in batches:
-        if batch.scored:
-            loss_sum += runtime.loss(batch) * batch.scored
-            n_scored += batch.scored
+        weight = runtime.objective.weight(batch)  # scored tokens (a pair, for preference pairs)
+        if weight:
+            loss_sum += runtime.loss(batch) * weight
+            n_scored += weight
     loss_sum, n_scored = distributed.sum(loss_sum, float(n_scored))
     return loss_sum / max(n_scored, 1), int(n_scored)

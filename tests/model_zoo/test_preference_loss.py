@@ -39,7 +39,7 @@ def test_the_loss_backward_equals_autograd_and_finite_differences(sft):
     loss = by_hand.forward(logits, targets, reference)
     d_logits = by_hand.backward()
     leaf = logits.clone().requires_grad_(True)
-    autograd_loss, _ = dpo_loss(leaf, targets, reference, beta=0.5, sft=sft)
+    autograd_loss, *_ = dpo_loss(leaf, targets, reference, beta=0.5, sft=sft)
     autograd_loss.backward()
     assert torch.allclose(loss, autograd_loss) and torch.allclose(d_logits, leaf.grad, atol=1e-12)
     assert d_logits[targets == IGNORE_INDEX].abs().max() == 0, "unscored positions get no gradient"
@@ -64,7 +64,7 @@ def test_the_custom_models_gradients_equal_their_twins_under_the_dpo_loss(archit
     loss = loss_by_hand.forward(logits, targets, reference)
     custom_model.backward_from_logits(loss_by_hand.backward(loss_scale=0.5))
     torch_logits, _ = torch_model(idx)
-    torch_loss, _ = dpo_loss(torch_logits, targets, reference, beta=0.1, sft=0.2)
+    torch_loss, *_ = dpo_loss(torch_logits, targets, reference, beta=0.1, sft=0.2)
     (0.5 * torch_loss).backward()
     assert torch.allclose(loss, torch_loss)
     torch_grads = dict(torch_model.named_parameters())
@@ -78,7 +78,8 @@ def test_the_loss_prefers_the_chosen_reply():
     logits = torch.zeros(*targets.shape, 40, dtype=torch.float64)
     # uniform logits: each scored token has log-probability log(1/40)
     reference = -torch.log(torch.tensor(40.0, dtype=torch.float64)) * (targets != IGNORE_INDEX).sum(-1)
-    loss, h = dpo_loss(logits, targets, reference, beta=1.0)
-    assert torch.allclose(loss, torch.log(torch.tensor(2.0, dtype=torch.float64))) and float(h) == pytest.approx(0)
+    loss, rewards, _ = dpo_loss(logits, targets, reference, beta=1.0)
+    assert torch.allclose(loss, torch.log(torch.tensor(2.0, dtype=torch.float64)))
+    assert rewards.tolist() == pytest.approx([0, 0])
     logits[0].scatter_(-1, targets[0].clamp_min(0).unsqueeze(-1), 2.0)  # the chosen reply's tokens likelier
     assert dpo_loss(logits, targets, reference, beta=1.0)[0] < loss

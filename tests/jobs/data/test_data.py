@@ -236,7 +236,11 @@ def test_validation_loss_is_the_mean_over_tokens_across_rank_shards():
     the single-process loss, where averaging the ranks' means would not."""
     from jobs.training.validation import validation_loss
 
+    from jobs.training.objectives import NextTokenLoss
+
     class KnownLoss:  # a stand-in runtime: 90 for the batch that starts at token 60, else 0
+        objective = NextTokenLoss()
+
         def loss(self, batch):
             return 90.0 if int(batch.tokens[0, 0]) == 60 else 0.0
 

@@ -1,0 +1,107 @@
+"""Preference tuning (DPO): pairs made from stories and read from TRL's JSONL format, and `prefer` end to end on the
+one training path for both model types (registered as <name>-pref, TRL's metrics logged, resumable)."""
+
+import json
+import math
+
+import pytest
+
+from jobs.data import preference_data
+from jobs.errors import InputError
+
+def made_up_stories(n: int = 80) -> list[str]:
+    """n stories with a named animal, another character, and things of their own (made-up words, so that no word
+    but the common ones is in 5% of the stories, which the pair maker needs to ask for a story's words)."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    syllables = ["ba", "ko", "mi", "tu", "re", "sa", "lo", "pe", "ni", "da"]
+    words = ["".join(parts) for parts in itertools.product(syllables, repeat=3)]
+    rng.shuffle(words)
+    names, animals = ["Max", "Lily", "Tom", "Mia", "Ben", "Sue", "Sam", "Zoe"], ["dog", "cat", "bird", "frog"]
+    stories = []
+    for i in range(n):
+        a, b, c = words[3 * i: 3 * i + 3]
+        name, other = rng.sample(names, 2)
+        stories.append(f"Once upon a time, there was a {rng.choice(animals)} named {name}. {name} lived with a girl "
+                       f"called {other}. One day they found a {a} near the {b}. {other} used the {a} to make a {c}. "
+                       f"At the end of the day {name} and {other} were happy.")
+    return stories
+
+
+STORIES = made_up_stories()
+
+
+def test_pairs_from_stories_ask_for_the_storys_words_and_the_right_name():
+    pairs = preference_data.pairs_from_stories(STORIES, seed=1)
+    assert pairs == preference_data.pairs_from_stories(STORIES, seed=1), "deterministic from the seed"
+    words = [p for p in pairs if p.kind == "uses_words"]
+    names = [p for p in pairs if p.kind == "name"]
+    assert words and names
+    for pair in words:
+        asked = pair.prompt[0]["content"].removeprefix("Write a story that uses the words ").rstrip(".")
+        asked = asked.replace(" and ", ", ").split(", ")
+        assert all(w in pair.chosen.lower() for w in asked) and not any(w in pair.rejected.lower() for w in asked)
+    for pair in names:
+        assert pair.prompt[1]["role"] == "assistant" and pair.prompt[-1]["content"].startswith("What was the")
+        right, wrong = pair.chosen.split()[-1].rstrip("."), pair.rejected.split()[-1].rstrip(".")
+        assert right != wrong and right in pair.prompt[1]["content"] and wrong in pair.prompt[1]["content"]
+
+
+def test_trl_pairs_are_read_in_both_forms_and_a_bad_line_is_named(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    lines = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},
+             {"prompt": [{"role": "user", "content": "Name the dog."}],
+              "chosen": [{"role": "assistant", "content": "Max."}], "rejected": [{"role": "assistant", "content": "Tom."}]},
+             {"prompt": "x", "chosen": "y"}]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(InputError, match=r"pairs.jsonl:3: each line is an object with \"prompt\", \"chosen\""):
+        preference_data.read_pairs(path)
+    pairs, skipped = preference_data.read_pairs(path, skip_bad=True)
+    assert skipped == 1 and [(p.prompt[-1]["content"], p.chosen, p.rejected) for p in pairs] == [
+        ("Say hi.", "Hi!", "No."), ("Name the dog.", "Max.", "Tom.")]
+    path.write_text(json.dumps({"prompt": [{"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"}))
+    with pytest.raises(InputError, match="must end with a user"):
+        preference_data.read_pairs(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["torch", "custom"])
+def test_prefer_tunes_a_chat_model_registers_it_and_resumes(tmp_path, store, model_type):
+    import mlflow
+
+    from conftest import signal_during_step, tiny
+    from jobs.config import validate_config
+    from jobs.finetune import run_finetuning
+    from jobs.prefer import run_preference_tuning
+    from jobs.training.trainer import run_training
+
+    run_training(tiny(tmp_path / "base", model={"max_seq_len": 256}, max_steps=6))
+    chat = tiny(tmp_path / "chat", max_steps=6).to_dict() | {
+        "experiment_name": "tiny_chat", "model": {}, "chat": {"base": "models:/tiny_torch@champion", "val_conversations": 10}}
+    run_finetuning(validate_config(chat))
+    stories = tmp_path / "stories.txt"
+    stories.write_text("\n<|endoftext|>\n".join(made_up_stories(300)) + "\n")
+    values = tiny(tmp_path / "pref", model_type, max_steps=6, eval_every=3, checkpoint_every=3, batch_size=2).to_dict()
+    values["data"]["train_files"] = [str(stories)]
+    values |= {"experiment_name": "tiny_pref", "model": {},
+               "preference": {"base": "models:/tiny_torch-chat@champion", "beta": 0.5, "sft": 0.1, "val_pairs": 6}}
+    cfg = validate_config(values)
+    first = run_preference_tuning(cfg, step_hook=signal_during_step(4))
+    assert first.stopped_by == "SIGTERM"
+    result = run_preference_tuning(cfg, resume=True)
+    assert result.steps == 6 and result.run_id == first.run_id and math.isfinite(result.best_val_loss)
+    client = mlflow.tracking.MlflowClient()
+    version = client.get_model_version_by_alias("tiny_torch-pref", "champion")
+    run = client.get_run(result.run_id)
+    assert version.run_id == result.run_id and run.data.params["base_model"] == "models:/tiny_torch-chat@champion"
+    assert int(run.data.params["train_pairs"]) > 0
+    metrics = run.data.metrics
+    for key in ("val/rewards/chosen", "val/rewards/rejected", "val/rewards/margins", "val/rewards/accuracies",
+                "val/logps/chosen"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["val/rewards/margins"] == pytest.approx(metrics["val/rewards/chosen"] - metrics["val/rewards/rejected"])
+    # the loss starts at log 2: the policy starts as the reference (h = 0), plus the SFT term on the chosen replies
+    first_loss = client.get_metric_history(result.run_id, "train/loss")[0].value
+    assert first_loss > math.log(2)
