@@ -1,7 +1,8 @@
-"""Does fine-tuning teach the model to answer? The base and the fine-tuned model side by side, in one process.
+"""Does fine-tuning teach the model to answer? The base, the fine-tuned and (with --pref) the preference-tuned
+model side by side, in one process.
 
     python -m bench.chat --base models:/tinystories_cpu@champion --chat models:/tinystories_cpu-chat@champion \
-                         --config configs/chat_cpu.yaml
+                         [--pref models:/tinystories_cpu-pref@champion] --config configs/chat_cpu.yaml
 
 On the config's validation conversations (made from stories neither model trained on), each model gets the same
 user text: the chat model as a conversation rendered with the chat template, the base model as plain text to
@@ -61,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True)
     parser.add_argument("--chat", required=True)
+    parser.add_argument("--pref", help="a preference-tuned chat model (prefer), as a third row")
     parser.add_argument("--config", default="configs/chat_cpu.yaml")
     parser.add_argument("--max-tokens", type=int, default=100)
     parser.add_argument("--show", type=int, default=3, help="print this many examples of each kind")
@@ -69,7 +71,8 @@ def main() -> None:
     _, validation = load_conversations(cfg)
     word_cases = [c for c in validation if c.kind == "uses_words"]
     name_cases = [c for c in validation if len(c.messages) > 2]
-    models = {"base": (load_model(args.base, "cpu"), False), "fine-tuned": (load_model(args.chat, "cpu"), True)}
+    refs = {"base": args.base, "fine-tuned": args.chat} | ({"preference": args.pref} if args.pref else {})
+    models = {label: (load_model(ref, "cpu"), label != "base") for label, ref in refs.items()}
     rows = {}
     for label, (loaded, chat) in models.items():
         word_replies = replies(loaded, [prompt_ids(loaded, c.messages[:1], chat) for c in word_cases], args.max_tokens)
@@ -89,7 +92,7 @@ def main() -> None:
                                            validation_batches(packed, 16))
         rows[label] = (sum(word_share) / max(len(word_share), 1), sum(correct) / max(len(correct), 1),
                        sum(unprompted) / max(len(unprompted), 1), loss, scored)
-        print(f"\n== {label}: {args.base if label == 'base' else args.chat}")
+        print(f"\n== {label}: {refs[label]}")
         for case, reply in list(zip(word_cases, word_replies))[:args.show]:
             print(f"  user: {case.messages[0]['content']}\n  reply: {reply[:300]!r}")
         for case, reply, name in list(zip(name_cases, name_replies, names))[:args.show]:
@@ -107,6 +110,11 @@ def main() -> None:
     base_words = rows["base"][0]
     print(f"fine-tuned / base words used: {rows['fine-tuned'][0] / base_words:.2f}x" if base_words else
           "the base model used none of the words")
+    if "preference" in rows and rows["fine-tuned"][0]:
+        sft_words, sft_loss = rows["fine-tuned"][0], rows["fine-tuned"][3]
+        print(f"preference / fine-tuned: words used {rows['preference'][0] / sft_words:.2f}x, names right "
+              f"{rows['preference'][1]:.1%} vs {rows['fine-tuned'][1]:.1%}, assistant loss "
+              f"{100 * (rows['preference'][3] / sft_loss - 1):+.1f}%")
 
 
 if __name__ == "__main__":

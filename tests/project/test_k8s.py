@@ -17,7 +17,7 @@ import yaml
 from conftest import REPO, dry_run
 
 K8S = REPO / "k8s"
-ENTRY_POINTS = [".", "server", "train-trainjob", "train-jobset", "prepare-data", "evaluate", "generate", "finetune", "serve"]
+ENTRY_POINTS = [".", "server", "train-trainjob", "train-jobset", "prepare-data", "evaluate", "generate", "finetune", "prefer", "serve"]
 CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1"}
 
 
@@ -232,6 +232,7 @@ def test_images_and_config_paths_agree_with_compose():
     assert services["chat"]["command"] == ["--model", values["MODEL"]]
     assert (REPO / values["CONFIG"]).is_file()
     assert services["finetune"]["command"] == ["--config", values["CHAT_CONFIG"]] and (REPO / values["CHAT_CONFIG"]).is_file()
+    assert services["prefer"]["command"] == ["--config", values["PREFER_CONFIG"]] and (REPO / values["PREFER_CONFIG"]).is_file()
     for _, container in containers(".") + containers("evaluate"):
         env = {v["name"]: v.get("value") for v in container["env"]}
         assert env["MLFLOW_TRACKING_URI"] == services["train"]["environment"]["MLFLOW_TRACKING_URI"]
