@@ -13,13 +13,12 @@ from __future__ import annotations
 from typing import Literal
 
 from jobs.model_ref import ModelRef
-from jobs.models import load_model
 from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_data
 from jobs.errors import ConfigError
-from jobs.terminal import ProgressBar, launcher, report
-from jobs.training.data import StartingPoint, lineage
+from jobs.terminal import ProgressBar, report_run
+from jobs.training.data import StartingPoint
 from jobs.training.trainer import TrainResult, run_training
 
 
@@ -32,18 +31,15 @@ def finetune(config: str, base: str | None = None, model_type: Literal["torch", 
     if model_type is not None:
         overrides["training.model_type"] = model_type
     cfg = with_chat_name(load_config(config, overrides))
-    result = run_finetuning(cfg, resume, progress=ProgressBar)
-    flags = [f"--config {config}"] + [f"--{key}={value}" for key, value in overrides.items()]
-    report(cfg, result, f"{launcher()} finetune {' '.join(flags)}")
+    report_run("finetune", config, overrides, cfg, run_finetuning(cfg, resume, progress=ProgressBar))
 
 
 def run_finetuning(cfg: ExperimentConfig, resume: str | bool | None = None, step_hook=None,
                    progress=None) -> TrainResult:
     """The training run of a fine-tune: conversations as the data, the base model's weights as the start."""
     cfg = with_chat_name(cfg)
-    base = load_model(cfg.chat.base, "cpu")  # weights, tokenizer and state; the trainer moves them to the device
-    start = StartingPoint(base, lineage(cfg.chat.base, base.state))
-    return run_training(cfg, resume, step_hook, progress, load_data=chat_data.load, start=start)
+    return run_training(cfg, resume, step_hook, progress, load_data=chat_data.load,
+                        start=StartingPoint.of(cfg.chat.base))
 
 
 def with_chat_name(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -19,9 +19,8 @@ from jobs.config import ExperimentConfig, load_config
 from jobs.data import preference_data
 from jobs.errors import ConfigError
 from jobs.model_ref import ModelRef
-from jobs.models import load_model
-from jobs.terminal import ProgressBar, launcher, report
-from jobs.training.data import StartingPoint, lineage
+from jobs.terminal import ProgressBar, report_run
+from jobs.training.data import StartingPoint
 from jobs.training.trainer import TrainResult, run_training
 
 
@@ -34,18 +33,15 @@ def prefer(config: str, base: str | None = None, model_type: Literal["torch", "c
     if model_type is not None:
         overrides["training.model_type"] = model_type
     cfg = with_preference_name(load_config(config, overrides))
-    result = run_preference_tuning(cfg, resume, progress=ProgressBar)
-    flags = [f"--config {config}"] + [f"--{key}={value}" for key, value in overrides.items()]
-    report(cfg, result, f"{launcher()} prefer {' '.join(flags)}")
+    report_run("prefer", config, overrides, cfg, run_preference_tuning(cfg, resume, progress=ProgressBar))
 
 
 def run_preference_tuning(cfg: ExperimentConfig, resume: str | bool | None = None, step_hook=None,
                           progress=None) -> TrainResult:
     """The training run: preference pairs as the data, the chat model's weights as the start and the reference."""
     cfg = with_preference_name(cfg)
-    base = load_model(cfg.preference.base, "cpu")  # weights, tokenizer and state; the trainer moves them
-    start = StartingPoint(base, lineage(cfg.preference.base, base.state))
-    return run_training(cfg, resume, step_hook, progress, load_data=preference_data.load, start=start)
+    return run_training(cfg, resume, step_hook, progress, load_data=preference_data.load,
+                        start=StartingPoint.of(cfg.preference.base))
 
 
 def with_preference_name(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -41,6 +41,12 @@ class ProgressBar:
         self.bar.set_postfix(step=run.progress.step, loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_sec:,.0f}")
 
 
+def report_run(job: str, config: str | None, overrides: dict, cfg: ExperimentConfig, result: "TrainResult") -> None:
+    """report() for a training command (train, finetune, prefer), with the command line that resumes it."""
+    flags = ([f"--config {config}"] if config else []) + [f"--{key}={value}" for key, value in overrides.items()]
+    report(cfg, result, f"{launcher()} {job} {' '.join(flags)}")
+
+
 def report(cfg: ExperimentConfig, result: "TrainResult", command: str) -> None:
     """What the job prints at its end (rank 0), and its exit status after a signal (every rank)."""
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all

@@ -17,7 +17,7 @@ from typing import Literal
 
 from jobs.cli import typed
 from jobs.config import load_config
-from jobs.terminal import ProgressBar, launcher, report
+from jobs.terminal import ProgressBar, report_run
 from jobs.training.trainer import run_training
 
 
@@ -28,6 +28,4 @@ def train(config: str | None = None, model_type: Literal["torch", "custom"] | No
     if model_type is not None:
         overrides["training.model_type"] = model_type
     cfg = load_config(config, overrides)
-    result = run_training(cfg, resume=resume, progress=ProgressBar)
-    flags = ([f"--config {config}"] if config else []) + [f"--{key}={value}" for key, value in overrides.items()]
-    report(cfg, result, f"{launcher()} train {' '.join(flags)}")
+    report_run("train", config, overrides, cfg, run_training(cfg, resume=resume, progress=ProgressBar))

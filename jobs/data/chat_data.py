@@ -71,9 +71,7 @@ class ChatData:
                          "chat_dropped_too_long": self.train.dropped_too_long + self.validation.dropped_too_long}
 
     def sample_prompt(self, prompt: str) -> tuple[list[int], str]:
-        """training.sample_prompt as a user's message, the assistant's reply to come."""
-        ids = chat_template.render(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
-        return ids, f"user: {prompt}\nassistant: "
+        return chat_template.user_prompt(self.tokenizer, prompt)  # a user's message, the reply to come
 
 
 def load(cfg: ExperimentConfig, distributed: Distributed, start: StartingPoint) -> ChatData:

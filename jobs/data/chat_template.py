@@ -84,6 +84,12 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     return ids, mask
 
 
+def user_prompt(tokenizer, text: str) -> tuple[list[int], str]:
+    """A user's message with the assistant's reply to come, as ids, and as a training sample shows it."""
+    ids = render(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)[0]
+    return ids, f"user: {text}\nassistant: "
+
+
 # The same format for other tools, in their template languages (exports carry them: jobs/export.py). Both give
 # the ids render() gives for a conversation, add_generation_prompt included: the tests compare them.
 JINJA = ("{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"

@@ -274,8 +274,7 @@ class PreferenceData:
                          "pairs_dropped_too_long": self.train.dropped_too_long + self.validation.dropped_too_long}
 
     def sample_prompt(self, prompt: str) -> tuple[list[int], str]:
-        ids = chat_template.render(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
-        return ids, f"user: {prompt}\nassistant: "
+        return chat_template.user_prompt(self.tokenizer, prompt)  # a user's message, the reply to come
 
 
 def load(cfg: ExperimentConfig, distributed: Distributed, start: StartingPoint) -> PreferenceData:

@@ -57,6 +57,14 @@ class StartingPoint:
     base: LoadedModel | None = None
     lineage: dict = field(default_factory=dict)  # where the base comes from: logged as base_* params and tags
 
+    @classmethod
+    def of(cls, ref: str) -> "StartingPoint":
+        """A trained model's weights, tokenizer and state (on the CPU: the trainer moves them), and its lineage."""
+        from jobs.models import load_model
+
+        base = load_model(ref, "cpu")
+        return cls(base, lineage(ref, base.state))
+
 
 def settle_config(cfg: ExperimentConfig, data: TrainingData, start: StartingPoint) -> ExperimentConfig:
     """The config a run trains with: a fine-tune keeps its base's shape (only model.dropout may be set); a new
