@@ -205,3 +205,15 @@ def make_checkpoint(folder, tokenizer_folder, architecture="gpt2", model_type="t
     return save_checkpoint(folder, model.state_dict(), {}, state, tokenizer_folder / "tokenizer.json")
 
 
+# A small Zorro suite (grammar minimal pairs, bad then good), for tests that score one without ../shared.
+ZORRO_PAIRS = [("the dogs is big .", "the dog is big ."), ("a cats ran .", "a cat ran ."),
+               ("she see him .", "she sees him ."), ("he have a ball .", "he has a ball .")]
+
+
+def write_zorro(folder, paradigms=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, pairs in (paradigms or {"agreement-det_noun": ZORRO_PAIRS[:2], "agreement-subj_verb": ZORRO_PAIRS[2:],
+                                      "island-effects-adjunct": ZORRO_PAIRS[:1]}).items():
+        (folder / f"{name}.txt").write_text("".join(f"{bad}\n{good}\n" for bad, good in pairs))
+    (folder / "LICENSE").write_text("MIT\n")  # documentation is skipped
+    return folder

@@ -262,9 +262,7 @@ class PreferenceData:
         return validation_batches(self.validation, batch_size, max_batches, distributed.rank, distributed.world_size)
 
     def metrics(self, val_loss: float) -> dict:
-        """TRL's names, over the validation pass just made: the rewards beta * log(pi / pi_ref) of the chosen and
-        rejected replies, their margin, how often the chosen one wins, and the policy's log-probabilities."""
-        return {f"val/{key}": value for key, value in self.objective.take_validation_metrics().items()}
+        return {}  # the objective gives DPO's own (PreferenceLoss.validation_metrics)
 
     def params(self) -> dict:
         counts = {f"pairs_train_{kind}": n for kind, n in self.train.kinds.items()}

@@ -6,6 +6,8 @@ objective with its data (TrainingData.objective); the runtime and the trainer st
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from jobs.data.windows import Batch
@@ -29,6 +31,10 @@ class NextTokenLoss:
     def loss(self, model, batch: Batch) -> torch.Tensor:
         idx, targets = inputs_and_targets(batch)
         return model(idx, targets)[1]
+
+    def validation_metrics(self, val_loss: float) -> dict[str, float]:
+        """Beside val/loss: the perplexity, e^loss (how many tokens the model is as unsure as a uniform pick among)."""
+        return {"val/perplexity": math.exp(min(val_loss, 50))}
 
     def forward_backward_by_hand(self, model, batch: Batch, scale: float) -> torch.Tensor:
         """A custom model's forward and its hand-written backward of scale * loss; returns the loss."""
@@ -74,8 +80,10 @@ class PreferenceLoss:
         model.backward_from_logits(self.by_hand.backward(scale))
         return loss
 
-    def take_validation_metrics(self) -> dict[str, float]:
-        """Means over the pairs of the validation batches since the last call (this rank's share)."""
+    def validation_metrics(self, val_loss: float) -> dict[str, float]:
+        """TRL's names, as means over the pairs of the validation pass just made (this rank's share): the rewards
+        beta * log(pi / pi_ref) of the chosen and rejected replies, their margin, how often the chosen one wins,
+        and the policy's log-probabilities. (No perplexity: e^loss means nothing for this loss.)"""
         seen, self.seen = self.seen, {}
         pairs = seen.pop("pairs", 0.0)
-        return {key: total / pairs for key, total in seen.items()} if pairs else {}
+        return {f"val/{key}": total / pairs for key, total in seen.items()} if pairs else {}

@@ -347,9 +347,10 @@ class Trainer:
     def validate(self) -> float:
         """The validation loss now: logged, said, returned."""
         step, loss = self.progress.step, self.validation_loss()
-        perplexity = math.exp(min(loss, 50))
-        self.tracked.log_metrics({"val/loss": loss, "val/perplexity": perplexity} | self.data.metrics(loss), step)
-        self.say(f"step {step}: val loss {loss:.4f} (perplexity {perplexity:.1f})")
+        metrics = {"val/loss": loss} | self.runtime.objective.validation_metrics(loss) | self.data.metrics(loss)
+        self.tracked.log_metrics(metrics, step)
+        shown = f" (perplexity {metrics['val/perplexity']:.1f})" if "val/perplexity" in metrics else ""
+        self.say(f"step {step}: val loss {loss:.4f}{shown}")
         return loss
 
     def sample_due(self, end: bool) -> bool:

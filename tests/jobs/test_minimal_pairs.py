@@ -8,22 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ZORRO_PAIRS, write_zorro
 from jobs.minimal_pairs import SuiteError, read_suite, score_suite, sentence_logprobs
 from model_zoo.build import build_model
 from model_zoo.config import ModelConfig
-
-ZORRO_PAIRS = [("the dogs is big .", "the dog is big ."), ("a cats ran .", "a cat ran ."),
-               ("she see him .", "she sees him ."), ("he have a ball .", "he has a ball .")]
-
-
-def write_zorro(folder, paradigms=None):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, pairs in (paradigms or {"agreement-det_noun": ZORRO_PAIRS[:2], "agreement-subj_verb": ZORRO_PAIRS[2:],
-                                      "island-effects-adjunct": ZORRO_PAIRS[:1]}).items():
-        (folder / f"{name}.txt").write_text("".join(f"{bad}\n{good}\n" for bad, good in pairs))
-    (folder / "LICENSE").write_text("MIT\n")  # documentation is skipped
-    return folder
-
 
 def test_zorro_folder_reads_as_paradigms_and_phenomena_with_a_content_hash(tmp_path):
     suite = read_suite(write_zorro(tmp_path / "zorro"))

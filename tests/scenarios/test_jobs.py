@@ -418,7 +418,7 @@ def test_final_evals_score_the_registered_model_log_its_growth_and_agree_with_ev
     """training.final_evals scores the registered (best) checkpoint and, with the history, each kept step
     checkpoint; the scores are the run's metrics (at each checkpoint's step), the version's (logged-model metrics
     and tags) and a figure. `evaluate --suite` of the same version gives the same accuracy; compare shows it."""
-    from test_minimal_pairs import ZORRO_PAIRS, write_zorro
+    from conftest import ZORRO_PAIRS, write_zorro
 
     suite = write_zorro(tmp_path / "zorro", {"agreement-a": ZORRO_PAIRS * 3, "other-b": ZORRO_PAIRS[:2]})
     cfg = tiny(tmp_path, final_evals=str(suite), final_evals_history=True, keep_checkpoints=5)

@@ -102,6 +102,7 @@ def test_prefer_tunes_a_chat_model_registers_it_and_resumes(tmp_path, store, mod
                 "val/logps/chosen"):
         assert math.isfinite(metrics[key]), key
     assert metrics["val/rewards/margins"] == pytest.approx(metrics["val/rewards/chosen"] - metrics["val/rewards/rejected"])
+    assert "val/perplexity" not in metrics, "e^loss means nothing for DPO's loss"
     # the loss starts at log 2: the policy starts as the reference (h = 0), plus the SFT term on the chosen replies
     first_loss = client.get_metric_history(result.run_id, "train/loss")[0].value
     assert first_loss > math.log(2)
