@@ -233,7 +233,7 @@ def rotate(folder: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-# --- a trained model, loaded from a reference (what every job that uses one calls) -------------------------------
+# --- a trained model, loaded from its checkpoint folder (jobs/models.py: from any reference) -----------------------
 
 
 @dataclass
@@ -268,7 +268,7 @@ class LoadedModel:
 
 
 def load_model_folder(folder: str | Path, device: str = "auto") -> LoadedModel:
-    """The model in a checkpoint folder, rebuilt from its files (jobs/model_ref.py: load_model takes any reference)."""
+    """The model in a checkpoint folder, rebuilt from its files (jobs/models.py: load_model takes any reference)."""
     folder = Path(folder)
     checkpoint = load_checkpoint(folder, with_optimizer=False)
     device = resolve_device(device)

@@ -138,15 +138,21 @@ def common_words(stories: list[str]) -> frozenset[str]:
 def read_conversations(path: Path, skip_bad: bool = False) -> tuple[list[Conversation], int]:
     """The conversations of a JSONL messages file, and how many bad lines were skipped (skip_bad) — or an
     InputError naming the file and line of the first bad one."""
+    return read_jsonl(path, lambda line: Conversation(_record_messages(line), "file"), skip_bad, "conversation file")
+
+
+def read_jsonl(path: Path, make, skip_bad: bool, what: str) -> tuple[list, int]:
+    """make(line) for each non-empty line of a UTF-8 JSONL file (preference pairs use it too), and how many lines
+    make refused and skip_bad skipped — or an InputError naming the file and line of the first bad one."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise InputError(f"conversation file not found: {path}")
+        raise InputError(f"{what} not found: {path}")
     with open(path, encoding="utf-8", errors="strict") as lines:
         try:
             numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
         except UnicodeDecodeError:
             raise InputError(f"{path}: not UTF-8 text") from None
-    return _collect(numbered, _record_messages, lambda number: f"{path}:{number}", skip_bad)
+    return _collect(numbered, make, lambda number: f"{path}:{number}", skip_bad)
 
 
 def hub_conversations(name: str, split: str, skip_bad: bool = False) -> tuple[list[Conversation], int]:
@@ -161,31 +167,36 @@ def hub_conversations(name: str, split: str, skip_bad: bool = False) -> tuple[li
                          f"({type(error).__name__}); offline, use chat.conversation_files instead") from None
     if "messages" not in rows.column_names:
         raise InputError(f"chat.hub_dataset {name[:100]!r} has no 'messages' column ({', '.join(rows.column_names)})")
-    return _collect(enumerate(rows["messages"], 1), _checked_messages, lambda number: f"{name}[{split}] row {number}",
-                    skip_bad)
+    return _collect(enumerate(rows["messages"], 1), lambda messages: Conversation(_checked_messages(messages), "file"),
+                    lambda number: f"{name}[{split}] row {number}", skip_bad)
 
 
-def _collect(numbered, check, where, skip_bad: bool) -> tuple[list[Conversation], int]:
-    """Conversations from numbered records, each checked; a bad one is refused naming where it is (`where(number)`),
-    or with skip_bad skipped and counted."""
-    conversations, skipped = [], 0
+def _collect(numbered, make, where, skip_bad: bool) -> tuple[list, int]:
+    """make(record) for numbered records; a bad one is refused naming where it is (`where(number)`), or with
+    skip_bad skipped and counted."""
+    made, skipped = [], 0
     for number, record in numbered:
         try:
-            conversations.append(Conversation(check(record), "file"))
+            made.append(make(record))
         except InputError as error:
             if not skip_bad:
                 raise InputError(f"{where(number)}: {error}") from None
             skipped += 1
-    return conversations, skipped
+    return made, skipped
 
 
-def _record_messages(line: str) -> list[dict]:
+def json_record(line: str):
+    """One JSONL line, parsed; an InputError for text that is not JSON (or nested past what Python parses)."""
     try:
-        record = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as error:
         raise InputError(f"not JSON ({error.msg})") from None
     except RecursionError:  # [[[[... a hundred thousand deep: Python's parser gives up
         raise InputError("not JSON this program reads (nested too deep)") from None
+
+
+def _record_messages(line: str) -> list[dict]:
+    record = json_record(line)
     if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
         raise InputError('each line is an object with a "messages" list')
     return _checked_messages(record["messages"])

@@ -21,7 +21,6 @@ second forward in each training step.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import re
@@ -60,6 +59,7 @@ def pairs_from_stories(stories, seed: int, limit: int | None = None, max_words: 
     stories = [convs.shorten(s.strip(), max_words) for s in stories]
     common = convs.common_words(stories)
     lengths = [len(s.split()) for s in stories]
+    words_in = [set(re.findall(r"\b[a-z]+\b", s.lower())) for s in stories]  # each story's words, once
     pairs: list[Pair] = []
     for i, story in enumerate(stories):
         if len(convs.sentences(story)) < 3:
@@ -67,7 +67,7 @@ def pairs_from_stories(stories, seed: int, limit: int | None = None, max_words: 
         words = sorted({w for w in re.findall(r"\b[a-z]{4,}\b", story) if w not in convs.STOP_WORDS and w not in common})
         if len(words) >= 3:
             asked = rng.sample(words, 3)
-            other = _similar_story_without(stories, lengths, i, asked, rng)
+            other = _similar_story_without(stories, lengths, words_in, i, asked, rng)
             if other is not None:
                 prompt = f"Write a story that uses the words {asked[0]}, {asked[1]} and {asked[2]}."
                 pairs.append(Pair([{"role": "user", "content": prompt}], story, other, "uses_words"))
@@ -88,15 +88,14 @@ def pairs_from_stories(stories, seed: int, limit: int | None = None, max_words: 
     return pairs[:limit]
 
 
-def _similar_story_without(stories: list[str], lengths: list[int], i: int, words: list[str],
-                           rng: random.Random) -> str | None:
+def _similar_story_without(stories: list[str], lengths: list[int], words_in: list[set[str]], i: int,
+                           words: list[str], rng: random.Random) -> str | None:
     """Another story within 30% of story i's length that uses none of words (the first of 200 tried at random)."""
     low, high = 0.7 * lengths[i], 1.3 * lengths[i]
     for j in rng.sample(range(len(stories)), min(200, len(stories))):
-        if j != i and low <= lengths[j] <= high and len(convs.sentences(stories[j])) >= 3:
-            found = set(re.findall(r"\b[a-z]+\b", stories[j].lower()))
-            if not found & set(words):
-                return stories[j]
+        if j != i and low <= lengths[j] <= high and not words_in[j] & set(words) \
+                and len(convs.sentences(stories[j])) >= 3:
+            return stories[j]
     return None
 
 
@@ -106,31 +105,11 @@ def _similar_story_without(stories: list[str], lengths: list[int], i: int, words
 def read_pairs(path: Path, skip_bad: bool = False) -> tuple[list[Pair], int]:
     """The pairs of a JSONL file, and how many bad lines were skipped (skip_bad); or an InputError naming the file
     and line of the first bad one."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"preference file not found: {path}")
-    try:
-        numbered = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
-    pairs, skipped = [], 0
-    for number, line in numbered:
-        try:
-            pairs.append(_record_pair(line))
-        except InputError as error:
-            if not skip_bad:
-                raise InputError(f"{path}:{number}: {error}") from None
-            skipped += 1
-    return pairs, skipped
+    return convs.read_jsonl(path, _record_pair, skip_bad, "preference file")
 
 
 def _record_pair(line: str) -> Pair:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InputError(f"not JSON ({error.msg})") from None
-    except RecursionError:
-        raise InputError("not JSON this program reads (nested too deep)") from None
+    record = convs.json_record(line)
     if not isinstance(record, dict) or not all(key in record for key in ("prompt", "chosen", "rejected")):
         raise InputError('each line is an object with "prompt", "chosen" and "rejected"')
     prompt = record["prompt"]
@@ -211,17 +190,18 @@ def pack_pairs(pairs: list[Pair], tokenizer, seq_len: int) -> PackedPairs:
 @torch.no_grad()
 def reference_log_probs(model, packed: PackedPairs, batch_size: int = 32) -> np.ndarray:
     """Each row's sum of log p(reply token) under the model (the frozen reference), in float64."""
+    from jobs.training.objectives import inputs_and_targets
+    from model_zoo.generation import model_device
     from model_zoo.preference_loss import sequence_log_probs
 
     model.eval()
-    device = next(iter(model.state_dict().values())).device
+    device = model_device(model)
     sums = []
     for start in range(0, len(packed.tokens), batch_size):
-        tokens = torch.from_numpy(packed.tokens[start:start + batch_size]).to(device)
-        mask = torch.from_numpy(packed.mask[start:start + batch_size]).to(device)
-        logits, _ = model(tokens[:, :-1])
-        targets = tokens[:, 1:].masked_fill(~mask[:, 1:], -100)
-        sums.append(sequence_log_probs(logits, targets).double().cpu())
+        rows = slice(start, start + batch_size)
+        batch = Batch(torch.from_numpy(packed.tokens[rows]), torch.from_numpy(packed.mask[rows])).to(device)
+        idx, targets = inputs_and_targets(batch)
+        sums.append(sequence_log_probs(model(idx)[0], targets).double().cpu())
     return torch.cat(sums).numpy() if sums else np.zeros(0)
 
 

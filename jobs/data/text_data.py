@@ -46,8 +46,8 @@ class TextData:
 
 
 def load(cfg: ExperimentConfig, distributed: Distributed, start: StartingPoint) -> TextData:
-    """The prepared token files of cfg.data (start: unused, text data is the same whatever the weights). Rank 0 prepares what is missing (download, tokenizer, token files);
-    the others wait, then find it ready."""
+    """The prepared token files of cfg.data (start: unused, text is the same whatever the weights). Rank 0 prepares
+    what is missing (download, tokenizer, token files); the others wait, then find it ready."""
     if not distributed.is_main:
         distributed.barrier()
     prepared = pipeline.prepare(cfg.data)

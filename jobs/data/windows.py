@@ -8,7 +8,7 @@ Batches are cut from a window source, which says how many windows it can give an
     TokenStream   a flat stream of token ids (prepared text): a window may start at any token
     PackedChat    conversations packed into rows of T+1 tokens with their masks (jobs/data/conversations.py)
     PackedPairs   preference pairs, two rows each (jobs/data/preference_data.py): a draw picks pairs
-`TrainWindows` draws random batches from either; `validation_batches` is a fixed ordered pass over either.
+`TrainWindows` draws random batches from any of them; `validation_batches` is a fixed ordered pass over any.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Batch(NamedTuple):
 
 
 class WindowSource(Protocol):
-    """What batches are cut from (TokenStream, PackedChat)."""
+    """What batches are cut from (TokenStream, PackedChat, PackedPairs)."""
 
     def random_starts(self) -> int:
         """How many windows a random draw picks from (a draw is an index below this)."""
