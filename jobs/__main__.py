@@ -1,6 +1,7 @@
-"""`python -m jobs <job> ...`: the command line of every job, through fire.
+"""`python -m jobs <job> ...`: the command line of every job.
 
-Each job is a plain function in its own module; this file only maps names to them. Errors a user can fix
+Each job is a plain function in its own module; this file maps names to them, prints the usage, and hands the
+rest of the command line to jobs/cli.py, the one path from words to a call. Errors a user can fix
 (a bad config, missing data, a wrong checkpoint) print one line naming the problem and exit with status 2.
 """
 
@@ -32,9 +33,6 @@ def _jobs() -> dict:
     return {name: job_function(name) for name in JOBS}
 
 
-ARGPARSE_JOBS = ("serve",)  # jobs whose flags argparse reads (serve's --model repeats, which fire cannot express)
-
-
 def _read_job(job: str) -> tuple[str, str | None]:
     """(description, options) of a job, read from its file's source without importing it (the modules import
     torch and MLflow, seconds of work that --help does not need): the job function's docstring, else the
@@ -52,8 +50,8 @@ def _read_job(job: str) -> tuple[str, str | None]:
 
 
 def usage(job: str | None = None) -> str:
-    """The job's description (its command line and options), or the list of jobs. Written here because fire would
-    read --help as a config override for jobs that take **overrides."""
+    """The job's description (its docstring) and options (its parameters as written), or the list of jobs. Written
+    here because fire would read --help as a config override for jobs that take **overrides."""
     if job is None:
         lines = ["usage: python -m jobs <job> [--config configs/X.yaml] [--section.key=value ...]", "", "jobs:"]
         for name in JOBS:
@@ -61,8 +59,6 @@ def usage(job: str | None = None) -> str:
         lines.append("\n`python -m jobs <job> --help` for one job's options.")
         return "\n".join(lines)
     doc, options = _read_job(job)
-    if job in ARGPARSE_JOBS:
-        return doc
     return f"{doc}\n\noptions: {job}({options})"
 
 
@@ -100,11 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     quiet_libraries()
     show_job_logs()
-    import fire
-
     import difflib
 
-    from jobs.cli import check_command_line
+    from jobs import cli
     from jobs.errors import exit_on_input_error
 
     argv = list(argv if argv is not None else sys.argv[1:])
@@ -116,13 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: no job {argv[0][:40]!r}{f' (did you mean {near[0]}?)' if near else ''}; "
               f"jobs: {', '.join(JOBS)}", file=sys.stderr)
         sys.exit(2)
-    job = job_function(argv[0])
-    if argv[0] in ARGPARSE_JOBS:
-        exit_on_input_error(job, argv[1:])
-        return
-    exit_on_input_error(check_command_line, argv[0], job, argv[1:])
     try:
-        exit_on_input_error(fire.Fire, {argv[0]: job}, command=argv, name="python -m jobs")
+        exit_on_input_error(cli.run, argv[0], job_function(argv[0]), argv[1:])
     except BrokenPipeError:  # `generate ... | head -c 20`: the reader has gone; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout at exit
         sys.exit(0)

@@ -17,14 +17,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from jobs.cli import typed
 from jobs.config import ASSETS_DIR, load_config
 from jobs.errors import InputError
 from jobs.figures import plot, summary_table
 from jobs.tracking import load_runs, log_comparison
 
 
-@typed
 def compare(*refs: str, out: str | None = None, config: str | None = None, log: bool = False,
             phenomena: bool = False) -> None:
     if not refs:

@@ -27,14 +27,13 @@ from jobs.data.windows import TokenStream, validation_batches
 from jobs.training.validation import validation_loss
 from jobs.training.runtime import make_runtime
 from jobs.data.sources import check_utf8
-from jobs.cli import Device, Positive, typed
+from jobs.cli import Device, Positive
 from jobs.errors import InputError
 from jobs.models import load_model
 
 logger = logging.getLogger(__name__)  # `log` is the flag that says whether to log to MLflow
 
 
-@typed
 def evaluate(model: str, config: str | None = None, text_file: str | None = None, max_batches: Positive | None = None,
              batch_size: Positive = 8, device: Device = "auto", json: bool = False, log: bool = True,
              suite: str | None = None, paradigms: bool = False, **overrides) -> None:

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from jobs.cli import typed
 from jobs.errors import InputError
 from jobs.export_formats import FORMATS, MAIN_FILE, WRITERS, check_exportable
 from jobs.checkpoint import LoadedModel
@@ -29,7 +28,6 @@ from jobs.model_ref import ModelRef
 from jobs.models import load_model
 
 
-@typed
 def export(model: str, format: Literal["gguf", "hf"], out: str, dtype: Literal["f32", "f16", "q8_0"] = "f32",
            force: bool = False) -> None:
     if dtype not in FORMATS[format]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 from jobs.model_ref import ModelRef
-from jobs.cli import typed
+
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import chat_data
 from jobs.errors import ConfigError
@@ -22,7 +22,6 @@ from jobs.training.data import StartingPoint
 from jobs.training.trainer import TrainResult, run_training
 
 
-@typed
 def finetune(config: str, base: str | None = None, model_type: Literal["torch", "custom"] | None = None,
              resume: str | bool | None = None, **overrides) -> None:
     # the command line; run_finetuning does the work (the module docstring is what --help shows)

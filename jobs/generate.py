@@ -13,7 +13,7 @@ import sys
 
 from pydantic import TypeAdapter, ValidationError
 
-from jobs.cli import Device, Positive, Seed, Temperature, TopK, TopP, typed
+from jobs.cli import Device, Positive, Seed, Temperature, TopK, TopP
 from jobs.errors import InputError
 from jobs.models import load_model
 from jobs.serving.loading import complete
@@ -34,7 +34,6 @@ def _resolve(model: str | None, config: str | None) -> str:
     raise InputError("say which model: --model models:/<name>@champion, runs:/<id> or a checkpoint folder")
 
 
-@typed
 def generate(prompt: str, model: str | None = None, config: str | None = None, max_length: Positive = 100,
              temperature: Temperature = 0.8, top_k: TopK = 50, top_p: TopP | None = None, seed: Seed | None = None,
              device: Device = "auto") -> None:
@@ -62,7 +61,6 @@ def _stream(loaded, prompt: str, prefix: str, max_length, temperature, top_k, to
     sys.stdout.write("\n")
 
 
-@typed
 def chat(model: str | None = None, config: str | None = None, max_length: Positive = 100, temperature: Temperature = 0.8,
          top_k: TopK = 50, top_p: TopP | None = None, seed: Seed | None = None, device: Device = "auto") -> None:
     """`python -m jobs chat --model REF`: talk to a model in the terminal.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jobs.cli import typed
 from jobs.config import ExperimentConfig, load_config
 from jobs.data import preference_data
 from jobs.errors import ConfigError
@@ -24,7 +23,6 @@ from jobs.training.data import StartingPoint
 from jobs.training.trainer import TrainResult, run_training
 
 
-@typed
 def prefer(config: str, base: str | None = None, model_type: Literal["torch", "custom"] | None = None,
            resume: str | bool | None = None, **overrides) -> None:
     # the command line; run_preference_tuning does the work (the module docstring is what --help shows)

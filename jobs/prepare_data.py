@@ -7,7 +7,6 @@ counted per kind and written as JSONL (messages format) under assets_dir/chat/<e
 
 from __future__ import annotations
 
-from jobs.cli import typed
 from jobs.config import load_config
 from jobs.data import pipeline
 from jobs.errors import InputError
@@ -15,7 +14,6 @@ from jobs.errors import InputError
 STEPS = ("all", "download", "train-tokenizer", "analyze", "pretokenize", "chat")
 
 
-@typed
 def prepare_data(step: str = "all", config: str | None = None, **overrides) -> None:
     if step not in STEPS:
         raise InputError(f"unknown prepare-data step {step!r} (choose from {', '.join(STEPS)})")

@@ -6,51 +6,25 @@ An OpenAI-compatible HTTP server over registered models (REF: `models:/<name>@ch
 (jobs/serving/engine.py). It binds 127.0.0.1 unless --host says otherwise; with --api-key (or the SERVE_API_KEY
 environment variable) every /v1 request must send `Authorization: Bearer <key>`.
 Options: --max-batch N (sequences decoded together; 1 serves one request at a time), --threads N (CPU threads of
-each model's engine, default 1), --device auto|cpu|cuda.
+each model's engine, default 1), --device auto|cpu|cuda, --allowed-host NAME (repeatable: without an API key, also
+answer requests for this host name, '*' for any; by default only 127.0.0.1, localhost, ::1 and --host, so that no
+web page can make a browser drive the server through a DNS name of its own).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from typing import Annotated
 
+from pydantic import Field
+
+from jobs.cli import Device, Port
 from jobs.errors import InputError
 from jobs.model_ref import ModelRef
 
 API_KEY_VARIABLE = "SERVE_API_KEY"
-
-
-def parser() -> argparse.ArgumentParser:
-    # argparse, not fire: --model may be given several times, and every flag is checked before any model loads.
-    p = argparse.ArgumentParser(prog="python -m jobs serve", description=__doc__.splitlines()[2])
-    p.add_argument("--model", action="append", required=True, metavar="REF", help="a model to serve (repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=port_number, default=8000)
-    p.add_argument("--api-key", default=None, help=f"require this Bearer token (default: ${API_KEY_VARIABLE})")
-    p.add_argument("--max-batch", type=positive, default=16, help="sequences decoded together (1: one at a time)")
-    p.add_argument("--threads", type=positive, default=1,
-                   help="CPU threads per model's engine (default 1: small models decode fastest on one)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="without an API key, also answer requests for this host name (repeatable; '*': any). "
-                        "By default only 127.0.0.1, localhost, ::1 and --host, so that no web page can make the "
-                        "browser drive the server through a DNS name of its own (DNS rebinding)")
-    return p
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
-    return value
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"needs a whole number from 1 to 1024, got {value}")
-    return value
+Count = Annotated[int, Field(ge=1, le=1024)]
 
 
 def allowed_hosts(host: str, extra: list[str]) -> frozenset[str]:
@@ -60,12 +34,14 @@ def allowed_hosts(host: str, extra: list[str]) -> frozenset[str]:
     return LOOPBACK_HOSTS | {name.lower().strip("[]") for name in [host, *extra]}
 
 
-def serve(argv: list[str]) -> None:
-    args = parser().parse_args(argv)
-    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
+def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key: str | None = None,
+          max_batch: Count = 16, threads: Count = 1, device: Device = "auto",
+          allowed_host: list[str] | None = None) -> None:
+    # the command line (the module docstring is what --help shows)
+    api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
     if api_key is not None and (len(api_key) < 8 or not api_key.isprintable()):
         raise InputError("--api-key: use at least 8 printable characters")
-    names = [ModelRef.parse(ref).served_name for ref in args.model]
+    names = [ModelRef.parse(ref).served_name for ref in model]
     if len(set(names)) != len(names):
         raise InputError(f"--model: the same model is named twice ({', '.join(names)})")
     import uvicorn
@@ -74,24 +50,24 @@ def serve(argv: list[str]) -> None:
     from jobs.models import load_model
     from jobs.serving.openai_api import ServedModel, create_app
 
-    listening = bind(args.host, args.port)  # first: a port in use is said before any model loads
+    listening = bind(host, port)  # first: a port in use is said before any model loads
     served = []
-    for ref, name in zip(args.model, names):
-        loaded = load_model(ref, args.device)
-        served.append(ServedModel(name, loaded, Engine(loaded.model, args.max_batch, args.threads)))
+    for ref, name in zip(model, names):
+        loaded = load_model(ref, device)
+        served.append(ServedModel(name, loaded, Engine(loaded.model, max_batch, threads)))
         print(f"serving {name} ({loaded.model_type} {loaded.config.architecture}, context {loaded.config.max_seq_len}"
               f"{', chat' if served[-1].chat else ''}) on {loaded.device}", file=sys.stderr)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        print(f"warning: listening on {args.host} with no API key: anyone who reaches it can use it", file=sys.stderr)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: listening on {host} with no API key: anyone who reaches it can use it", file=sys.stderr)
     try:
         port = listening.getsockname()[1]  # bound here, so that --port 0 says which port it got
-        host = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"chat page: http://{host}:{port}/   API: http://{host}:{port}/v1", file=sys.stderr)
-        app = create_app(served, api_key, allowed_hosts(args.host, args.allowed_host))
+        shown = f"[{host}]" if ":" in host else host
+        print(f"chat page: http://{shown}:{port}/   API: http://{shown}:{port}/v1", file=sys.stderr)
+        app = create_app(served, api_key, allowed_hosts(host, allowed_host or []))
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
     finally:
-        for model in served:
-            model.engine.close()
+        for entry in served:
+            entry.engine.close()
 
 
 def bind(host: str, port: int):

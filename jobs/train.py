@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jobs.cli import typed
 from jobs.config import load_config
 from jobs.terminal import ProgressBar, report_run
 from jobs.training.trainer import run_training
 
 
-@typed
 def train(config: str | None = None, model_type: Literal["torch", "custom"] | None = None,
           resume: str | bool | None = None, **overrides) -> None:
     # the command line; run_training does the work (its module docstring is what --help shows)

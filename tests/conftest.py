@@ -1,4 +1,6 @@
 import functools
+import json
+import shutil
 import inspect
 import os
 import signal
@@ -79,35 +81,26 @@ def slow_step(step_number, step):
 
 
 def dry_run(argv: list[str]) -> dict:
-    """Run a command line through `python -m jobs`'s own parsing (fire, then each job's typed flags), with every
-    job's body swapped for a stand-in that loads the config it names with its overrides and stops there.
-    Returns the arguments the job would have got; a bad flag raises (fire exits with status 2), a bad config
-    raises ConfigError. How the compose and Kubernetes commands are checked without running them."""
-    import fire
-
+    """Run a command line through `python -m jobs`'s own path (jobs/cli.py: read, bind, check), with the job's body
+    swapped for a stand-in that loads the config it names with its overrides and stops there. Returns the arguments
+    the job would have got; a bad flag raises an InputError, a bad config a ConfigError. How the compose and
+    Kubernetes commands are checked without running them."""
     import jobs.__main__
-    from jobs.cli import typed
+    from jobs import cli
     from jobs.config import load_config
 
     received = {}
+    job = jobs.__main__.job_function(argv[0])
 
-    def stand_in(job):
-        def load_only(*args, **kwargs):
-            arguments = inspect.signature(job).bind(*args, **kwargs).arguments
-            overrides = arguments.pop("overrides", {})  # the jobs' **overrides: config keys
-            received.update(arguments, job=job.__name__)
-            if arguments.get("config") or overrides:
-                received["loaded"] = load_config(arguments.get("config"), overrides)
-        return typed(functools.wraps(job)(load_only))
+    @functools.wraps(job)
+    def load_only(*args, **kwargs):
+        arguments = inspect.signature(job).bind(*args, **kwargs).arguments
+        overrides = arguments.pop("overrides", {})  # the jobs' **overrides: config keys
+        received.update(arguments, job=job.__name__)
+        if arguments.get("config") or overrides:
+            received["loaded"] = load_config(arguments.get("config"), overrides)
 
-    if argv[0] in jobs.__main__.ARGPARSE_JOBS:  # jobs that read their flags with argparse (serve)
-        import importlib
-
-        module = importlib.import_module(f"jobs.{argv[0].replace('-', '_')}")
-        return vars(module.parser().parse_args(list(argv[1:]))) | {"job": argv[0].replace("-", "_")}
-    real_jobs = jobs.__main__._jobs()
-    stand_ins = {name: stand_in(inspect.unwrap(job)) for name, job in real_jobs.items()}
-    fire.Fire(stand_ins, command=list(argv), name="python -m jobs")
+    cli.run(argv[0], load_only, list(argv[1:]))
     return received
 
 
@@ -216,4 +209,99 @@ def write_zorro(folder, paradigms=None):
                                       "island-effects-adjunct": ZORRO_PAIRS[:1]}).items():
         (folder / f"{name}.txt").write_text("".join(f"{bad}\n{good}\n" for bad, good in pairs))
     (folder / "LICENSE").write_text("MIT\n")  # documentation is skipped
+    return folder
+
+
+# --- bad input: a command line, the exit status it ends with, and its one error line -----------------------------
+# Each test file holds the cases of the module that checks them (tests/jobs/test_cli.py the flags,
+# tests/jobs/test_config.py the configs, ...); they share these helpers and the two fixtures below.
+
+def run_job(argv: list, capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `python -m jobs ARGV`, run in this process through the real entry point."""
+    from jobs.__main__ import main
+
+    try:
+        main([str(a) for a in argv])
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 1
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def assert_refused(argv: list, capsys, words: list[str], status: int = 2) -> str:
+    """The command line ends with `status` and exactly one `error:` line, holding every one of `words`, and no
+    traceback. Returns standard error."""
+    code, out, err = run_job(argv, capsys)
+    assert code == status, f"exit {code}\nstdout: {out[-1500:]}\nstderr: {err[-3000:]}"
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    return err
+
+
+def fill(template: list, files: dict) -> list[str]:
+    """A command template with {config}, {best}, {root}... replaced by the fixture's paths."""
+    return [str(part).format(**{k: v for k, v in files.items() if isinstance(v, (str, Path))}) for part in template]
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory):
+    """A tiny experiment's config and the odd files bad-input cases name (nothing trained: seconds to make)."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("bad-input")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    stories = write_stories(corpus, n=200)
+    config = {
+        "experiment_name": "tiny_bad",
+        "data": {"dataset": "local", "train_files": [str(stories)], "vocab_size": 300, "assets_dir": str(root / "assets")},
+        "model": {"d_model": 32, "n_heads": 2, "n_blocks": 2, "d_ffn": 64, "max_seq_len": 32},
+        "training": {"batch_size": 4, "max_steps": 6, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 3,
+                     "sample_length": 4, "device": "cpu"},
+    }
+    config_file = root / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    (root / "binary.txt").write_bytes(b"Once upon a time\n" * 50 + b"\xff\xfe\x00\x01" + b"end\n")
+    (root / "nulls.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ["a story", None, "another"]) + "\n")
+    (root / "numbers.jsonl").write_text("\n".join(json.dumps({"text": n}) for n in [1, 2, 3]) + "\n")
+    (root / "empty.txt").write_text("")
+    (root / "one-paragraph.txt").write_text("Once upon a time there was one short story and nothing else.\n")
+    (root / "short-valid.txt").write_text("Tim had a ball.\n")
+    (root / "a-file").write_text("not a folder\n")
+    (root / "latin1.yaml").write_bytes(b"experiment_name: caf\xe9\n")
+    (root / "bomb.yaml").write_text('a: &a ["x", "x"]\nb: &b [*a, *a]\nc: &c [*b, *b]\nexperiment_name: x\n')
+    (root / "long-suite").mkdir()  # a sentence longer than the tiny model's 32-token context
+    (root / "long-suite" / "p-long.txt").write_text(("the dogs runs " * 20 + ".\n") + ("the dog runs " * 20 + ".\n"))
+    (root / "blocked-assets").mkdir()  # a file where the token files' folder goes
+    (root / "blocked-assets" / "tokens").write_text("not a folder\n")
+    return {"root": root, "config": config_file, "stories": stories, "nope": root / "nope"}
+
+
+@pytest.fixture(scope="session")
+def trained_world(bad_files):
+    """bad_files' experiment trained for 6 steps (a registered model, its run folder, its store), for the cases that
+    need a real checkpoint. The cases only read it, or copy it first."""
+    import subprocess
+    import sys
+
+    root = bad_files["root"]
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "jobs", "train", "--config", str(bad_files["config"])], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_folder,) = (root / "assets" / "checkpoints" / "tiny_bad" / "torch").glob("torch-*")
+    return {**bad_files, "store": store, "env": env, "best": run_folder / "best", "latest": run_folder / "latest"}
+
+
+def corrupt_copy(world: dict, name: str, change) -> Path:
+    """A copy of the trained world's latest checkpoint whose state.json `change` has edited."""
+    folder = world["root"] / "corrupt" / name
+    shutil.copytree(world["latest"], folder)
+    state = json.loads((folder / "state.json").read_text())
+    change(state)
+    (folder / "state.json").write_text(json.dumps(state))
     return folder

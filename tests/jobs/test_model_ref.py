@@ -28,3 +28,17 @@ def test_a_folder_is_served_by_its_last_two_parts(tmp_path):
 def test_a_registry_reference_without_a_version_is_refused_saying_how(text):
     with pytest.raises(CheckpointError, match="not which version: models:/.*@champion"):
         ModelRef.parse(text)
+
+
+def test_a_registered_model_that_is_not_there_is_one_line_naming_it(store):
+    from jobs.models import load_model
+
+    with pytest.raises(CheckpointError, match="cannot load models:/no_such_model@champion"):
+        load_model("models:/no_such_model@champion", "cpu")
+
+
+def test_a_checkpoint_folder_that_is_not_there_is_named(tmp_path):
+    from jobs.models import load_model
+
+    with pytest.raises(CheckpointError, match=f"checkpoint not found: {tmp_path / 'nope'}"):
+        load_model(str(tmp_path / "nope"), "cpu")
