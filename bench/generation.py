@@ -67,12 +67,33 @@ def main() -> None:
     print(f"both model types give the same tokens: {outputs[('torch twin', True)] == outputs[('custom', True)]}")
 
     # The cost of one new token once the context holds T tokens: where the cache pays most.
+    # Its floor: a cached step reads every weight and the whole cache once, so it takes at least their bytes over
+    # the memory bandwidth (measured here: a sum over 256 MB, far larger than the CPU's caches).
     T = args.new_tokens
-    print(f"\none new token with {T - 1} tokens before it (T {T}), median of 20")
-    print(f"{'model':<14}{'full recompute (ms)':>21}{'KV cache (ms)':>15}{'speed-up':>10}")
+    weight_bytes = sum(t.numel() * t.element_size() for t in twin.state_dict().values())
+    cache_bytes = 2 * config.n_blocks * T * config.d_model * 4  # keys and values, every block, fp32
+    bandwidth = memory_bandwidth()
+    floor = (weight_bytes + cache_bytes) / bandwidth
+    print(f"\none new token with {T - 1} tokens before it (T {T}), median of 20; floor: weights "
+          f"{weight_bytes / 1e6:.1f} MB + cache {cache_bytes / 1e6:.1f} MB read once at {bandwidth / 1e9:.1f} GB/s "
+          f"= {1e3 * floor:.2f} ms")
+    print(f"{'model':<14}{'full recompute (ms)':>21}{'KV cache (ms)':>15}{'speed-up':>10}{'floor (ms)':>12}"
+          f"{'cache / floor':>15}")
     for name, model in models.items():
         full, cached = per_token_at(model, T, repeats=20)
-        print(f"{name:<14}{1e3 * full:>21.2f}{1e3 * cached:>15.2f}{full / cached:>9.1f}x")
+        print(f"{name:<14}{1e3 * full:>21.2f}{1e3 * cached:>15.2f}{full / cached:>9.1f}x{1e3 * floor:>12.2f}"
+              f"{cached / floor:>14.1f}x")
+
+
+def memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes per second of reading a float32 tensor much larger than the caches (best of `repeats`)."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return data.numel() * 4 / best
 
 
 @torch.inference_mode()
@@ -85,7 +106,7 @@ def per_token_at(model, T: int, repeats: int) -> tuple[float, float]:
         start = time.perf_counter()
         model(context)
         full.append(time.perf_counter() - start)
-        cache = KVCache(model.config.n_blocks)
+        cache = KVCache(model.config.n_blocks, model.config.max_seq_len)
         model(context[:, :-1], kv_cache=cache)
         start = time.perf_counter()
         model(context[:, -1:], kv_cache=cache)

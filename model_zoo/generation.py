@@ -91,7 +91,7 @@ def generate_tokens(
         elif cache is not None and cache.length < max_len:
             logits, _ = model(torch.tensor([[tokens[-1]]], device=device), kv_cache=cache)  # one new position
         else:  # first step, or the window slid: (re)fill the cache from the last max_len tokens
-            cache = KVCache(model.config.n_blocks)
+            cache = KVCache(model.config.n_blocks, model.config.max_seq_len)
             logits, _ = model(torch.tensor([tokens[-max_len:]], device=device), kv_cache=cache)
         (next_id,) = sample_rows(logits[:, -1, :], [temperature], [top_k], [top_p], [generator])
         tokens.append(next_id)

@@ -2,12 +2,17 @@
 
 Without a cache every generated token re-runs the whole prefix through the model. Attention is the only
 place where tokens meet, and a past token's key and value never change (causality), so we keep them.
-Both model implementations take a cache in forward() and ask it two things about the new tokens: their
-positions (`positions`) and which keys each of them may see (`attention_mask`). generation.py drives them.
+Both model implementations take a cache in forward() and ask it three things about the new tokens: their
+positions (`positions`), which keys each of them may see (`attention_mask`), and, in each block, to store their
+keys and values and hand back every key and value so far (`append`). generation.py drives them.
+
+Each cache holds one buffer per block for keys and one for values, allocated once, at the first forward, for
+(rows, K/V heads, max_seq_len, head size). A new token is a slice write into it; attention reads a view of the
+filled part. Nothing is concatenated or copied as the sequence grows.
 
 KVCache holds one sequence (or a batch of sequences that all have the same length). BatchedKVCache holds
-sequences of different lengths side by side, so a server can run one forward pass for all of them
-(continuous batching: jobs/serving/engine.py).
+sequences of different lengths side by side, each with its own length, so that a server runs one forward pass
+for all of them (continuous batching: jobs/serving/engine.py).
 """
 
 from __future__ import annotations
@@ -16,18 +21,21 @@ import torch
 
 
 class KVCache:
-    def __init__(self, n_blocks: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_blocks  # each (B, H, length, D)
+    def __init__(self, n_blocks: int, max_seq_len: int):
+        self.capacity = max_seq_len  # slots per row: the model's context
+        self.keys: list[torch.Tensor | None] = [None] * n_blocks  # each (B, H, capacity, D), allocated once
         self.values: list[torch.Tensor | None] = [None] * n_blocks
         self.length = 0  # tokens already in the cache; the next token's position
 
     def append(self, block_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add this step's keys and values (B, H, T, D) of one block; return all of them (B, H, length + T, D)."""
-        if self.keys[block_index] is not None:
-            k = torch.cat([self.keys[block_index], k], dim=2)
-            v = torch.cat([self.values[block_index], v], dim=2)
-        self.keys[block_index], self.values[block_index] = k, v
-        return k, v
+        """Store this step's keys and values (B, H, T, D) of one block at slots length .. length + T - 1; return all
+        of them so far, (B, H, length + T, D), as views of the buffers."""
+        if self.keys[block_index] is None:
+            self.keys[block_index], self.values[block_index] = _buffer(k, self.capacity), _buffer(v, self.capacity)
+        end = self.length + k.shape[2]
+        self.keys[block_index][:, :, self.length:end] = k
+        self.values[block_index][:, :, self.length:end] = v
+        return self.keys[block_index][:, :, :end], self.values[block_index][:, :, :end]
 
     def advance(self, n_tokens: int) -> None:
         """Called by the model once every block has appended this step's n_tokens."""
@@ -35,8 +43,8 @@ class KVCache:
 
     def positions(self, n_tokens: int, max_seq_len: int, device=None) -> torch.Tensor:
         """(T,) positions of n_tokens new tokens: they come after the cached ones. Refuses a context over
-        max_seq_len (GPT-2's learned position table ends there)."""
-        if self.length + n_tokens > max_seq_len:
+        max_seq_len (GPT-2's learned position table ends there, and so does the buffer)."""
+        if self.length + n_tokens > min(max_seq_len, self.capacity):
             raise ValueError(f"sequence of {self.length + n_tokens} tokens is longer than max_seq_len={max_seq_len}")
         return torch.arange(self.length, self.length + n_tokens, device=device)
 
@@ -45,9 +53,14 @@ class KVCache:
         return causal_mask(n_queries, self.length, device)
 
     @staticmethod
-    def positions_for(kv_cache: "KVCache | None", n_tokens: int, max_seq_len: int, device=None) -> torch.Tensor:
+    def positions_for(kv_cache: "KVCache | BatchedKVCache | None", n_tokens: int, max_seq_len: int,
+                      device=None) -> torch.Tensor:
         """Positions of n_tokens new tokens, with a cache or without one (then 0 .. T-1)."""
-        return (kv_cache or KVCache(0)).positions(n_tokens, max_seq_len, device)
+        if kv_cache is None:
+            if n_tokens > max_seq_len:
+                raise ValueError(f"sequence of {n_tokens} tokens is longer than max_seq_len={max_seq_len}")
+            return torch.arange(n_tokens, device=device)
+        return kv_cache.positions(n_tokens, max_seq_len, device)
 
 
 def causal_mask(n_queries: int, past: int, device=None) -> torch.Tensor:
@@ -57,75 +70,88 @@ def causal_mask(n_queries: int, past: int, device=None) -> torch.Tensor:
     return key_positions <= query_positions
 
 
-class BatchedKVCache(KVCache):
-    """Sequences of different lengths in one cache, aligned on the right: row b's first `pad[b]` slots are
-    empty (left padding), so that every row's next token lands in the same slot, `length`, and one forward
-    pass of (B, 1) new tokens serves them all.
+def _buffer(like: torch.Tensor, capacity: int, rows: int | None = None) -> torch.Tensor:
+    """Zeros of (rows, H, capacity, D) in `like`'s dtype and device (its B rows unless told)."""
+    B, H, _, D = like.shape
+    return torch.zeros(rows or B, H, capacity, D, dtype=like.dtype, device=like.device)
+
+
+class BatchedKVCache:
+    """Sequences of different lengths in one cache: row b holds `lengths[b]` tokens, from slot 0, and the next
+    token of each row goes to its own slot, `lengths[b]`.
 
         slot:    0  1  2  3  4  5
-        row 0:   .  .  a  b  c  |  next token of row 0: slot 5, position 3
-        row 1:   p  q  r  s  t  |  next token of row 1: slot 5, position 5
+        row 0:   a  b  c  .  .  .    next token of row 0: slot 3, position 3
+        row 1:   p  q  r  s  t  .    next token of row 1: slot 5, position 5
 
-    A row's positions count from its own first token (slot - pad), and its queries never see the empty slots,
-    so each sequence computes what it would compute alone. Rows join after their prompt has been run through a
-    KVCache of their own (`add`) and leave when they finish (`keep`)."""
+    A row's slot is its token's position, and its queries see only its own filled slots, so each sequence
+    computes what it would compute alone. The rows in use are always 0 .. rows - 1, so attention reads one view
+    of the buffers: a sequence joins in the first free row after its prompt has run through a KVCache of its own
+    (`add`: its prompt's keys and values copied in once), and a sequence that leaves hands its row to the last
+    one (`remove`: one row copied, not the cache)."""
 
-    def __init__(self, n_blocks: int):
-        super().__init__(n_blocks)
-        self.pad = torch.zeros(0, dtype=torch.long)  # (B,): empty slots at the start of each row
-
-    @property
-    def rows(self) -> int:
-        return len(self.pad)
+    def __init__(self, n_blocks: int, max_seq_len: int, max_rows: int):
+        self.capacity, self.max_rows = max_seq_len, max_rows
+        self.keys: list[torch.Tensor | None] = [None] * n_blocks  # each (max_rows, H, capacity, D)
+        self.values: list[torch.Tensor | None] = [None] * n_blocks
+        self.lengths = torch.zeros(max_rows, dtype=torch.long)  # tokens in each row; rows in use: 0 .. rows - 1
+        self.rows = 0
 
     def positions(self, n_tokens: int, max_seq_len: int, device=None) -> torch.Tensor:
-        """(B, T) positions: the new tokens' slots, less each row's padding."""
-        slots = torch.arange(self.length, self.length + n_tokens, device=device)  # (T,)
-        positions = slots[None, :] - self.pad.to(device)[:, None]  # (B, T)
-        if positions.numel() and int(positions.max()) >= max_seq_len:
+        """(B, T) positions of each row's new tokens: they follow the row's own cached ones."""
+        positions = self.lengths[:self.rows, None] + torch.arange(n_tokens)[None, :]  # (B, T)
+        if positions.numel() and int(positions.max()) >= min(max_seq_len, self.capacity):
             raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than max_seq_len={max_seq_len}")
-        return positions
+        return positions.to(device)
 
     def attention_mask(self, n_queries: int, device=None) -> torch.Tensor:
-        """(B, 1, T, length + T): the causal mask, less each row's empty slots (broadcast over the heads)."""
-        key_slots = torch.arange(self.length + n_queries, device=device)[None, None, :]  # (1, 1, length + T)
-        filled = key_slots >= self.pad.to(device)[:, None, None]  # (B, 1, length + T)
-        return (causal_mask(n_queries, self.length, device)[None] & filled)[:, None]  # (B, 1, T, length + T)
+        """(B, 1, T, L) booleans, L = the longest row's length + T: query i of row b (at position lengths[b] + i)
+        may see its row's slots 0 .. lengths[b] + i; the slots past a row's end hold nothing of it."""
+        positions = self.positions(n_queries, self.capacity, device)  # (B, T)
+        key_slots = torch.arange(self._end(n_queries), device=device)  # (L,)
+        return (key_slots[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, L), broadcast over heads
+
+    def append(self, block_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write each row's new keys and values (B, H, T, D) at its own slots; return (B, H, L, D) views."""
+        B, T = k.shape[0], k.shape[2]
+        slots = self.positions(T, self.capacity, k.device)  # (B, T): where row b's new tokens go
+        rows = torch.arange(B, device=k.device)[:, None]  # (B, 1)
+        # buffer[rows, :, slots] is (B, T, H, D): the advanced indices come first, the sliced head axis after
+        self.keys[block_index][rows, :, slots] = k.transpose(1, 2)
+        self.values[block_index][rows, :, slots] = v.transpose(1, 2)
+        end = self._end(T)
+        return self.keys[block_index][:B, :, :end], self.values[block_index][:B, :, :end]
+
+    def advance(self, n_tokens: int) -> None:
+        self.lengths[:self.rows] += n_tokens
 
     def add(self, cache: KVCache) -> int:
-        """Take in a one-sequence cache (its prompt already run); returns its row index."""
+        """Take in a one-sequence cache (its prompt already run) as the next row; returns the row's index."""
         if cache.keys[0] is None or cache.keys[0].shape[0] != 1:
             raise ValueError("add() takes a filled cache of one sequence")
-        grow = max(cache.length - self.length, 0)  # the new row is longer: pad every row already here
-        if self.rows and grow:
-            self.keys = [_pad_left(k, grow) for k in self.keys]
-            self.values = [_pad_left(v, grow) for v in self.values]
-        self.pad = self.pad + grow
-        self.length += grow
-        new_pad = self.length - cache.length  # the new row is shorter: pad it
-        if self.rows:
-            self.keys = [torch.cat([k, _pad_left(new, new_pad)]) for k, new in zip(self.keys, cache.keys)]
-            self.values = [torch.cat([v, _pad_left(new, new_pad)]) for v, new in zip(self.values, cache.values)]
-        else:
-            self.keys, self.values = list(cache.keys), list(cache.values)
-        self.pad = torch.cat([self.pad, torch.tensor([new_pad])])
-        return self.rows - 1
+        if self.rows == self.max_rows:
+            raise ValueError(f"the batch is full ({self.max_rows} rows)")
+        if self.keys[0] is None:  # the first row ever: now the heads, head size, dtype and device are known
+            self.keys = [_buffer(k, self.capacity, self.max_rows) for k in cache.keys]
+            self.values = [_buffer(v, self.capacity, self.max_rows) for v in cache.values]
+        row, n = self.rows, cache.length
+        for mine, theirs in zip(self.keys + self.values, cache.keys + cache.values):
+            mine[row, :, :n] = theirs[0, :, :n]
+        self.lengths[row] = n
+        self.rows += 1
+        return row
 
-    def keep(self, rows: list[int]) -> None:
-        """Keep only these rows (in this order), then drop the slots that every remaining row leaves empty."""
-        index = torch.tensor(rows, dtype=torch.long)
-        self.pad = self.pad[index]
-        if not rows:
-            self.keys, self.values, self.length = [None] * len(self.keys), [None] * len(self.values), 0
-            return
-        device = self.keys[0].device
-        drop = int(self.pad.min())
-        self.keys = [k.index_select(0, index.to(device))[:, :, drop:] for k in self.keys]
-        self.values = [v.index_select(0, index.to(device))[:, :, drop:] for v in self.values]
-        self.pad -= drop
-        self.length -= drop
+    def remove(self, row: int) -> None:
+        """Free a row: the last row moves into it (so the rows in use stay 0 .. rows - 1)."""
+        last = self.rows - 1
+        if row != last:
+            n = int(self.lengths[last])
+            for buffer in self.keys + self.values:
+                buffer[row, :, :n] = buffer[last, :, :n]
+            self.lengths[row] = n
+        self.lengths[last] = 0
+        self.rows -= 1
 
-
-def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, H, L, D) -> (B, H, n + L, D) with n zero slots in front (they are never attended to)."""
-    return torch.nn.functional.pad(t, (0, 0, n, 0)) if n else t
+    def _end(self, n_tokens: int) -> int:
+        """Slots attention reads this step: up to the longest row's end after n_tokens more."""
+        return int(self.lengths[:self.rows].max()) + n_tokens if self.rows else n_tokens

@@ -6,7 +6,7 @@ The idea of vLLM's scheduler, written plainly. One thread owns the model and loo
        own) and sample its first token; the sequence then joins the running batch (BatchedKVCache.add);
     2. decode: one forward pass of (B, 1) tokens, the last token of each active sequence, over the batch's
        cache; each sequence samples its next token with its own settings and random generator;
-    3. finished or abandoned sequences leave the batch at once (BatchedKVCache.keep), freeing their place.
+    3. finished or abandoned sequences leave the batch at once (BatchedKVCache.remove), freeing their row.
 
 A request that arrives while others are generating joins at the next step instead of waiting for them to end.
 Each sequence sees only its own keys (the batch cache masks the others and the padding), so at temperature 0 a
@@ -73,7 +73,7 @@ class Engine:
         self.max_seq_len = model.config.max_seq_len
         self._waiting: deque[Request] = deque()
         self._active: list[_Sequence] = []  # row i of self._cache is self._active[i]
-        self._cache = BatchedKVCache(model.config.n_blocks)
+        self._cache = self._new_cache()
         self._wake = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -131,11 +131,14 @@ class Engine:
                     log.exception("engine step failed")  # requests in the batch hear of it, and the engine
                     for sequence in self._active:  # serves the next ones
                         sequence.request.emit(("error", f"internal error ({type(error).__name__})"))
-                    self._active, self._cache = [], BatchedKVCache(self.model.config.n_blocks)
+                    self._active, self._cache = [], self._new_cache()
         with self._wake:
             left = [s.request for s in self._active] + list(self._waiting)
         for request in left:
             request.emit(("error", "the server is shutting down"))
+
+    def _new_cache(self) -> BatchedKVCache:
+        return BatchedKVCache(self.model.config.n_blocks, self.max_seq_len, self.max_batch)
 
     def _prefill(self, request: Request) -> None:
         """The prompt alone through the model, its first token sampled; then the sequence joins the batch."""
@@ -144,7 +147,7 @@ class Engine:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(request.seed) if request.seed is not None else generator.seed()
         sequence = _Sequence(request, generator)
-        cache = KVCache(self.model.config.n_blocks)
+        cache = KVCache(self.model.config.n_blocks, self.max_seq_len)
         logits, _ = self.model(torch.tensor([request.prompt_ids], device=self.device), kv_cache=cache)  # (1, P, V)
         if not self._send(sequence, self._sample([sequence], logits[:, -1])[0]):
             self._cache.add(cache)
@@ -192,8 +195,9 @@ class Engine:
                            [s.generator for s in sequences])
 
     def _leave(self, rows: set[int]) -> None:
-        """These rows leave the batch (finished or abandoned); their cache slots are freed at once."""
-        if rows:
-            keep = [i for i in range(len(self._active)) if i not in rows]
-            self._cache.keep(keep)
-            self._active = [self._active[i] for i in keep]
+        """These rows leave the batch (finished or abandoned); their rows are freed at once. The cache moves its last
+        row into a freed one, and the list of sequences does the same, so row i stays self._active[i]."""
+        for row in sorted(rows, reverse=True):  # from the last: a row still to free is never the one moved
+            self._cache.remove(row)
+            self._active[row] = self._active[-1]
+            self._active.pop()

@@ -216,6 +216,7 @@ class Trainer:
             finished = self.main and run_end.finished_in_tracking(self.run_id, self.journal_file)
             (unfinished,) = self.distributed.sum(float(self.main and not finished))
             if not unfinished:  # before MLflow is written to: a finished run stays as it is
+                self.distributed.barrier()  # as at the end of a run: no rank leaves while another still talks to it
                 return TrainResult(self.run_id, self.progress.step, self.progress.best_val_loss, self.root,
                                    stopped_by=StopReason.NOTHING_TO_DO)
             return self.finish()

@@ -203,9 +203,12 @@ def test_llama_cpp_runs_the_gguf_with_our_logits_and_greedy_tokens(tmp_path, tok
 
 
 def test_export_refuses_bad_input_in_one_line_and_leaves_nothing_behind(tmp_path, tokenizer_folder, monkeypatch):
+    from jobs.cli import typed
     from jobs.errors import InputError
     from jobs.export import export
     import jobs.export_formats
+
+    checked = typed(export)  # as the command line calls it: the flags checked against their annotations first
 
     checkpoint = make_checkpoint(tmp_path / "ckpt", tokenizer_folder)
     cases = [
@@ -218,7 +221,7 @@ def test_export_refuses_bad_input_in_one_line_and_leaves_nothing_behind(tmp_path
     for change, words in cases:
         arguments = dict(model=str(checkpoint), format="gguf", out=str(tmp_path / "out"), dtype="f32") | change
         with pytest.raises(InputError, match=words):
-            export(**arguments)
+            checked(**arguments)
     # q8_0 stores rows in blocks of 32: a model 48 wide cannot be held
     narrow = make_checkpoint(tmp_path / "narrow", tokenizer_folder)
     state = json.loads((narrow / "state.json").read_text())

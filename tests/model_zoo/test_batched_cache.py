@@ -17,7 +17,7 @@ CONFIGS = {
 
 def alone(model, prompt: list[int], steps: int) -> list[torch.Tensor]:
     """Last-position logits of the prompt, then of each greedy token fed back, with a one-sequence cache."""
-    cache = KVCache(model.config.n_blocks)
+    cache = KVCache(model.config.n_blocks, model.config.max_seq_len)
     logits, _ = model(torch.tensor([prompt]), kv_cache=cache)
     out = [logits[0, -1]]
     for _ in range(steps):
@@ -38,13 +38,13 @@ def test_batched_decoding_equals_each_sequence_alone(architecture, model_type):
     steps = 8
     with torch.no_grad():
         expected = [alone(model, p, steps) for p in prompts]
-        batch = BatchedKVCache(config.n_blocks)
+        batch = BatchedKVCache(config.n_blocks, config.max_seq_len, max_rows=4)
         rows: list[int] = []  # request index of each row
         got: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(prompts))}
         joins = {0: [0, 1], 2: [2], 5: [3]}  # step -> requests that join then (prefilled alone, as the server does)
         for step in range(steps + 6):
             for i in joins.get(step, []):
-                cache = KVCache(config.n_blocks)
+                cache = KVCache(config.n_blocks, config.max_seq_len)
                 logits, _ = model(torch.tensor([prompts[i]]), kv_cache=cache)
                 got[i].append(logits[0, -1])
                 batch.add(cache)
@@ -56,11 +56,11 @@ def test_batched_decoding_equals_each_sequence_alone(architecture, model_type):
             for row, i in enumerate(rows):
                 got[i].append(logits[row, -1])
             finished = [row for row, i in enumerate(rows) if len(got[i]) == steps + 1]
-            if finished:  # finished rows leave; the others keep decoding
-                keep = [row for row in range(len(rows)) if row not in finished]
-                batch.keep(keep)
-                rows = [rows[row] for row in keep]
-        assert not rows and batch.length == 0
+            for row in reversed(finished):  # finished rows leave (the last row moves in); the others keep decoding
+                batch.remove(row)
+                rows[row] = rows[-1]
+                rows.pop()
+        assert not rows and batch.rows == 0
     for i in range(len(prompts)):
         assert len(got[i]) == steps + 1
         for step, (a, b) in enumerate(zip(got[i], expected[i])):
@@ -71,10 +71,10 @@ def test_batched_decoding_equals_each_sequence_alone(architecture, model_type):
 def test_batched_cache_refuses_a_context_over_max_seq_len():
     config = CONFIGS["gpt2"]
     model = build_model(config, "torch").eval()
-    cache = KVCache(config.n_blocks)
+    cache = KVCache(config.n_blocks, config.max_seq_len)
     with torch.no_grad():
         model(torch.zeros(1, config.max_seq_len, dtype=torch.long), kv_cache=cache)
-        batch = BatchedKVCache(config.n_blocks)
+        batch = BatchedKVCache(config.n_blocks, config.max_seq_len, max_rows=2)
         batch.add(cache)
         with pytest.raises(ValueError, match="longer than max_seq_len"):
             model(torch.zeros(1, 1, dtype=torch.long), kv_cache=batch)

@@ -117,13 +117,13 @@ def test_kv_cache_logits_equal_full_recomputation(which):
     idx, _ = batch(B=2, T=12)
     with torch.no_grad():
         full_logits, _ = model(idx)
-        cache = KVCache(TINY.n_blocks)
+        cache = KVCache(TINY.n_blocks, TINY.max_seq_len)
         prefill_logits, _ = model(idx[:, :5], kv_cache=cache)  # prompt of 5
         step_logits = [prefill_logits]
         for t in range(5, 12):
             logits, _ = model(idx[:, t : t + 1], kv_cache=cache)  # one token at a time
             step_logits.append(logits)
-        two_at_once, _ = model(idx[:, :2], kv_cache=KVCache(TINY.n_blocks))
+        two_at_once, _ = model(idx[:, :2], kv_cache=KVCache(TINY.n_blocks, TINY.max_seq_len))
     cached = torch.cat(step_logits, dim=1)
     assert torch.allclose(cached, full_logits, rtol=0, atol=1e-10)
     assert torch.allclose(two_at_once, full_logits[:, :2], rtol=0, atol=1e-10)
