@@ -14,7 +14,9 @@ request gets the tokens it would get alone. A sequence stops at one of its stop 
 when the model's context is full (finish reason "length").
 
 Tokens go back to the caller through `Request.emit`, called from the engine's thread (the server turns it into
-an asyncio queue). Nothing here knows about HTTP or text.
+an asyncio queue), each with its log-probability when the request asks (`logprobs`): the model's log-softmax at
+that position, before temperature, top-k or top-p (what the model thinks, not how it was sampled), and the N
+likeliest tokens there. Nothing here knows about HTTP or text.
 """
 
 from __future__ import annotations
@@ -37,16 +39,26 @@ log = logging.getLogger(__name__)
 class Request:
     prompt_ids: list[int]
     max_tokens: int
-    emit: Callable[[tuple], None]  # ("token", id), then ("done", "stop" | "length") or ("error", message)
+    emit: Callable[[tuple], None]  # ("token", id, TokenLogprob | None), then ("done", "stop" | "length") or
+    #                                ("error", message)
     temperature: float = 1.0
     top_p: float | None = None
     seed: int | None = None
     stop_ids: frozenset[int] = frozenset()
     top_k: int | None = None  # None or 0: every token (the OpenAI API has no top_k; vLLM's extension does)
+    logprobs: int | None = None  # None: none; N: each token's log-probability and the N likeliest tokens there
     cancelled: threading.Event = field(default_factory=threading.Event)  # set by the caller: leave the batch
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+
+@dataclass
+class TokenLogprob:
+    """A sampled token's log-probability under the model, and the likeliest tokens at its position (id, logprob)."""
+
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass
@@ -149,7 +161,7 @@ class Engine:
         sequence = _Sequence(request, generator)
         cache = KVCache(self.model.config.n_blocks, self.max_seq_len)
         logits, _ = self.model(torch.tensor([request.prompt_ids], device=self.device), kv_cache=cache)  # (1, P, V)
-        if not self._send(sequence, self._sample([sequence], logits[:, -1])[0]):
+        if not self._send(sequence, *self._next([sequence], logits[:, -1])[0]):
             self._cache.add(cache)
             self._active.append(sequence)
 
@@ -157,29 +169,44 @@ class Engine:
         last_tokens = torch.tensor([[s.last_token] for s in self._active], device=self.device)  # (B, 1)
         logits, _ = self.model(last_tokens, kv_cache=self._cache)  # (B, 1, V): every active sequence, one pass
         try:
-            tokens = self._sample(self._active, logits[:, -1])
+            chosen = self._next(self._active, logits[:, -1])
         except Exception:  # one row's settings broke the batch's sampling: each row alone, and only those that
-            tokens = [self._sample_alone(s, row) for s, row in zip(self._active, logits[:, -1])]  # fail end
-        self._leave({i for i, (sequence, token) in enumerate(zip(self._active, tokens))
-                     if token is None or self._send(sequence, token)})
+            chosen = [self._next_alone(s, row) for s, row in zip(self._active, logits[:, -1])]  # fail end
+        self._leave({i for i, (sequence, (token, logprob)) in enumerate(zip(self._active, chosen))
+                     if token is None or self._send(sequence, token, logprob)})
 
-    def _sample_alone(self, sequence: _Sequence, logits: torch.Tensor) -> int | None:
+    def _next_alone(self, sequence: _Sequence, logits: torch.Tensor) -> tuple[int | None, TokenLogprob | None]:
         """One sequence's next token from its (V,) logits, or None (and an error to its request) if sampling fails."""
         try:
-            return self._sample([sequence], logits[None])[0]
+            return self._next([sequence], logits[None])[0]
         except Exception as error:
             log.exception("sampling failed for one request")
             sequence.request.emit(("error", f"internal error ({type(error).__name__})"))
-            return None
+            return None, None
 
-    def _send(self, sequence: _Sequence, token: int) -> bool:
+    def _next(self, sequences: list[_Sequence], logits: torch.Tensor) -> list[tuple[int, TokenLogprob | None]]:
+        """Each sequence's next token from its row of (B, V) logits, and its log-probability if the request asks."""
+        tokens = self._sample(sequences, logits)
+        wanted = [row for row, s in enumerate(sequences) if s.request.logprobs is not None]
+        logprobs: list[TokenLogprob | None] = [None] * len(sequences)
+        if wanted:
+            log_probs = torch.log_softmax(logits[wanted].float(), dim=-1)  # (W, V): the model's, before temperature
+            n_top = max(sequences[row].request.logprobs for row in wanted)
+            top_values, top_ids = log_probs.topk(n_top, dim=-1) if n_top else (log_probs[:, :0], log_probs[:, :0])
+            for i, row in enumerate(wanted):
+                n = sequences[row].request.logprobs
+                logprobs[row] = TokenLogprob(float(log_probs[i, tokens[row]]),
+                                             list(zip(top_ids[i, :n].tolist(), top_values[i, :n].tolist())))
+        return list(zip(tokens, logprobs))
+
+    def _send(self, sequence: _Sequence, token: int, logprob: TokenLogprob | None = None) -> bool:
         """Send a sequence's new token (or its end); True when the sequence is done."""
         request = sequence.request
         if token in request.stop_ids:
             request.emit(("done", "stop"))
             return True
         sequence.last_token, sequence.generated = token, sequence.generated + 1
-        request.emit(("token", token))
+        request.emit(("token", token, logprob))
         # feeding this token back would put it at position len(prompt) + generated - 1: past the context?
         if sequence.generated >= request.max_tokens or len(request.prompt_ids) + sequence.generated > self.max_seq_len:
             request.emit(("done", "length"))

@@ -6,7 +6,9 @@
     POST /v1/chat/completions    answer a conversation, rendered with the chat template (chat_template.py)
     GET  /                       the chat page (chat.html)
 
-Both POSTs stream with `"stream": true` (server-sent events: `data: {json}` chunks, then `data: [DONE]`). The
+Both POSTs stream with `"stream": true` (server-sent events: `data: {json}` chunks, then `data: [DONE]`), and give
+log-probabilities when asked (completions: `"logprobs": N`; chat: `"logprobs": true, "top_logprobs": N`): each
+token's log-softmax under the model at its position, before temperature, top-k and top-p, and the N likeliest. The
 generation itself happens in each model's Engine (engine.py), shared by every request. Errors have OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`: 400 for a bad parameter or a prompt over the model's context
 (code context_length_exceeded, as OpenAI), 401 without the API key, 404 for an unknown model, 413 for a body over
@@ -42,8 +44,9 @@ MAX_MESSAGES_CHARS = 100_000  # all of a conversation's messages together, in ch
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_SEED = 2**64 - 1  # seeds are unsigned 64-bit (torch's generators)
 MAX_STOP_SEQUENCES = 4  # as OpenAI
+MAX_LOGPROBS = 20  # the likeliest tokens a request may ask for at each position (OpenAI: 5 for completions, 20 chat)
 # Parameters of OpenAI's API that this server does not implement: refused, not silently ignored.
-UNSUPPORTED = ("logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call", "echo", "suffix",
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "echo", "suffix",
                "response_format", "logit_bias")
 
 
@@ -91,6 +94,10 @@ class _Sampling(BaseModel):
             raise APIError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", "stop")
         return stops
 
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no log-probabilities; N: each token's and the N likeliest at its position."""
+        raise NotImplementedError
+
     def refuse_unsupported(self) -> None:
         for name in UNSUPPORTED:
             if (self.model_extra or {}).get(name) not in (None, False, [], 0):
@@ -99,6 +106,10 @@ class _Sampling(BaseModel):
 
 class CompletionBody(_Sampling):
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]  # one prompt (n > 1 is not served)
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None  # the legacy API: an integer top-N
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 class Message(BaseModel):
@@ -108,6 +119,13 @@ class Message(BaseModel):
 
 class ChatBody(_Sampling):
     messages: list[Message] = Field(min_length=1, max_length=200)
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+
+    def top_logprobs_wanted(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @field_validator("messages")
     @classmethod
@@ -294,7 +312,8 @@ async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_id
     outbox = Outbox.of(asyncio.get_running_loop())
     job = EngineRequest(prompt_ids, max_tokens, lambda event: outbox.put(events, event), body.temperature,
                         body.top_p if body.top_p < 1 else None, body.seed,
-                        frozenset() if body.ignore_eos else frozenset(served.loaded.stop_ids), top_k=body.top_k or None)
+                        frozenset() if body.ignore_eos else frozenset(served.loaded.stop_ids), top_k=body.top_k or None,
+                        logprobs=body.top_logprobs_wanted())
     served.engine.submit(job)
     answer = Answer(served, kind, stops, len(prompt_ids))
     if body.stream:
@@ -368,6 +387,8 @@ class Answer:
         self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.ids: list[int] = []
+        self.logprobs: list = []  # engine.TokenLogprob of each id, when the request asked for them
+        self.logprobs_sent = 0  # how many of them the stream has sent
         self.text = ""  # given out so far
         self.finish_reason: str | None = None
 
@@ -387,7 +408,7 @@ class Answer:
             batch = [event]  # and every event already waiting: one piece of text for all of them (when this
             while not events.empty():  # side lags behind the engine, fewer, larger chunks cost less to send)
                 batch.append(events.get_nowait())
-            for kind, value in batch:
+            for kind, value, *logprob in batch:
                 if kind == "error":
                     raise APIError(500, value, code="engine_error")
                 if kind == "done":
@@ -395,6 +416,8 @@ class Answer:
                     yield self._new_text(final=True)
                     return
                 self.ids.append(value)
+                if logprob and logprob[0] is not None:
+                    self.logprobs.append(logprob[0])
             yield self._new_text(final=False)
 
     def _new_text(self, final: bool) -> str:
@@ -421,18 +444,50 @@ class Answer:
         return {"id": self.id, "object": self.kind, "created": self.created, "model": self.served.name, "choices": choices}
 
     def whole(self) -> dict:
+        logprobs = self.logprobs_of(0, self._kept_tokens()) if self.logprobs else None
         if self.kind == "chat.completion":
-            choice = {"index": 0, "message": {"role": "assistant", "content": self.text},
+            choice = {"index": 0, "message": {"role": "assistant", "content": self.text}, "logprobs": logprobs,
                       "finish_reason": self.finish_reason}
         else:
-            choice = {"index": 0, "text": self.text, "logprobs": None, "finish_reason": self.finish_reason}
+            choice = {"index": 0, "text": self.text, "logprobs": logprobs, "finish_reason": self.finish_reason}
         return self.envelope([choice]) | {"usage": self.usage()}
 
     def chunk(self, delta, finish_reason: str | None = None) -> dict:
+        """A stream's chunk: new text, and the log-probabilities of the tokens that arrived since the last chunk."""
+        logprobs = None
+        if len(self.logprobs) > self.logprobs_sent:
+            end = self._kept_tokens() if finish_reason is not None else len(self.logprobs)
+            logprobs = self.logprobs_of(self.logprobs_sent, max(end, self.logprobs_sent))
+            self.logprobs_sent = len(self.logprobs)
         if self.kind == "chat.completion":
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return self.envelope([choice]) | {"object": "chat.completion.chunk"}
-        return self.envelope([{"index": 0, "text": delta, "logprobs": None, "finish_reason": finish_reason}])
+        return self.envelope([{"index": 0, "text": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
+
+    # --- log-probabilities, in OpenAI's two shapes ------------------------------------------------------------
+
+    def _kept_tokens(self) -> int:
+        """How many of the tokens made the text given out (a stop sequence cuts the text, and the tokens with it)."""
+        decode, kept = self.served.loaded.tokenizer.decode, len(self.logprobs)
+        while kept and len(decode(self.ids[:kept - 1])) >= len(self.text):  # the text is whole without the last
+            kept -= 1
+        return kept
+
+    def logprobs_of(self, start: int, end: int) -> dict:
+        """Tokens start .. end - 1 with their log-probabilities: the chat API's `content` list, or the completions
+        API's parallel lists (tokens, token_logprobs, top_logprobs, text_offset)."""
+        decode = self.served.loaded.tokenizer.decode
+        tokens = [decode([token]) for token in self.ids[start:end]]
+        entries = self.logprobs[start:end]
+        if self.kind == "chat.completion":
+            def item(token: str, logprob: float) -> dict:
+                return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+            return {"content": [item(token, entry.logprob)
+                                | {"top_logprobs": [item(decode([i]), lp) for i, lp in entry.top]}
+                                for token, entry in zip(tokens, entries)], "refusal": None}
+        return {"tokens": tokens, "token_logprobs": [entry.logprob for entry in entries],
+                "top_logprobs": [{decode([i]): lp for i, lp in entry.top} for entry in entries],
+                "text_offset": [len(decode(self.ids[:i])) for i in range(start, end)]}
 
     @staticmethod
     def sse(payload: dict) -> str:

@@ -254,6 +254,41 @@ def test_without_a_key_only_the_bound_host_names_are_answered(edge):
     assert keyed.get("/v1/models", headers=evil | {"authorization": "Bearer a-key-12345678"}).status_code == 200
 
 
+@pytest.mark.parametrize("model_type", ["torch", "custom"])
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_engine_logprobs_are_the_full_forward_log_softmax_before_temperature(architecture, model_type):
+    """Each sampled token's log-probability, and the N likeliest at its position, are the model's log-softmax over a
+    full forward of prompt + tokens: at temperature 1.7 with top-k 5, where the sampling distribution differs."""
+    torch.manual_seed(0)
+    config = ModelConfig(architecture=architecture, vocab_size=80, d_model=32, n_heads=4, n_blocks=2, d_ffn=64,
+                         max_seq_len=40, init_std=0.2)
+    model = build_model(config, model_type)
+    prompts = [[3, 9, 27], [41]]
+    engine = Engine(model, max_batch=4)
+    events = [[], []]
+    done = [threading.Event(), threading.Event()]
+    try:
+        for i, prompt in enumerate(prompts):  # together, so the rows of one decode step are checked too
+            engine.submit(Request(prompt, 12, lambda e, i=i: (events[i].append(e), e[0] != "token" and done[i].set()),
+                                  temperature=1.7, top_k=5, seed=i, logprobs=3))
+        assert all(d.wait(60) for d in done)
+    finally:
+        engine.close()
+    for prompt, got in zip(prompts, events):
+        tokens = [e[1] for e in got if e[0] == "token"]
+        logprobs = [e[2] for e in got if e[0] == "token"]
+        assert len(tokens) == 12 and all(len(lp.top) == 3 for lp in logprobs)
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([prompt + tokens]))
+        expected = torch.log_softmax(logits[0].float(), dim=-1)[len(prompt) - 1:-1]  # (12, V): where each was chosen
+        chosen = expected.gather(1, torch.tensor(tokens)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor([lp.logprob for lp in logprobs]), chosen, atol=1e-4, rtol=0)
+        top_values, top_ids = expected.topk(3, dim=-1)
+        torch.testing.assert_close(torch.tensor([[v for _, v in lp.top] for lp in logprobs]), top_values,
+                                   atol=1e-4, rtol=0)
+        assert [[i for i, _ in lp.top] for lp in logprobs] == top_ids.tolist()
+
+
 # --- a real server process ---------------------------------------------------------------------------------
 
 
@@ -341,6 +376,40 @@ def test_models_completions_and_chat_through_the_openai_client(server, client):
 
 
 @pytest.mark.slow
+def test_logprobs_in_openai_shapes_through_the_official_client_whole_and_streamed(server, client):
+    whole = client.completions.create(model=GPT2, prompt="Once upon a time", max_tokens=8, temperature=1.0, seed=5,
+                                      logprobs=2)
+    lp = whole.choices[0].logprobs
+    n = whole.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n > 0
+    assert "".join(lp.tokens) == whole.choices[0].text and lp.text_offset[0] == 0
+    assert all(value <= 0 for value in lp.token_logprobs) and all(len(top) == 2 for top in lp.top_logprobs)
+    assert all(max(top.values()) >= chosen - 1e-6 for top, chosen in zip(lp.top_logprobs, lp.token_logprobs))
+    streamed = list(client.completions.create(model=GPT2, prompt="Once upon a time", max_tokens=8, temperature=1.0,
+                                              seed=5, logprobs=2, stream=True))
+    assert [v for c in streamed if c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs] == \
+        pytest.approx(lp.token_logprobs)
+
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    reply = client.chat.completions.create(model=GPT2, messages=messages, max_tokens=6, temperature=0, logprobs=True,
+                                           top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert "".join(item.token for item in content) == reply.choices[0].message.content
+    assert all(len(item.top_logprobs) == 3 and item.top_logprobs[0].token == item.token for item in content), \
+        "greedy: the chosen token is the likeliest"
+    assert all(bytes(item.bytes).decode() == item.token for item in content)
+    chunks = list(client.chat.completions.create(model=GPT2, messages=messages, max_tokens=6, temperature=0,
+                                                 logprobs=True, top_logprobs=3, stream=True))
+    assert [i.logprob for c in chunks if c.choices and c.choices[0].logprobs for i in c.choices[0].logprobs.content] \
+        == pytest.approx([item.logprob for item in content])
+    plain = client.chat.completions.create(model=GPT2, messages=messages, max_tokens=6, temperature=0)
+    assert plain.choices[0].logprobs is None
+    bad = httpx.post(server["base"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                     json={"model": GPT2, "messages": messages, "top_logprobs": 2})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs"
+
+
+@pytest.mark.slow
 def test_concurrent_requests_at_temperature_0_get_their_tokens_alone(server, client):
     prompts = ["Once upon a time", "Lily had a", "The cat", "One day, Sam", "Mia", "The boat was lost"]
     alone = [client.completions.create(model=GPT2, prompt=p, max_tokens=20, temperature=0).choices[0].text
@@ -358,7 +427,11 @@ def test_concurrent_requests_at_temperature_0_get_their_tokens_alone(server, cli
 
 BAD_REQUESTS = [  # (path, body, status, words in the message)
     ("/v1/completions", {"model": GPT2, "prompt": "x", "n": 2}, 400, "n"),
-    ("/v1/completions", {"model": GPT2, "prompt": "x", "logprobs": 3}, 400, "'logprobs' is not supported"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "logprobs": 21}, 400, "logprobs"),
+    ("/v1/chat/completions", {"model": GPT2, "messages": [{"role": "user", "content": "x"}], "logprobs": True,
+                              "top_logprobs": -1}, 400, "top_logprobs"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "seed": 2**80}, 400, "seed"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "seed": -1}, 400, "seed"),
     ("/v1/chat/completions", {"model": GPT2, "messages": [{"role": "user", "content": "x"}],
                               "tools": [{"type": "function"}]}, 400, "'tools' is not supported"),
     ("/v1/completions", {"model": GPT2, "prompt": "x", "max_tokens": -5}, 400, "max_tokens"),
@@ -389,8 +462,10 @@ def test_bad_requests_get_openai_errors_and_the_server_stays_up(server):
             assert response.status_code == status, (body, response.text)
             error = response.json()["error"]
             assert set(error) == {"message", "type", "param", "code"} and words in error["message"], error
-        malformed = http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
-        assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]["message"]
+        for content, words in [(b"{not json", "not valid JSON"), (b'{"model": "\xff"}', "not UTF-8"),
+                               (b"[" * 100_000 + b"]" * 100_000, "nested too deep")]:
+            malformed = http.post("/v1/completions", content=content, headers={"content-type": "application/json"})
+            assert malformed.status_code == 400 and words in malformed.json()["error"]["message"], malformed.text
         huge = http.post("/v1/completions", content=b"x" * 2_000_000, headers={"content-type": "application/json"})
         assert huge.status_code == 413
         for key in ("", "Bearer wrong-key-123"):
