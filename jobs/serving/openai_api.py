@@ -1,6 +1,7 @@
 """The OpenAI HTTP API over our models (FastAPI): what any OpenAI client, curl or the chat page talks to.
 
     GET  /health                 {"status": "ok"}: the readiness probe (no key needed)
+    GET  /metrics                Prometheus' text format (metrics.py; no key needed)
     GET  /v1/models              the served models, by registry name and alias or version
     POST /v1/completions         continue a prompt (any model)
     POST /v1/chat/completions    answer a conversation, rendered with the chat template (chat_template.py)
@@ -30,7 +31,7 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +39,7 @@ from jobs.data import chat_template
 from jobs.errors import InputError
 from jobs.serving.engine import Engine, Request as EngineRequest
 from jobs.serving.loading import encode_prompt
+from jobs.serving.metrics import ServerMetrics
 
 MAX_BODY_BYTES = 1_000_000  # a request body over this is refused (413), counted as it arrives, before it is parsed
 MAX_MESSAGES_CHARS = 100_000  # all of a conversation's messages together, in characters (as one prompt)
@@ -151,6 +153,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None,
                allowed_hosts: frozenset[str] = LOOPBACK_HOSTS) -> FastAPI:
     app = FastAPI(title="transformer-fundamentals", docs_url=None, redoc_url=None, openapi_url=None)
     by_name = {m.name: m for m in models}
+    metrics = ServerMetrics(models)
     page = (Path(__file__).with_name("chat.html")).read_text(encoding="utf-8")
 
     @app.exception_handler(APIError)
@@ -176,6 +179,11 @@ def create_app(models: list[ServedModel], api_key: str | None = None,
         return {"status": "ok", "models": {m.name: {"active": m.engine.active, "waiting": m.engine.waiting}
                                            for m in models}}
 
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        text, content_type = metrics.exposition()
+        return Response(text, media_type=content_type)
+
     @app.get("/", response_class=HTMLResponse)
     async def chat_page():
         return page
@@ -194,7 +202,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None,
             prompt_ids = await asyncio.to_thread(encode_prompt, served.loaded.tokenizer, prompt)
         except InputError as error:
             raise APIError(400, str(error), "prompt") from None
-        return await respond(served, body, request, prompt_ids, "text_completion")
+        return await respond(served, body, request, prompt_ids, "text_completion", metrics)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatBody, request: Request):
@@ -207,7 +215,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None,
                                                     [m.model_dump() for m in body.messages], True)
         except InputError as error:
             raise APIError(400, str(error), "messages") from None
-        return await respond(served, body, request, prompt_ids, "chat.completion")
+        return await respond(served, body, request, prompt_ids, "chat.completion", metrics)
 
     def find(body: _Sampling) -> ServedModel:
         body.refuse_unsupported()
@@ -216,7 +224,7 @@ def create_app(models: list[ServedModel], api_key: str | None = None,
                            "model", "model_not_found")
         return by_name[body.model]
 
-    return Guard(app, api_key, allowed_hosts)
+    return metrics.count_requests(Guard(app, api_key, allowed_hosts))
 
 
 def host_name(host_header: str) -> str:
@@ -241,7 +249,7 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = None
-        if (self.api_key is None and "*" not in self.allowed_hosts and scope["path"] != "/health"
+        if (self.api_key is None and "*" not in self.allowed_hosts and scope["path"] not in ("/health", "/metrics")
                 and host_name(headers.get("host", "")) not in self.allowed_hosts):
             refusal = error_response(400, f"this server does not answer for the host "
                                           f"{headers.get('host', '')[:100]!r} (serve --allowed-host adds one)",
@@ -299,7 +307,8 @@ def replay(body: bytes, receive):
     return receive_again
 
 
-async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_ids: list[int], kind: str):
+async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_ids: list[int], kind: str,
+                  metrics: ServerMetrics):
     """Submit the request to the model's engine and answer, streamed or whole. Generation ends at the model's stop
     tokens (<|endoftext|>, <|end|>) unless ignore_eos."""
     context = served.loaded.config.max_seq_len
@@ -310,12 +319,17 @@ async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_id
     max_tokens = body.max_completion_tokens or body.max_tokens or context
     events: asyncio.Queue = asyncio.Queue()
     outbox = Outbox.of(asyncio.get_running_loop())
-    job = EngineRequest(prompt_ids, max_tokens, lambda event: outbox.put(events, event), body.temperature,
+
+    def emit(event: tuple) -> None:  # on the engine's thread: a token leaves with the time it was made
+        outbox.put(events, (*event, time.perf_counter()) if event[0] == "token" else event)
+
+    job = EngineRequest(prompt_ids, max_tokens, emit, body.temperature,
                         body.top_p if body.top_p < 1 else None, body.seed,
                         frozenset() if body.ignore_eos else frozenset(served.loaded.stop_ids), top_k=body.top_k or None,
                         logprobs=body.top_logprobs_wanted())
     served.engine.submit(job)
-    answer = Answer(served, kind, stops, len(prompt_ids))
+    metrics.prompt_tokens.labels(served.name).inc(len(prompt_ids))
+    answer = Answer(served, kind, stops, len(prompt_ids), metrics)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(stream(answer, job, events, http, include_usage), media_type="text/event-stream")
@@ -382,8 +396,9 @@ class Answer:
     """The text of one request as its tokens arrive: decoded whole (so UTF-8 characters split across tokens come
     out whole), cut at the first stop sequence, and given out in pieces that never show part of a stop."""
 
-    def __init__(self, served: ServedModel, kind: str, stops: list[str], prompt_tokens: int):
+    def __init__(self, served: ServedModel, kind: str, stops: list[str], prompt_tokens: int, metrics: ServerMetrics):
         self.served, self.kind, self.stops, self.prompt_tokens = served, kind, stops, prompt_tokens
+        self.metrics, self.accepted, self.last_token_at = metrics, time.perf_counter(), None
         self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.ids: list[int] = []
@@ -408,17 +423,29 @@ class Answer:
             batch = [event]  # and every event already waiting: one piece of text for all of them (when this
             while not events.empty():  # side lags behind the engine, fewer, larger chunks cost less to send)
                 batch.append(events.get_nowait())
-            for kind, value, *logprob in batch:
+            for kind, value, *more in batch:
                 if kind == "error":
                     raise APIError(500, value, code="engine_error")
                 if kind == "done":
                     self.finish_reason = value
                     yield self._new_text(final=True)
                     return
+                logprob, made_at = more
                 self.ids.append(value)
-                if logprob and logprob[0] is not None:
-                    self.logprobs.append(logprob[0])
+                if logprob is not None:
+                    self.logprobs.append(logprob)
+                self._measure(made_at)
             yield self._new_text(final=False)
+
+    def _measure(self, made_at: float) -> None:
+        """A token made at `made_at` (the engine's clock): time to the first token, or the gap since the last."""
+        model = self.served.name
+        if self.last_token_at is None:
+            self.metrics.time_to_first_token.labels(model).observe(made_at - self.accepted)
+        else:
+            self.metrics.time_per_output_token.labels(model).observe(made_at - self.last_token_at)
+        self.last_token_at = made_at
+        self.metrics.generation_tokens.labels(model).inc()
 
     def _new_text(self, final: bool) -> str:
         decoded = self.served.loaded.tokenizer.decode(self.ids)

@@ -248,6 +248,9 @@ def test_the_server_is_ready_on_health_cluster_internal_and_keyed_from_an_option
     assert service["spec"]["type"] == "ClusterIP" and service["spec"]["ports"][0]["targetPort"] == port["name"]
     env = {v["name"]: v for v in container["env"]}
     assert env["SERVE_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    annotations = find("serve", "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/port"] == str(port["containerPort"])
 
 
 def test_mlflow_is_cluster_internal_and_proxies_artifacts():

@@ -410,6 +410,35 @@ def test_logprobs_in_openai_shapes_through_the_official_client_whole_and_streame
 
 
 @pytest.mark.slow
+def test_metrics_in_prometheus_format_count_the_traffic(server, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict:
+        text = httpx.get(server["base"] + "/metrics").text  # no key, as /health
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    before = scrape()
+    reply = client.completions.create(model=GPT2, prompt="Once upon a time", max_tokens=6, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    assert httpx.get(server["base"] + "/v1/models").status_code == 401  # a refusal is counted too
+    after = scrape()
+
+    def grew(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("tf_requests_total", endpoint="/v1/completions", status="200") == 1
+    assert grew("tf_requests_total", endpoint="/v1/models", status="401") == 1
+    assert grew("tf_prompt_tokens_total", model=GPT2) == reply.usage.prompt_tokens
+    assert grew("tf_generation_tokens_total", model=GPT2) == reply.usage.completion_tokens == 6
+    assert grew("tf_time_to_first_token_seconds_count", model=GPT2) == 1
+    assert grew("tf_time_per_output_token_seconds_count", model=GPT2) == 5  # the gaps between 6 tokens
+    assert after[("tf_num_requests_running", (("model", GPT2),))] == 0
+    assert ("tf_num_requests_waiting", (("model", server["llama"]),)) in after
+
+
+@pytest.mark.slow
 def test_concurrent_requests_at_temperature_0_get_their_tokens_alone(server, client):
     prompts = ["Once upon a time", "Lily had a", "The cat", "One day, Sam", "Mia", "The boat was lost"]
     alone = [client.completions.create(model=GPT2, prompt=p, max_tokens=20, temperature=0).choices[0].text
