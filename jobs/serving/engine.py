@@ -83,7 +83,7 @@ class Engine:
         self.max_batch = max_batch  # 1: one request at a time, the others wait (the benchmark's baseline)
         self.device = model_device(model)
         self.max_seq_len = model.config.max_seq_len
-        self._waiting: deque[Request] = deque()
+        self._waiting: deque[list[Request]] = deque()  # groups: the choices of one prompt (n), admitted together
         self._active: list[_Sequence] = []  # row i of self._cache is self._active[i]
         self._cache = self._new_cache()
         self._wake = threading.Condition()
@@ -91,11 +91,16 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
 
-    def submit(self, request: Request) -> None:
-        if not request.prompt_ids or len(request.prompt_ids) > self.max_seq_len:
-            raise ValueError(f"a prompt holds 1 to {self.max_seq_len} tokens, got {len(request.prompt_ids)}")
+    def submit(self, *requests: Request) -> None:
+        """Queue one request, or several choices of one prompt (the API's n): they share its prefill, then decode
+        as rows of the batch, each with its own settings and generator."""
+        prompt = requests[0].prompt_ids
+        if not prompt or len(prompt) > self.max_seq_len:
+            raise ValueError(f"a prompt holds 1 to {self.max_seq_len} tokens, got {len(prompt)}")
+        if any(r.prompt_ids != prompt for r in requests) or len(requests) > self.max_batch:
+            raise ValueError(f"choices share one prompt and fit in the batch ({self.max_batch}), got {len(requests)}")
         with self._wake:
-            self._waiting.append(request)
+            self._waiting.append(list(requests))
             self._wake.notify()
 
     def close(self) -> None:
@@ -112,7 +117,7 @@ class Engine:
     @property
     def waiting(self) -> int:
         """Requests not yet admitted (the batch is full)."""
-        return len(self._waiting)
+        return sum(len(group) for group in self._waiting)
 
     # --- the loop, on the engine's thread ----------------------------------------------------------------------
 
@@ -125,16 +130,18 @@ class Engine:
                     self._wake.wait()
                 if self._closing:
                     break
-                admitted = []
-                while self._waiting and len(self._active) + len(admitted) < self.max_batch:
+                admitted, places = [], self.max_batch - len(self._active)
+                while self._waiting and len(self._waiting[0]) <= places:
+                    places -= len(self._waiting[0])
                     admitted.append(self._waiting.popleft())
             with torch.inference_mode():
-                for request in admitted:  # what one prompt raises ends that request alone
+                for group in admitted:  # what one prompt raises ends that prompt's requests alone
                     try:
-                        self._prefill(request)
+                        self._prefill(group)
                     except Exception as error:
                         log.exception("prefill failed")
-                        request.emit(("error", f"internal error ({type(error).__name__})"))
+                        for request in group:
+                            request.emit(("error", f"internal error ({type(error).__name__})"))
                 try:
                     self._leave({i for i, s in enumerate(self._active) if s.request.cancelled.is_set()})
                     if self._active:
@@ -145,25 +152,32 @@ class Engine:
                         sequence.request.emit(("error", f"internal error ({type(error).__name__})"))
                     self._active, self._cache = [], self._new_cache()
         with self._wake:
-            left = [s.request for s in self._active] + list(self._waiting)
+            left = [s.request for s in self._active] + [r for group in self._waiting for r in group]
         for request in left:
             request.emit(("error", "the server is shutting down"))
 
     def _new_cache(self) -> BatchedKVCache:
         return BatchedKVCache(self.model.config.n_blocks, self.max_seq_len, self.max_batch)
 
-    def _prefill(self, request: Request) -> None:
-        """The prompt alone through the model, its first token sampled; then the sequence joins the batch."""
-        if request.cancelled.is_set():
+    def _prefill(self, group: list[Request]) -> None:
+        """The prompt once through the model; each choice samples its first token from the same logits with its own
+        generator, then joins the batch as a row holding a copy of the prompt's keys and values."""
+        sequences = []
+        for request in group:
+            if not request.cancelled.is_set():
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(request.seed) if request.seed is not None else generator.seed()
+                sequences.append(_Sequence(request, generator))
+        if not sequences:
             return
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(request.seed) if request.seed is not None else generator.seed()
-        sequence = _Sequence(request, generator)
         cache = KVCache(self.model.config.n_blocks, self.max_seq_len)
-        logits, _ = self.model(torch.tensor([request.prompt_ids], device=self.device), kv_cache=cache)  # (1, P, V)
-        if not self._send(sequence, *self._next([sequence], logits[:, -1])[0]):
-            self._cache.add(cache)
-            self._active.append(sequence)
+        prompt = torch.tensor([group[0].prompt_ids], device=self.device)
+        logits, _ = self.model(prompt, kv_cache=cache)  # (1, P, V)
+        last = logits[:, -1].expand(len(sequences), -1)  # (n, V): the same next-token logits for every choice
+        for sequence, (token, logprob) in zip(sequences, self._next(sequences, last)):
+            if not self._send(sequence, token, logprob):
+                self._cache.add(cache)
+                self._active.append(sequence)
 
     def _decode_step(self) -> None:
         last_tokens = torch.tensor([[s.last_token] for s in self._active], device=self.device)  # (B, 1)

@@ -46,6 +46,7 @@ MAX_MESSAGES_CHARS = 100_000  # all of a conversation's messages together, in ch
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_SEED = 2**64 - 1  # seeds are unsigned 64-bit (torch's generators)
 MAX_STOP_SEQUENCES = 4  # as OpenAI
+MAX_CHOICES = 8  # n: completions of one prompt in one request
 MAX_LOGPROBS = 20  # the likeliest tokens a request may ask for at each position (OpenAI: 5 for completions, 20 chat)
 # Parameters of OpenAI's API that this server does not implement: refused, not silently ignored.
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "echo", "suffix",
@@ -85,7 +86,7 @@ class _Sampling(BaseModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     stream: bool = False
     stream_options: dict | None = None
-    n: Literal[1] = 1
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1  # choices: rows of the batch that share the prompt's prefill
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens even past the end token (benchmarks use it)
     presence_penalty: Literal[0, 0.0] = 0
     frequency_penalty: Literal[0, 0.0] = 0
@@ -107,7 +108,7 @@ class _Sampling(BaseModel):
 
 
 class CompletionBody(_Sampling):
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]  # one prompt (n > 1 is not served)
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]  # one prompt (several: not served)
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None  # the legacy API: an integer top-N
 
     def top_logprobs_wanted(self) -> int | None:
@@ -309,35 +310,42 @@ def replay(body: bytes, receive):
 
 async def respond(served: ServedModel, body: _Sampling, http: Request, prompt_ids: list[int], kind: str,
                   metrics: ServerMetrics):
-    """Submit the request to the model's engine and answer, streamed or whole. Generation ends at the model's stop
-    tokens (<|endoftext|>, <|end|>) unless ignore_eos."""
+    """Submit the request's n choices to the model's engine and answer, streamed or whole. Generation ends at the
+    model's stop tokens (<|endoftext|>, <|end|>) unless ignore_eos. With a seed, choice i samples with seed + i (so
+    choice 0 is what n = 1 gives)."""
     context = served.loaded.config.max_seq_len
     if len(prompt_ids) > context:
         raise APIError(400, f"the prompt is {len(prompt_ids):,} tokens; this model's context is {context:,}",
                        "messages" if kind == "chat.completion" else "prompt", "context_length_exceeded")
+    if body.n > served.engine.max_batch:
+        raise APIError(400, f"n is {body.n}; this server decodes at most {served.engine.max_batch} sequences together "
+                            "(serve --max-batch)", "n", "invalid_value")
     stops = body.stops()
     max_tokens = body.max_completion_tokens or body.max_tokens or context
-    events: asyncio.Queue = asyncio.Queue()
+    events: asyncio.Queue = asyncio.Queue()  # (choice index, event), from every choice
     outbox = Outbox.of(asyncio.get_running_loop())
 
-    def emit(event: tuple) -> None:  # on the engine's thread: a token leaves with the time it was made
-        outbox.put(events, (*event, time.perf_counter()) if event[0] == "token" else event)
+    def emitter(index: int):
+        def emit(event: tuple) -> None:  # on the engine's thread: a token leaves with the time it was made
+            outbox.put(events, (index, (*event, time.perf_counter()) if event[0] == "token" else event))
+        return emit
 
-    job = EngineRequest(prompt_ids, max_tokens, emit, body.temperature,
-                        body.top_p if body.top_p < 1 else None, body.seed,
-                        frozenset() if body.ignore_eos else frozenset(served.loaded.stop_ids), top_k=body.top_k or None,
-                        logprobs=body.top_logprobs_wanted())
-    served.engine.submit(job)
+    jobs = [EngineRequest(prompt_ids, max_tokens, emitter(i), body.temperature, body.top_p if body.top_p < 1 else None,
+                          None if body.seed is None else (body.seed + i) % (MAX_SEED + 1),
+                          frozenset() if body.ignore_eos else frozenset(served.loaded.stop_ids),
+                          top_k=body.top_k or None, logprobs=body.top_logprobs_wanted()) for i in range(body.n)]
+    served.engine.submit(*jobs)
     metrics.prompt_tokens.labels(served.name).inc(len(prompt_ids))
-    answer = Answer(served, kind, stops, len(prompt_ids), metrics)
+    answer = Answer(served, kind, stops, len(prompt_ids), metrics, body.n)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(stream(answer, job, events, http, include_usage), media_type="text/event-stream")
+        return StreamingResponse(stream(answer, jobs, events, http, include_usage), media_type="text/event-stream")
     try:
-        async for _ in answer.pieces(job, events, http):
+        async for _ in answer.pieces(jobs, events, http):
             pass
     finally:
-        job.cancel()
+        for job in jobs:
+            job.cancel()
     return answer.whole()
 
 
@@ -372,44 +380,47 @@ class Outbox:
             queue.put_nowait(event)
 
 
-async def stream(answer: "Answer", job: EngineRequest, events: asyncio.Queue, http: Request, include_usage: bool):
-    """Server-sent events; a client that goes away cancels its request, which leaves the batch at the next step."""
+async def stream(answer: "Answer", jobs: list[EngineRequest], events: asyncio.Queue, http: Request,
+                 include_usage: bool):
+    """Server-sent events, each chunk one choice's new text (its index says which); a client that goes away cancels
+    its requests, which leave the batch at the next step."""
     try:
         if answer.kind == "chat.completion":
-            yield answer.sse(answer.chunk({"role": "assistant", "content": ""}))
-        async for piece in answer.pieces(job, events, http):
+            for choice in answer.choices:
+                yield answer.sse(answer.chunk(choice, {"role": "assistant", "content": ""}))
+        async for choice, piece in answer.pieces(jobs, events, http):
             if piece:
-                yield answer.sse(answer.chunk({"content": piece} if answer.kind == "chat.completion" else piece))
-        if answer.finish_reason is None:  # the client went away
+                yield answer.sse(answer.chunk(choice, {"content": piece} if answer.kind == "chat.completion" else piece))
+            if choice.finish_reason is not None:
+                yield answer.sse(answer.chunk(choice, {} if answer.kind == "chat.completion" else "",
+                                              choice.finish_reason))
+        if any(choice.finish_reason is None for choice in answer.choices):  # the client went away
             return
-        yield answer.sse(answer.chunk({} if answer.kind == "chat.completion" else "", answer.finish_reason))
         if include_usage:
             yield answer.sse(answer.envelope([]) | {"usage": answer.usage()})
         yield "data: [DONE]\n\n"
     except APIError as error:  # the status line has gone out: the error travels as an event
         yield answer.sse({"error": {"message": error.message, "type": "server_error", "param": None, "code": error.code}})
     finally:
-        job.cancel()
+        for job in jobs:
+            job.cancel()
 
 
 class Answer:
-    """The text of one request as its tokens arrive: decoded whole (so UTF-8 characters split across tokens come
-    out whole), cut at the first stop sequence, and given out in pieces that never show part of a stop."""
+    """One response: its choices (n of them) filled as their tokens arrive, in OpenAI's shapes."""
 
-    def __init__(self, served: ServedModel, kind: str, stops: list[str], prompt_tokens: int, metrics: ServerMetrics):
-        self.served, self.kind, self.stops, self.prompt_tokens = served, kind, stops, prompt_tokens
-        self.metrics, self.accepted, self.last_token_at = metrics, time.perf_counter(), None
+    def __init__(self, served: ServedModel, kind: str, stops: list[str], prompt_tokens: int, metrics: ServerMetrics,
+                 n: int = 1):
+        self.served, self.kind, self.prompt_tokens = served, kind, prompt_tokens
         self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
-        self.ids: list[int] = []
-        self.logprobs: list = []  # engine.TokenLogprob of each id, when the request asked for them
-        self.logprobs_sent = 0  # how many of them the stream has sent
-        self.text = ""  # given out so far
-        self.finish_reason: str | None = None
+        accepted = time.perf_counter()
+        self.choices = [Choice(i, served, kind, stops, metrics, accepted) for i in range(n)]
 
-    async def pieces(self, job: EngineRequest, events: asyncio.Queue, http: Request):
-        """Yield new text as tokens arrive, until the engine is done or a stop sequence appears."""
-        while self.finish_reason is None:
+    async def pieces(self, jobs: list[EngineRequest], events: asyncio.Queue, http: Request):
+        """Yield (choice, new text) as tokens arrive, until every choice is done (at the engine's end, or a stop
+        sequence in its text)."""
+        while any(choice.finish_reason is None for choice in self.choices):
             if not events.empty():
                 event = events.get_nowait()
             else:
@@ -417,28 +428,73 @@ class Answer:
                     event = await asyncio.wait_for(events.get(), timeout=1.0)
                 except asyncio.TimeoutError:  # nothing for a second: is the client still there?
                     if await http.is_disconnected():
-                        job.cancel()
+                        for job in jobs:
+                            job.cancel()
                         return
                     continue
-            batch = [event]  # and every event already waiting: one piece of text for all of them (when this
-            while not events.empty():  # side lags behind the engine, fewer, larger chunks cost less to send)
+            batch = [event]  # and every event already waiting: one piece of text per choice for all of them (when
+            while not events.empty():  # this side lags behind the engine, fewer, larger chunks cost less to send)
                 batch.append(events.get_nowait())
-            for kind, value, *more in batch:
+            touched = []
+            for index, (kind, value, *more) in batch:
+                choice = self.choices[index]
+                if choice.finish_reason is not None:  # cut by a stop sequence: what the engine still sends is moot
+                    continue
                 if kind == "error":
                     raise APIError(500, value, code="engine_error")
                 if kind == "done":
-                    self.finish_reason = value
-                    yield self._new_text(final=True)
-                    return
-                logprob, made_at = more
-                self.ids.append(value)
-                if logprob is not None:
-                    self.logprobs.append(logprob)
-                self._measure(made_at)
-            yield self._new_text(final=False)
+                    choice.finish_reason = value
+                else:
+                    choice.add(value, *more)
+                if choice not in touched:
+                    touched.append(choice)
+            for choice in touched:
+                piece = choice.new_text(final=choice.finish_reason is not None)
+                if choice.finish_reason is not None:
+                    jobs[choice.index].cancel()  # ended by a stop sequence: the engine frees its row
+                yield choice, piece
 
-    def _measure(self, made_at: float) -> None:
-        """A token made at `made_at` (the engine's clock): time to the first token, or the gap since the last."""
+    def usage(self) -> dict:
+        generated = sum(len(choice.ids) for choice in self.choices)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": generated,
+                "total_tokens": self.prompt_tokens + generated}
+
+    def envelope(self, choices: list) -> dict:
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.served.name, "choices": choices}
+
+    def whole(self) -> dict:
+        return self.envelope([choice.whole() for choice in self.choices]) | {"usage": self.usage()}
+
+    def chunk(self, choice: "Choice", delta, finish_reason: str | None = None) -> dict:
+        if self.kind == "chat.completion":
+            return self.envelope([choice.chunk(delta, finish_reason)]) | {"object": "chat.completion.chunk"}
+        return self.envelope([choice.chunk(delta, finish_reason)])
+
+    @staticmethod
+    def sse(payload: dict) -> str:
+        return f"data: {json.dumps(payload)}\n\n"
+
+
+class Choice:
+    """The text of one choice as its tokens arrive: decoded whole (so UTF-8 characters split across tokens come out
+    whole), cut at the first stop sequence, and given out in pieces that never show part of a stop."""
+
+    def __init__(self, index: int, served: ServedModel, kind: str, stops: list[str], metrics: ServerMetrics,
+                 accepted: float):
+        self.index, self.served, self.kind, self.stops = index, served, kind, stops
+        self.metrics, self.accepted, self.last_token_at = metrics, accepted, None
+        self.ids: list[int] = []
+        self.logprobs: list = []  # engine.TokenLogprob of each id, when the request asked for them
+        self.logprobs_sent = 0  # how many of them the stream has sent
+        self.text = ""  # given out so far
+        self.finish_reason: str | None = None
+
+    def add(self, token: int, logprob, made_at: float) -> None:
+        """A token from the engine, made at `made_at` (its clock): measured as the time to the first token, or
+        the gap since the last."""
+        self.ids.append(token)
+        if logprob is not None:
+            self.logprobs.append(logprob)
         model = self.served.name
         if self.last_token_at is None:
             self.metrics.time_to_first_token.labels(model).observe(made_at - self.accepted)
@@ -447,7 +503,7 @@ class Answer:
         self.last_token_at = made_at
         self.metrics.generation_tokens.labels(model).inc()
 
-    def _new_text(self, final: bool) -> str:
+    def new_text(self, final: bool) -> str:
         decoded = self.served.loaded.tokenizer.decode(self.ids)
         for stop in self.stops:
             at = decoded.find(stop)
@@ -463,33 +519,22 @@ class Answer:
         self.text += new
         return new
 
-    def usage(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.ids),
-                "total_tokens": self.prompt_tokens + len(self.ids)}
-
-    def envelope(self, choices: list) -> dict:
-        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.served.name, "choices": choices}
-
     def whole(self) -> dict:
         logprobs = self.logprobs_of(0, self._kept_tokens()) if self.logprobs else None
         if self.kind == "chat.completion":
-            choice = {"index": 0, "message": {"role": "assistant", "content": self.text}, "logprobs": logprobs,
-                      "finish_reason": self.finish_reason}
-        else:
-            choice = {"index": 0, "text": self.text, "logprobs": logprobs, "finish_reason": self.finish_reason}
-        return self.envelope([choice]) | {"usage": self.usage()}
+            return {"index": self.index, "message": {"role": "assistant", "content": self.text}, "logprobs": logprobs,
+                    "finish_reason": self.finish_reason}
+        return {"index": self.index, "text": self.text, "logprobs": logprobs, "finish_reason": self.finish_reason}
 
     def chunk(self, delta, finish_reason: str | None = None) -> dict:
-        """A stream's chunk: new text, and the log-probabilities of the tokens that arrived since the last chunk."""
+        """A stream's choice: new text, and the log-probabilities of the tokens that arrived since the last one."""
         logprobs = None
         if len(self.logprobs) > self.logprobs_sent:
             end = self._kept_tokens() if finish_reason is not None else len(self.logprobs)
             logprobs = self.logprobs_of(self.logprobs_sent, max(end, self.logprobs_sent))
             self.logprobs_sent = len(self.logprobs)
-        if self.kind == "chat.completion":
-            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-            return self.envelope([choice]) | {"object": "chat.completion.chunk"}
-        return self.envelope([{"index": 0, "text": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
+        key = "delta" if self.kind == "chat.completion" else "text"
+        return {"index": self.index, key: delta, "logprobs": logprobs, "finish_reason": finish_reason}
 
     # --- log-probabilities, in OpenAI's two shapes ------------------------------------------------------------
 
@@ -515,7 +560,3 @@ class Answer:
         return {"tokens": tokens, "token_logprobs": [entry.logprob for entry in entries],
                 "top_logprobs": [{decode([i]): lp for i, lp in entry.top} for entry in entries],
                 "text_offset": [len(decode(self.ids[:i])) for i in range(start, end)]}
-
-    @staticmethod
-    def sse(payload: dict) -> str:
-        return f"data: {json.dumps(payload)}\n\n"

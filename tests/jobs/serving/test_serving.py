@@ -289,6 +289,34 @@ def test_engine_logprobs_are_the_full_forward_log_softmax_before_temperature(arc
         assert [[i for i, _ in lp.top] for lp in logprobs] == top_ids.tolist()
 
 
+def test_engine_choices_share_one_prefill_and_each_gets_what_it_gets_alone():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=80, d_model=32, n_heads=4, n_blocks=2, d_ffn=64, max_seq_len=40, init_std=0.2)
+    model = build_model(config, "torch")
+    calls = []
+    forward = model.forward
+    model.forward = lambda idx, *a, **k: (calls.append(idx.shape[1]), forward(idx, *a, **k))[1]
+    engine = Engine(model, max_batch=4)
+    prompt = [3, 9, 27, 41, 2]
+    tokens, done = [[], [], []], [threading.Event() for _ in range(3)]
+
+    def emitter(i):
+        return lambda e: tokens[i].append(e[1]) if e[0] == "token" else done[i].set()
+    try:
+        engine.submit(*[Request(prompt, 8, emitter(i), temperature=1.0, seed=20 + i) for i in range(3)])
+        assert all(d.wait(60) for d in done)
+        with pytest.raises(ValueError, match="fit in the batch"):
+            engine.submit(*[Request(prompt, 8, emitter(0)) for _ in range(5)])
+    finally:
+        engine.close()
+    assert calls.count(len(prompt)) == 1, f"one prefill for three choices: forward lengths {calls}"
+    from model_zoo.generation import generate_tokens
+
+    model.forward = forward
+    assert tokens == [list(generate_tokens(model, prompt, max_new_tokens=8, temperature=1.0, top_k=None, seed=20 + i))
+                      for i in range(3)]
+
+
 # --- a real server process ---------------------------------------------------------------------------------
 
 
@@ -410,6 +438,32 @@ def test_logprobs_in_openai_shapes_through_the_official_client_whole_and_streame
 
 
 @pytest.mark.slow
+def test_n_choices_through_the_official_client_seeded_whole_and_streamed(server, client):
+    many = client.completions.create(model=GPT2, prompt="Once upon a time", max_tokens=10, temperature=1.0, seed=11,
+                                     n=3)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    again = client.completions.create(model=GPT2, prompt="Once upon a time", max_tokens=10, temperature=1.0, seed=11,
+                                      n=3)
+    assert [c.text for c in again.choices] == [c.text for c in many.choices], "a seed gives the same choices"
+    one = client.completions.create(model=GPT2, prompt="Once upon a time", max_tokens=10, temperature=1.0, seed=11)
+    assert one.choices[0].text == many.choices[0].text, "choice 0 is what n = 1 samples"
+    assert len({c.text for c in many.choices}) > 1, "each choice has its own generator"
+    assert many.usage.prompt_tokens == one.usage.prompt_tokens
+    streamed = list(client.completions.create(model=GPT2, prompt="Once upon a time", max_tokens=10, temperature=1.0,
+                                              seed=11, n=3, stream=True, stream_options={"include_usage": True}))
+    texts, finished = ["", "", ""], [None] * 3
+    for chunk in streamed:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            finished[choice.index] = choice.finish_reason or finished[choice.index]
+    assert texts == [c.text for c in many.choices] and all(finished)
+    assert streamed[-1].usage.completion_tokens == many.usage.completion_tokens
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    chat = client.chat.completions.create(model=GPT2, messages=messages, max_tokens=6, temperature=0, n=2)
+    assert len(chat.choices) == 2 and chat.choices[0].message.content == chat.choices[1].message.content  # greedy
+
+
+@pytest.mark.slow
 def test_metrics_in_prometheus_format_count_the_traffic(server, client):
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -455,7 +509,8 @@ def test_concurrent_requests_at_temperature_0_get_their_tokens_alone(server, cli
 
 
 BAD_REQUESTS = [  # (path, body, status, words in the message)
-    ("/v1/completions", {"model": GPT2, "prompt": "x", "n": 2}, 400, "n"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "n": 9}, 400, "n"),
+    ("/v1/completions", {"model": GPT2, "prompt": "x", "n": 0}, 400, "n"),
     ("/v1/completions", {"model": GPT2, "prompt": "x", "logprobs": 21}, 400, "logprobs"),
     ("/v1/chat/completions", {"model": GPT2, "messages": [{"role": "user", "content": "x"}], "logprobs": True,
                               "top_logprobs": -1}, 400, "top_logprobs"),
