@@ -6,7 +6,9 @@ An OpenAI-compatible HTTP server over registered models (REF: `models:/<name>@ch
 (jobs/serving/engine.py). It binds 127.0.0.1 unless --host says otherwise; with --api-key (or the SERVE_API_KEY
 environment variable) every /v1 request must send `Authorization: Bearer <key>`.
 Options: --max-batch N (sequences decoded together; 1 serves one request at a time), --threads N (CPU threads of
-each model's engine, default 1), --device auto|cpu|cuda, --allowed-host NAME (repeatable: without an API key, also
+each model's engine, default 1), --device auto|cpu|cuda, --grace-seconds S (on SIGTERM: /health turns 503, new
+requests are refused, running ones get S seconds to finish, default 20, then end with finish_reason "abort"; the
+process exits 0), --allowed-host NAME (repeatable: without an API key, also
 answer requests for this host name, '*' for any; by default only 127.0.0.1, localhost, ::1 and --host, so that no
 web page can make a browser drive the server through a DNS name of its own).
 """
@@ -25,6 +27,7 @@ from jobs.model_ref import ModelRef
 
 API_KEY_VARIABLE = "SERVE_API_KEY"
 Count = Annotated[int, Field(ge=1, le=1024)]
+GraceSeconds = Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)]
 
 
 def allowed_hosts(host: str, extra: list[str]) -> frozenset[str]:
@@ -36,7 +39,7 @@ def allowed_hosts(host: str, extra: list[str]) -> frozenset[str]:
 
 def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key: str | None = None,
           max_batch: Count = 16, threads: Count = 1, device: Device = "auto",
-          allowed_host: list[str] | None = None) -> None:
+          allowed_host: list[str] | None = None, grace_seconds: GraceSeconds = 20.0) -> None:
     # the command line (the module docstring is what --help shows)
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
     if api_key is not None and (len(api_key) < 8 or not api_key.isprintable()):
@@ -48,7 +51,8 @@ def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key:
 
     from jobs.serving.engine import Engine
     from jobs.models import load_model
-    from jobs.serving.openai_api import ServedModel, create_app
+    from jobs.serving.openai_api import ServedModel, ServerState, create_app
+    from jobs.serving.shutdown import DrainingServer
 
     listening = bind(host, port)  # first: a port in use is said before any model loads
     served = []
@@ -63,8 +67,10 @@ def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key:
         port = listening.getsockname()[1]  # bound here, so that --port 0 says which port it got
         shown = f"[{host}]" if ":" in host else host
         print(f"chat page: http://{shown}:{port}/   API: http://{shown}:{port}/v1", file=sys.stderr)
-        app = create_app(served, api_key, allowed_hosts(host, allowed_host or []))
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
+        state = ServerState()
+        app = create_app(served, api_key, allowed_hosts(host, allowed_host or []), state)
+        server = DrainingServer(uvicorn.Config(app, log_level="warning"), served, state, grace_seconds)
+        server.run(sockets=[listening])
     finally:
         for entry in served:
             entry.engine.close()
@@ -83,3 +89,4 @@ def bind(host: str, port: int):
     except OSError as error:
         raise InputError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
     return listening
+

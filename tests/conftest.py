@@ -178,7 +178,8 @@ def tokenizer_folder(tmp_path_factory):
     return folder
 
 
-def make_checkpoint(folder, tokenizer_folder, architecture="gpt2", model_type="torch", chat=True, vocab_size=None):
+def make_checkpoint(folder, tokenizer_folder, architecture="gpt2", model_type="torch", chat=True, vocab_size=None,
+                    **model):
     """A checkpoint folder as training writes it, with seeded weights of a tiny model (ARCHITECTURES): for tests of
     what reads checkpoints (export, serving), where training is not the point."""
     import torch
@@ -189,7 +190,8 @@ def make_checkpoint(folder, tokenizer_folder, architecture="gpt2", model_type="t
     from model_zoo.config import ModelConfig
 
     tokenizer = load_tokenizer(tokenizer_folder)
-    config = ModelConfig.from_dict({**ARCHITECTURES[architecture], "vocab_size": vocab_size or tokenizer.vocab_size})
+    config = ModelConfig.from_dict({**ARCHITECTURES[architecture], "vocab_size": vocab_size or tokenizer.vocab_size,
+                                    **model})
     torch.manual_seed(0)
     model = build_model(config, model_type)
     state = CheckpointState(step=1, model_type=model_type, model_config=config.to_dict(),

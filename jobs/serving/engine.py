@@ -88,6 +88,8 @@ class Engine:
         self._cache = self._new_cache()
         self._wake = threading.Condition()
         self._closing = False
+        self._end_reason: str | None = None  # set by end_all: the loop ends every request with this reason
+        self._admitting = 0  # requests taken from the queue and being prefilled (not yet in self._active)
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
 
@@ -103,6 +105,13 @@ class Engine:
             self._waiting.append(list(requests))
             self._wake.notify()
 
+    def end_all(self, reason: str = "abort") -> None:
+        """End every running and waiting request at the next step with ("done", reason): what a shutdown does once
+        its grace period is over, so that each stream still gets its final chunk."""
+        with self._wake:
+            self._end_reason = reason
+            self._wake.notify()
+
     def close(self) -> None:
         with self._wake:
             self._closing = True
@@ -113,6 +122,12 @@ class Engine:
     def active(self) -> int:
         """Sequences in the running batch."""
         return len(self._active)
+
+    @property
+    def unfinished(self) -> int:
+        """Requests not yet answered: waiting, being prefilled, or in the running batch."""
+        with self._wake:
+            return len(self._active) + self._admitting + self.waiting
 
     @property
     def waiting(self) -> int:
@@ -126,14 +141,22 @@ class Engine:
             torch.set_num_threads(self.threads)
         while True:
             with self._wake:
-                while not self._closing and not self._waiting and not self._active:
+                while not self._closing and not self._waiting and not self._active and self._end_reason is None:
                     self._wake.wait()
                 if self._closing:
                     break
+                ended, reason = [], self._end_reason
+                if reason is not None:
+                    ended = [s.request for s in self._active] + [r for group in self._waiting for r in group]
+                    self._active, self._cache, self._end_reason = [], self._new_cache(), None
+                    self._waiting.clear()
                 admitted, places = [], self.max_batch - len(self._active)
                 while self._waiting and len(self._waiting[0]) <= places:
                     places -= len(self._waiting[0])
                     admitted.append(self._waiting.popleft())
+                self._admitting = sum(len(group) for group in admitted)
+            for request in ended:
+                request.emit(("done", reason))
             with torch.inference_mode():
                 for group in admitted:  # what one prompt raises ends that prompt's requests alone
                     try:
@@ -142,6 +165,8 @@ class Engine:
                         log.exception("prefill failed")
                         for request in group:
                             request.emit(("error", f"internal error ({type(error).__name__})"))
+                with self._wake:
+                    self._admitting = 0
                 try:
                     self._leave({i for i, s in enumerate(self._active) if s.request.cancelled.is_set()})
                     if self._active:

@@ -140,6 +140,15 @@ class ChatBody(_Sampling):
 
 
 @dataclass
+class ServerState:
+    """What a shutdown changes: once draining, /health answers 503 (a load balancer stops sending) and new requests
+    are refused with 503, while the requests in flight (counted here) finish."""
+
+    draining: bool = False
+    in_flight: int = 0
+
+
+@dataclass
 class ServedModel:
     name: str  # what clients put in "model": the registry name and alias or version, or the folder
     loaded: object  # jobs.checkpoint.LoadedModel
@@ -151,7 +160,8 @@ class ServedModel:
 
 
 def create_app(models: list[ServedModel], api_key: str | None = None,
-               allowed_hosts: frozenset[str] = LOOPBACK_HOSTS) -> FastAPI:
+               allowed_hosts: frozenset[str] = LOOPBACK_HOSTS, state: ServerState | None = None):
+    state = state if state is not None else ServerState()
     app = FastAPI(title="transformer-fundamentals", docs_url=None, redoc_url=None, openapi_url=None)
     by_name = {m.name: m for m in models}
     metrics = ServerMetrics(models)
@@ -177,6 +187,8 @@ def create_app(models: list[ServedModel], api_key: str | None = None,
 
     @app.get("/health")
     async def health():
+        if state.draining:
+            return JSONResponse({"status": "draining"}, 503)
         return {"status": "ok", "models": {m.name: {"active": m.engine.active, "waiting": m.engine.waiting}
                                            for m in models}}
 
@@ -219,13 +231,30 @@ def create_app(models: list[ServedModel], api_key: str | None = None,
         return await respond(served, body, request, prompt_ids, "chat.completion", metrics)
 
     def find(body: _Sampling) -> ServedModel:
+        if state.draining:
+            raise APIError(503, "the server is shutting down", None, "server_shutting_down")
         body.refuse_unsupported()
         if body.model not in by_name:
             raise APIError(404, f"model '{body.model[:100]}' is not served here (served: {', '.join(by_name)})",
                            "model", "model_not_found")
         return by_name[body.model]
 
-    return metrics.count_requests(Guard(app, api_key, allowed_hosts))
+    return in_flight(metrics.count_requests(Guard(app, api_key, allowed_hosts)), state)
+
+
+def in_flight(app, state: ServerState):
+    """An ASGI wrapper that counts the HTTP requests being answered (a shutdown waits for them)."""
+
+    async def counted(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        state.in_flight += 1
+        try:
+            return await app(scope, receive, send)
+        finally:
+            state.in_flight -= 1
+
+    return counted
 
 
 def host_name(host_header: str) -> str:

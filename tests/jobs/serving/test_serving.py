@@ -1,7 +1,9 @@
 """`python -m jobs serve`: the OpenAI-compatible server, tested through the official `openai` client and raw HTTP
 against a real server process, plus its continuous-batching engine in-process and its chat page in Chromium."""
 
+import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -627,3 +629,50 @@ def test_chat_page_in_a_real_browser_streams_a_reply(server):
         model=GPT2, messages=[{"role": "user", "content": "Tell me a story about Tim."}], temperature=0)
     assert reply == "Model: " + expected.choices[0].message.content  # the page shows what the API answers
     assert expected.usage.completion_tokens < 2 or chunks >= 2, "the reply arrived in one piece, not streamed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grace, finish", [(60, "length"), (0, "abort")])
+def test_sigterm_drains_open_streams_then_exits_0(tmp_path, tokenizer_folder, grace, finish):
+    """SIGTERM with a stream open: /health turns 503 and new requests are refused at once; the stream finishes within
+    the grace period (60 s: its own end, "length"), or is ended with a final chunk when there is none (0 s:
+    "abort"); either way it closes with [DONE], and the server exits 0."""
+    from conftest import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "ckpt", tokenizer_folder, chat=False, max_seq_len=2048, d_model=256,
+                                 n_blocks=4, d_ffn=1024)  # about 3 ms a token on 2 cores: the stream lasts seconds
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "jobs", "serve", "--model", str(checkpoint), "--port", str(port),
+                                "--grace-seconds", str(grace)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        (model,) = [m["id"] for m in httpx.get(f"{base}/v1/models").json()["data"]]
+        body = {"model": model, "prompt": "Once", "max_tokens": 1500, "ignore_eos": True, "stream": True, "seed": 1}
+        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=120) as response:
+            lines = response.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            process.send_signal(signal.SIGTERM)
+            if grace:  # draining, while the stream still runs
+                time.sleep(0.2)
+                assert process.poll() is None, process.stdout.read()
+                assert httpx.get(f"{base}/health").status_code == 503
+                refused = httpx.post(f"{base}/v1/completions", json={"model": model, "prompt": "x"})
+                assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_shutting_down"
+            rest = [line for line in lines if line.startswith("data: ")]
+        chunks = [json.loads(line[6:]) for line in [first, *rest[:-1]]]
+        assert rest[-1] == "data: [DONE]"
+        assert chunks[-1]["choices"][0]["finish_reason"] == finish
+        if finish == "length":
+            assert sum(len(c["choices"][0]["text"]) for c in chunks) > 0
+        assert process.wait(timeout=60) == 0, process.stdout.read()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
