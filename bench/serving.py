@@ -29,12 +29,12 @@ PROMPTS = ["Once upon a time", "Lily had a red ball.", "Tom and his dog", "One d
            "The little bird", "Mia was sad because", "There was a big tree", "Ben liked to play"]
 
 
-def start_server(model: str, port: int, max_batch: int) -> subprocess.Popen:
+def start_server(model: str, port: int, max_batch: int, *flags: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("SERVE_API_KEY", None)
     return subprocess.Popen([sys.executable, "-m", "jobs", "serve", "--model", model, "--port", str(port),
-                             "--max-batch", str(max_batch)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                             "--max-batch", str(max_batch), *flags], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_ready(base: str, process: subprocess.Popen, timeout: float = 180) -> str:
@@ -96,6 +96,56 @@ def scenario(base: str, model: str, clients: int, requests_each: int, max_tokens
             "per_token": [r["per_token"] for r in results if r["per_token"] is not None]}
 
 
+LONG_PROMPT = " ".join(PROMPTS * 4)  # about 100 tokens of the TinyStories tokenizers (the table prints the count)
+
+
+def burst(base: str, model: str, running: int, arriving: int, max_tokens: int) -> dict:
+    """`running` streams generate; once each has its first token, `arriving` long prompts come at once. What the
+    running streams feel: the longest gap between two of their chunks, against their median time per token."""
+    arrivals: list[list[float]] = [[] for _ in range(running)]
+    tokens = [0] * running
+    started = threading.Barrier(running + 1)
+
+    def stream(i: int) -> None:
+        body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 1.0,
+                "seed": i, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+        with httpx.Client(base_url=base, timeout=600) as http, http.stream("POST", "/v1/completions", json=body) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    tokens[i] = chunk["usage"]["completion_tokens"]
+                elif chunk["choices"] and chunk["choices"][0]["text"]:
+                    arrivals[i].append(time.perf_counter())
+                    if len(arrivals[i]) == 1:
+                        started.wait()
+
+    prompt_tokens = []
+
+    context = httpx.get(f"{base}/v1/models").json()["data"][0]["context_length"]
+    words = LONG_PROMPT.split()[:int((context - 8) / 1.5)]  # about 100 tokens, or what a short context holds
+
+    def arrive(j: int) -> None:
+        body = {"model": model, "prompt": " ".join(words), "max_tokens": 4, "seed": j, "ignore_eos": True}
+        prompt_tokens.append(httpx.post(f"{base}/v1/completions", json=body, timeout=600).json()["usage"]["prompt_tokens"])
+
+    streams = [threading.Thread(target=stream, args=(i,)) for i in range(running)]
+    [t.start() for t in streams]
+    started.wait()
+    time.sleep(0.05)
+    burst_start = time.perf_counter()
+    arrivers = [threading.Thread(target=arrive, args=(j,)) for j in range(arriving)]
+    [t.start() for t in arrivers]
+    [t.join() for t in arrivers]
+    burst_seconds = time.perf_counter() - burst_start
+    [t.join() for t in streams]
+    gaps = [b - a for times in arrivals for a, b in zip(times, times[1:])]
+    per_token = [(times[-1] - times[0]) / (n - 1) for times, n in zip(arrivals, tokens) if n > 1]
+    return {"worst_gap": max(gaps, default=0.0), "median_per_token": percentile(per_token, 0.5), "burst_seconds": burst_seconds,
+            "prompt_tokens": percentile(prompt_tokens, 0.5)}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
@@ -109,8 +159,44 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=8301, help="the batching server; the other gets port + 1")
+    parser.add_argument("--burst-budgets", type=int, nargs="*", default=[1_000_000, 512, 256],
+                        help="--prefill-budget of the batching servers of the burst scenario (a million: no limit, "
+                             "every waiting prompt prefilled in one step); none: skip it")
+    parser.add_argument("--skip-clients", action="store_true", help="only the burst scenario")
     args = parser.parse_args()
+    if not args.skip_clients:
+        clients_scenario(args)
+    if args.burst_budgets:
+        burst_scenario(args)
 
+
+def burst_scenario(args) -> None:
+    """8 streams running, 16 long prompts arriving: one batching server per prefill budget, one at a time."""
+    rows = []
+    for budget in args.burst_budgets:
+        process = start_server(args.model, args.port, 16, "--prefill-budget", str(budget))
+        try:
+            base = f"http://127.0.0.1:{args.port}"
+            name = wait_ready(base, process)
+            burst(base, name, 2, 2, 8)  # warm-up
+            results = [burst(base, name, 8, 16, args.max_tokens) for _ in range(args.rounds)]
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        median = sorted(results, key=lambda r: r["worst_gap"])[len(results) // 2]
+        rows.append((budget, median))
+        print(f"budget {budget}: worst gaps {[round(1e3 * r['worst_gap']) for r in results]} ms", file=sys.stderr)
+    print(f"\n{args.model}: burst: 8 streams of {args.max_tokens} tokens running, 16 prompts of "
+          f"{rows[0][1]['prompt_tokens']:.0f} tokens arriving at once; median of {args.rounds} rounds (by worst gap)")
+    print(f"{'prefill budget':>15}{'worst gap (ms)':>16}{'median ms/token':>17}{'gap / token':>13}{'burst served (s)':>18}")
+    for budget, r in rows:
+        ratio = r["worst_gap"] / r["median_per_token"] if r["median_per_token"] > 0 else float("nan")
+        print(f"{budget:>15,}{1e3 * r['worst_gap']:>16.1f}{1e3 * r['median_per_token']:>17.1f}"
+              f"{ratio:>12.1f}x{r['burst_seconds']:>18.2f}")
+
+
+def clients_scenario(args) -> None:
+    """1, 4 and 8 clients against a batching server and a one-at-a-time one."""
     servers = {"batching": (args.port, 16), "one at a time": (args.port + 1, 1)}
     processes = {name: start_server(args.model, port, max_batch) for name, (port, max_batch) in servers.items()}
     try:

@@ -6,7 +6,9 @@ An OpenAI-compatible HTTP server over registered models (REF: `models:/<name>@ch
 (jobs/serving/engine.py). It binds 127.0.0.1 unless --host says otherwise; with --api-key (or the SERVE_API_KEY
 environment variable) every /v1 request must send `Authorization: Bearer <key>`.
 Options: --max-batch N (sequences decoded together; 1 serves one request at a time), --threads N (CPU threads of
-each model's engine, default 1), --device auto|cpu|cuda, --grace-seconds S (on SIGTERM: /health turns 503, new
+each model's engine, default 1), --device auto|cpu|cuda, --prefill-budget N (prompt tokens, padded, prefilled
+together in one step before the running streams' next token: a burst of long prompts is taken a few at a time;
+default 512), --grace-seconds S (on SIGTERM: /health turns 503, new
 requests are refused, running ones get S seconds to finish, default 20, then end with finish_reason "abort"; the
 process exits 0), --allowed-host NAME (repeatable: without an API key, also
 answer requests for this host name, '*' for any; by default only 127.0.0.1, localhost, ::1 and --host, so that no
@@ -27,6 +29,7 @@ from jobs.model_ref import ModelRef
 
 API_KEY_VARIABLE = "SERVE_API_KEY"
 Count = Annotated[int, Field(ge=1, le=1024)]
+PrefillBudget = Annotated[int, Field(ge=1, le=1 << 20)]
 GraceSeconds = Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)]
 
 
@@ -39,7 +42,8 @@ def allowed_hosts(host: str, extra: list[str]) -> frozenset[str]:
 
 def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key: str | None = None,
           max_batch: Count = 16, threads: Count = 1, device: Device = "auto",
-          allowed_host: list[str] | None = None, grace_seconds: GraceSeconds = 20.0) -> None:
+          allowed_host: list[str] | None = None, grace_seconds: GraceSeconds = 20.0,
+          prefill_budget: PrefillBudget = 512) -> None:
     # the command line (the module docstring is what --help shows)
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
     if api_key is not None and (len(api_key) < 8 or not api_key.isprintable()):
@@ -58,7 +62,7 @@ def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key:
     served = []
     for ref, name in zip(model, names):
         loaded = load_model(ref, device)
-        served.append(ServedModel(name, loaded, Engine(loaded.model, max_batch, threads)))
+        served.append(ServedModel(name, loaded, Engine(loaded.model, max_batch, threads, prefill_budget)))
         print(f"serving {name} ({loaded.model_type} {loaded.config.architecture}, context {loaded.config.max_seq_len}"
               f"{', chat' if served[-1].chat else ''}) on {loaded.device}", file=sys.stderr)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:

@@ -114,6 +114,9 @@ class BatchedKVCache:
     def append(self, block_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write each row's new keys and values (B, H, T, D) at its own slots; return (B, H, L, D) views."""
         B, T = k.shape[0], k.shape[2]
+        if self.keys[block_index] is None:  # a cache for_prompts: allocated at its forward
+            self.keys[block_index] = _buffer(k, self.capacity, self.max_rows)
+            self.values[block_index] = _buffer(v, self.capacity, self.max_rows)
         slots = self.positions(T, self.capacity, k.device)  # (B, T): where row b's new tokens go
         rows = torch.arange(B, device=k.device)[:, None]  # (B, 1)
         # buffer[rows, :, slots] is (B, T, H, D): the advanced indices come first, the sliced head axis after
@@ -125,21 +128,36 @@ class BatchedKVCache:
     def advance(self, n_tokens: int) -> None:
         self.lengths[:self.rows] += n_tokens
 
-    def add(self, cache: KVCache) -> int:
-        """Take in a one-sequence cache (its prompt already run) as the next row; returns the row's index."""
-        if cache.keys[0] is None or cache.keys[0].shape[0] != 1:
-            raise ValueError("add() takes a filled cache of one sequence")
+    def add(self, cache: "KVCache | BatchedKVCache", source_row: int = 0) -> int:
+        """Take in one sequence of another cache (its prompt already run: a KVCache of one sequence, or a row of a
+        BatchedKVCache that prefilled several prompts together) as the next row; returns the row's index."""
+        n = cache.length if isinstance(cache, KVCache) else int(cache.lengths[source_row])
+        if cache.keys[0] is None or not n:
+            raise ValueError("add() takes a filled cache")
         if self.rows == self.max_rows:
             raise ValueError(f"the batch is full ({self.max_rows} rows)")
         if self.keys[0] is None:  # the first row ever: now the heads, head size, dtype and device are known
             self.keys = [_buffer(k, self.capacity, self.max_rows) for k in cache.keys]
             self.values = [_buffer(v, self.capacity, self.max_rows) for v in cache.values]
-        row, n = self.rows, cache.length
+        row = self.rows
         for mine, theirs in zip(self.keys + self.values, cache.keys + cache.values):
-            mine[row, :, :n] = theirs[0, :, :n]
+            mine[row, :, :n] = theirs[source_row, :, :n]
         self.lengths[row] = n
         self.rows += 1
         return row
+
+    @classmethod
+    def for_prompts(cls, n_blocks: int, prompt_lengths: list[int]) -> "BatchedKVCache":
+        """An empty cache for prefilling these prompts together, as rows right-padded to the longest: run the
+        (rows, longest) tokens through the model, then `trim` each row to its own prompt's length. A pad token comes
+        after its row's prompt, so no prompt token sees it (causal mask), and the trim forgets it."""
+        cache = cls(n_blocks, max(prompt_lengths), len(prompt_lengths))
+        cache.rows = len(prompt_lengths)
+        return cache
+
+    def trim(self, lengths: list[int]) -> None:
+        """Each row keeps its first lengths[b] tokens (the slots after them are free again)."""
+        self.lengths[:self.rows] = torch.tensor(lengths)
 
     def remove(self, row: int) -> None:
         """Free a row: the last row moves into it (so the rows in use stay 0 .. rows - 1)."""

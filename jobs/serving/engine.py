@@ -2,8 +2,9 @@
 
 The idea of vLLM's scheduler, written plainly. One thread owns the model and loops:
 
-    1. admit waiting requests: run each prompt through the model alone (prefill, filling a KVCache of its
-       own) and sample its first token; the sequence then joins the running batch (BatchedKVCache.add);
+    1. admit waiting requests, as many prompts as the prefill budget allows: run them through the model together
+       (prefill: one right-padded forward, filling a cache of their own) and sample each one's first token; the
+       sequences then join the running batch (BatchedKVCache.add);
     2. decode: one forward pass of (B, 1) tokens, the last token of each active sequence, over the batch's
        cache; each sequence samples its next token with its own settings and random generator;
     3. finished or abandoned sequences leave the batch at once (BatchedKVCache.remove), freeing their row.
@@ -30,7 +31,7 @@ from typing import Callable
 import torch
 
 from model_zoo.generation import model_device, sample_rows
-from model_zoo.kv_cache import BatchedKVCache, KVCache
+from model_zoo.kv_cache import BatchedKVCache
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,12 @@ class _Sequence:
 
 
 class Engine:
-    def __init__(self, model, max_batch: int = 16, threads: int | None = 1):
+    def __init__(self, model, max_batch: int = 16, threads: int | None = 1, prefill_budget: int = 512):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        # Tokens (padded) that one step may prefill before the running sequences get their next token: a burst of
+        # long prompts is taken a few at a time, so it delays the running streams by a bounded amount.
+        self.prefill_budget = prefill_budget
         # CPU threads for the engine's own ops. One by default: a decode step is many small ops, where a second
         # thread costs more in synchronisation than it gives (measured: 2.3x the tokens/s at 1 thread than at 2
         # on 2 cores for the CPU demo model), and it leaves a core to the HTTP side. None: torch's default.
@@ -150,21 +154,23 @@ class Engine:
                     ended = [s.request for s in self._active] + [r for group in self._waiting for r in group]
                     self._active, self._cache, self._end_reason = [], self._new_cache(), None
                     self._waiting.clear()
-                admitted, places = [], self.max_batch - len(self._active)
+                admitted, places, longest = [], self.max_batch - len(self._active), 0
                 while self._waiting and len(self._waiting[0]) <= places:
+                    length = max(longest, len(self._waiting[0][0].prompt_ids))
+                    if admitted and (len(admitted) + 1) * length > self.prefill_budget:
+                        break  # the rest waits for the next step (the first prompt is always taken)
                     places -= len(self._waiting[0])
                     admitted.append(self._waiting.popleft())
+                    longest = length
                 self._admitting = sum(len(group) for group in admitted)
             for request in ended:
                 request.emit(("done", reason))
             with torch.inference_mode():
-                for group in admitted:  # what one prompt raises ends that prompt's requests alone
-                    try:
-                        self._prefill(group)
-                    except Exception as error:
-                        log.exception("prefill failed")
-                        for request in group:
-                            request.emit(("error", f"internal error ({type(error).__name__})"))
+                try:
+                    if admitted:
+                        self._prefill(admitted)
+                except Exception as error:  # what the prefill's forward raises ends these prompts' requests alone
+                    self._fail([r for group in admitted for r in group], error, "prefill failed")
                 with self._wake:
                     self._admitting = 0
                 try:
@@ -184,25 +190,51 @@ class Engine:
     def _new_cache(self) -> BatchedKVCache:
         return BatchedKVCache(self.model.config.n_blocks, self.max_seq_len, self.max_batch)
 
-    def _prefill(self, group: list[Request]) -> None:
-        """The prompt once through the model; each choice samples its first token from the same logits with its own
-        generator, then joins the batch as a row holding a copy of the prompt's keys and values."""
-        sequences = []
-        for request in group:
-            if not request.cancelled.is_set():
-                generator = torch.Generator(device=self.device)
-                generator.manual_seed(request.seed) if request.seed is not None else generator.seed()
-                sequences.append(_Sequence(request, generator))
-        if not sequences:
+    def _prefill(self, groups: list[list[Request]]) -> None:
+        """The admitted prompts together: one forward of (prompts, longest) tokens, right-padded, into a cache of their
+        own. Each prompt's choices sample their first token from its last position's logits, each with its own
+        generator, then join the batch as rows holding a copy of the prompt's keys and values."""
+        live = []  # (prompt, its choices not cancelled while they waited)
+        for group in groups:
+            try:  # what one prompt's settings raise (a seed torch cannot take) ends that prompt's requests alone
+                sequences = [_Sequence(request, self._generator(request.seed)) for request in group
+                             if not request.cancelled.is_set()]
+            except Exception as error:
+                self._fail(group, error, "prefill failed")
+                continue
+            if sequences:
+                live.append((group[0].prompt_ids, sequences))
+        if not live:
             return
-        cache = KVCache(self.model.config.n_blocks, self.max_seq_len)
-        prompt = torch.tensor([group[0].prompt_ids], device=self.device)
-        logits, _ = self.model(prompt, kv_cache=cache)  # (1, P, V)
-        last = logits[:, -1].expand(len(sequences), -1)  # (n, V): the same next-token logits for every choice
-        for sequence, (token, logprob) in zip(sequences, self._next(sequences, last)):
-            if not self._send(sequence, token, logprob):
-                self._cache.add(cache)
-                self._active.append(sequence)
+        lengths = [len(prompt) for prompt, _ in live]
+        longest = max(lengths)
+        cache = BatchedKVCache.for_prompts(self.model.config.n_blocks, lengths)
+        tokens = torch.tensor([prompt + [0] * (longest - len(prompt)) for prompt, _ in live], device=self.device)
+        logits, _ = self.model(tokens, kv_cache=cache)  # (G, longest, V); a row's pad positions are never read
+        cache.trim(lengths)
+        for row, ((prompt, sequences), length) in enumerate(zip(live, lengths)):
+            last = logits[row, length - 1].expand(len(sequences), -1)  # (n, V): the same for every choice
+            try:
+                chosen = self._next(sequences, last)
+            except Exception as error:
+                self._fail([s.request for s in sequences], error, "sampling failed for one prompt")
+                continue
+            for sequence, (token, logprob) in zip(sequences, chosen):
+                if not self._send(sequence, token, logprob):
+                    self._cache.add(cache, row)
+                    self._active.append(sequence)
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed) if seed is not None else generator.seed()
+        return generator
+
+    @staticmethod
+    def _fail(requests: list[Request], error: Exception, what: str) -> None:
+        """A bug or an impossible setting: its traceback is logged, and these requests hear of it."""
+        log.exception(what, exc_info=error)
+        for request in requests:
+            request.emit(("error", f"internal error ({type(error).__name__})"))
 
     def _decode_step(self) -> None:
         last_tokens = torch.tensor([[s.last_token] for s in self._active], device=self.device)  # (B, 1)

@@ -75,5 +75,5 @@ def test_serving_prints_batching_against_one_at_a_time(tmp_path, tokenizer_folde
     checkpoint = make_checkpoint(tmp_path / "ckpt", tokenizer_folder)
     port = free_port()
     out = run_bench("serving", ["--model", checkpoint, "--clients", 1, 2, "--requests", 1, "--max-tokens", 4,
-                                "--rounds", 1, "--port", port], monkeypatch, capsys)
-    assert "batching" in out and "one at a time" in out, out
+                                "--rounds", 1, "--port", port, "--burst-budgets", 64], monkeypatch, capsys)
+    assert "batching" in out and "one at a time" in out and "worst gap" in out, out

@@ -78,3 +78,36 @@ def test_batched_cache_refuses_a_context_over_max_seq_len():
         batch.add(cache)
         with pytest.raises(ValueError, match="longer than max_seq_len"):
             model(torch.zeros(1, 1, dtype=torch.long), kv_cache=batch)
+
+
+@pytest.mark.parametrize("model_type", ["torch", "custom"])
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_prompts_prefilled_together_right_padded_equal_each_alone(architecture, model_type):
+    """The server's prefill: prompts of different lengths in one forward, right-padded, each row trimmed to its own
+    length; then, moved into a decoding batch, each continues as it would alone."""
+    torch.manual_seed(0)
+    config = CONFIGS[architecture]
+    model = build_model(config, model_type)
+    model.eval() if hasattr(model, "eval") else None
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 61, (n,), generator=g).tolist() for n in (3, 9, 1, 6)]
+    steps = 4
+    with torch.no_grad():
+        expected = [alone(model, p, steps) for p in prompts]
+        lengths = [len(p) for p in prompts]
+        prefill = BatchedKVCache.for_prompts(config.n_blocks, lengths)
+        padded = torch.tensor([p + [0] * (max(lengths) - len(p)) for p in prompts])  # pad id 0, after each prompt
+        logits, _ = model(padded, kv_cache=prefill)
+        prefill.trim(lengths)
+        got = [[logits[row, n - 1]] for row, n in enumerate(lengths)]
+        batch = BatchedKVCache(config.n_blocks, config.max_seq_len, max_rows=4)
+        for row in range(len(prompts)):
+            batch.add(prefill, row)
+        for _ in range(steps):
+            next_ids = torch.stack([out[-1].argmax() for out in got]).view(-1, 1)  # (B, 1)
+            logits, _ = model(next_ids, kv_cache=batch)
+            for row, out in enumerate(got):
+                out.append(logits[row, -1])
+    for i in range(len(prompts)):
+        for step, (a, b) in enumerate(zip(got[i], expected[i])):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=f"prompt {i}, step {step}")
