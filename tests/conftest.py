@@ -299,6 +299,14 @@ def trained_world(bad_files):
     return {**bad_files, "store": store, "env": env, "best": run_folder / "best", "latest": run_folder / "latest"}
 
 
+@pytest.fixture
+def in_trained_world(trained_world, monkeypatch) -> dict:
+    """trained_world, with its tracking store named and its folder the working folder (as a user in it would be)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_world["store"])
+    monkeypatch.chdir(trained_world["root"])
+    return trained_world
+
+
 def corrupt_copy(world: dict, name: str, change) -> Path:
     """A copy of the trained world's latest checkpoint whose state.json `change` has edited."""
     folder = world["root"] / "corrupt" / name

@@ -28,10 +28,8 @@ CASES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("template, words", CASES, ids=[c[0][-2][-30:] for c in CASES])
-def test_text_or_a_suite_that_cannot_be_scored_is_one_clear_line(trained_world, template, words, capsys, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_world["store"])
-    monkeypatch.chdir(trained_world["root"])
-    assert_refused(fill(template, trained_world), capsys, words)
+def test_text_or_a_suite_that_cannot_be_scored_is_one_clear_line(in_trained_world, template, words, capsys):
+    assert_refused(fill(template, in_trained_world), capsys, words)
 
 
 @pytest.mark.slow

@@ -26,15 +26,20 @@ def alone(model, prompt: list[int], steps: int) -> list[torch.Tensor]:
     return out
 
 
+def model_and_prompts(architecture: str, model_type: str, seed: int):
+    """A seeded tiny model and four prompts of different lengths (3, 9, 1 and 6 tokens)."""
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[architecture], model_type)
+    model.eval() if hasattr(model, "eval") else None
+    g = torch.Generator().manual_seed(seed)
+    return model, [torch.randint(0, 61, (n,), generator=g).tolist() for n in (3, 9, 1, 6)]
+
+
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 def test_batched_decoding_equals_each_sequence_alone(architecture, model_type):
-    torch.manual_seed(0)
     config = CONFIGS[architecture]
-    model = build_model(config, model_type)
-    model.eval() if hasattr(model, "eval") else None
-    g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(0, 61, (n,), generator=g).tolist() for n in (3, 9, 1, 6)]
+    model, prompts = model_and_prompts(architecture, model_type, seed=3)
     steps = 8
     with torch.no_grad():
         expected = [alone(model, p, steps) for p in prompts]
@@ -85,12 +90,8 @@ def test_batched_cache_refuses_a_context_over_max_seq_len():
 def test_prompts_prefilled_together_right_padded_equal_each_alone(architecture, model_type):
     """The server's prefill: prompts of different lengths in one forward, right-padded, each row trimmed to its own
     length; then, moved into a decoding batch, each continues as it would alone."""
-    torch.manual_seed(0)
     config = CONFIGS[architecture]
-    model = build_model(config, model_type)
-    model.eval() if hasattr(model, "eval") else None
-    g = torch.Generator().manual_seed(5)
-    prompts = [torch.randint(0, 61, (n,), generator=g).tolist() for n in (3, 9, 1, 6)]
+    model, prompts = model_and_prompts(architecture, model_type, seed=5)
     steps = 4
     with torch.no_grad():
         expected = [alone(model, p, steps) for p in prompts]
