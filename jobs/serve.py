@@ -8,11 +8,10 @@ environment variable) every /v1 request must send `Authorization: Bearer <key>`.
 Options: --max-batch N (sequences decoded together; 1 serves one request at a time), --threads N (CPU threads of
 each model's engine, default 1), --device auto|cpu|cuda, --prefill-budget N (prompt tokens, padded, prefilled
 together in one step before the running streams' next token: a burst of long prompts is taken a few at a time;
-default 512), --grace-seconds S (on SIGTERM: /health turns 503, new
-requests are refused, running ones get S seconds to finish, default 20, then end with finish_reason "abort"; the
-process exits 0), --allowed-host NAME (repeatable: without an API key, also
-answer requests for this host name, '*' for any; by default only 127.0.0.1, localhost, ::1 and --host, so that no
-web page can make a browser drive the server through a DNS name of its own).
+default 512), --grace-seconds S (on SIGTERM: /health turns 503, new requests are refused, running ones get S
+seconds to finish, default 20, then end with finish_reason "abort"; the process exits 0), --allowed-host NAME
+(repeatable: without an API key, also answer requests for this host name, '*' for any; by default only 127.0.0.1,
+localhost, ::1 and --host, so that no web page can make a browser drive the server through a DNS name of its own).
 """
 
 from __future__ import annotations

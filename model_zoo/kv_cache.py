@@ -86,9 +86,9 @@ class BatchedKVCache:
 
     A row's slot is its token's position, and its queries see only its own filled slots, so each sequence
     computes what it would compute alone. The rows in use are always 0 .. rows - 1, so attention reads one view
-    of the buffers: a sequence joins in the first free row after its prompt has run through a KVCache of its own
-    (`add`: its prompt's keys and values copied in once), and a sequence that leaves hands its row to the last
-    one (`remove`: one row copied, not the cache)."""
+    of the buffers: a sequence joins in the first free row after its prompt has run through a cache of its own
+    (`add`: its prompt's keys and values copied in once; `for_prompts` prefills several together), and a sequence
+    that leaves hands its row to the last one (`remove`: one row copied, not the cache)."""
 
     def __init__(self, n_blocks: int, max_seq_len: int, max_rows: int):
         self.capacity, self.max_rows = max_seq_len, max_rows
@@ -96,19 +96,20 @@ class BatchedKVCache:
         self.values: list[torch.Tensor | None] = [None] * n_blocks
         self.lengths = torch.zeros(max_rows, dtype=torch.long)  # tokens in each row; rows in use: 0 .. rows - 1
         self.rows = 0
+        self._this_step: tuple[int, torch.Tensor, int] | None = None  # see _step
 
     def positions(self, n_tokens: int, max_seq_len: int, device=None) -> torch.Tensor:
         """(B, T) positions of each row's new tokens: they follow the row's own cached ones."""
-        positions = self.lengths[:self.rows, None] + torch.arange(n_tokens)[None, :]  # (B, T)
-        if positions.numel() and int(positions.max()) >= min(max_seq_len, self.capacity):
-            raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than max_seq_len={max_seq_len}")
+        positions, end = self._step(n_tokens)
+        if self.rows and end > min(max_seq_len, self.capacity):
+            raise ValueError(f"sequence of {end} tokens is longer than max_seq_len={max_seq_len}")
         return positions.to(device)
 
     def attention_mask(self, n_queries: int, device=None) -> torch.Tensor:
         """(B, 1, T, L) booleans, L = the longest row's length + T: query i of row b (at position lengths[b] + i)
         may see its row's slots 0 .. lengths[b] + i; the slots past a row's end hold nothing of it."""
         positions = self.positions(n_queries, self.capacity, device)  # (B, T)
-        key_slots = torch.arange(self._end(n_queries), device=device)  # (L,)
+        key_slots = torch.arange(self._step(n_queries)[1], device=device)  # (L,)
         return (key_slots[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, L), broadcast over heads
 
     def append(self, block_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,11 +123,12 @@ class BatchedKVCache:
         # buffer[rows, :, slots] is (B, T, H, D): the advanced indices come first, the sliced head axis after
         self.keys[block_index][rows, :, slots] = k.transpose(1, 2)
         self.values[block_index][rows, :, slots] = v.transpose(1, 2)
-        end = self._end(T)
+        end = self._step(T)[1]
         return self.keys[block_index][:B, :, :end], self.values[block_index][:B, :, :end]
 
     def advance(self, n_tokens: int) -> None:
         self.lengths[:self.rows] += n_tokens
+        self._this_step = None
 
     def add(self, cache: "KVCache | BatchedKVCache", source_row: int = 0) -> int:
         """Take in one sequence of another cache (its prompt already run: a KVCache of one sequence, or a row of a
@@ -144,6 +146,7 @@ class BatchedKVCache:
             mine[row, :, :n] = theirs[source_row, :, :n]
         self.lengths[row] = n
         self.rows += 1
+        self._this_step = None
         return row
 
     @classmethod
@@ -158,6 +161,7 @@ class BatchedKVCache:
     def trim(self, lengths: list[int]) -> None:
         """Each row keeps its first lengths[b] tokens (the slots after them are free again)."""
         self.lengths[:self.rows] = torch.tensor(lengths)
+        self._this_step = None
 
     def remove(self, row: int) -> None:
         """Free a row: the last row moves into it (so the rows in use stay 0 .. rows - 1)."""
@@ -169,7 +173,13 @@ class BatchedKVCache:
             self.lengths[row] = n
         self.lengths[last] = 0
         self.rows -= 1
+        self._this_step = None
 
-    def _end(self, n_tokens: int) -> int:
-        """Slots attention reads this step: up to the longest row's end after n_tokens more."""
-        return int(self.lengths[:self.rows].max()) + n_tokens if self.rows else n_tokens
+    def _step(self, n_tokens: int) -> tuple[torch.Tensor, int]:
+        """This step's (B, T) positions of the new tokens, and the slots attention reads (the longest row's end after
+        them). Every block of a forward asks, with the same lengths: computed once, until the lengths change."""
+        if self._this_step is None or self._this_step[0] != n_tokens:
+            positions = self.lengths[:self.rows, None] + torch.arange(n_tokens)[None, :]  # (B, T)
+            end = int(self.lengths[:self.rows].max()) + n_tokens if self.rows else n_tokens
+            self._this_step = (n_tokens, positions, end)
+        return self._this_step[1], self._this_step[2]

@@ -151,7 +151,7 @@ class Engine:
                     break
                 ended, reason = [], self._end_reason
                 if reason is not None:
-                    ended = [s.request for s in self._active] + [r for group in self._waiting for r in group]
+                    ended = self._every_request()
                     self._active, self._cache, self._end_reason = [], self._new_cache(), None
                     self._waiting.clear()
                 admitted, places, longest = [], self.max_batch - len(self._active), 0
@@ -177,15 +177,17 @@ class Engine:
                     self._leave({i for i, s in enumerate(self._active) if s.request.cancelled.is_set()})
                     if self._active:
                         self._decode_step()
-                except Exception as error:  # a bug in the batch's forward pass: its traceback is logged, the
-                    log.exception("engine step failed")  # requests in the batch hear of it, and the engine
-                    for sequence in self._active:  # serves the next ones
-                        sequence.request.emit(("error", f"internal error ({type(error).__name__})"))
-                    self._active, self._cache = [], self._new_cache()
+                except Exception as error:  # a bug in the batch's forward pass: the requests in the batch hear of
+                    self._fail([s.request for s in self._active], error, "engine step failed")  # it, and the
+                    self._active, self._cache = [], self._new_cache()  # engine serves the next ones
         with self._wake:
-            left = [s.request for s in self._active] + [r for group in self._waiting for r in group]
+            left = self._every_request()
         for request in left:
             request.emit(("error", "the server is shutting down"))
+
+    def _every_request(self) -> list[Request]:
+        """The requests running and waiting (under self._wake)."""
+        return [s.request for s in self._active] + [r for group in self._waiting for r in group]
 
     def _new_cache(self) -> BatchedKVCache:
         return BatchedKVCache(self.model.config.n_blocks, self.max_seq_len, self.max_batch)
@@ -251,8 +253,7 @@ class Engine:
         try:
             return self._next([sequence], logits[None])[0]
         except Exception as error:
-            log.exception("sampling failed for one request")
-            sequence.request.emit(("error", f"internal error ({type(error).__name__})"))
+            self._fail([sequence.request], error, "sampling failed for one request")
             return None, None
 
     def _next(self, sequences: list[_Sequence], logits: torch.Tensor) -> list[tuple[int, TokenLogprob | None]]:
