@@ -29,8 +29,9 @@ from jobs.training.objectives import NextTokenLoss
 from jobs.training.validation import validation_loss
 from jobs.training.runtime import make_runtime
 from model_zoo.build import build_model
-from jobs.training.schedule import learning_rate
+from jobs.training.schedule import lr_scale
 from model_zoo.config import count_parameters
+from model_zoo.optimizer import set_lr_scale
 from jobs.minimal_pairs import read_suite, score_suite
 
 
@@ -45,11 +46,11 @@ class HFRuntime:
         from model_zoo.optimizer import configure_optimizer
 
         _, self.model = build_hf_model(config)
-        self.optimizer = configure_optimizer(self.model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
+        self.optimizer = configure_optimizer(self.model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2),
+                                             muon=tc.muon_settings())
 
-    def set_learning_rate(self, lr):
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def set_lr_scale(self, scale):
+        set_lr_scale(self.optimizer, scale)
 
     def train_step(self, batches, max_grad_norm):
         self.model.train()
@@ -95,7 +96,7 @@ def train_for(make_runtime, tokens, val_tokens, cfg, T, minutes: float) -> tuple
     start = time.perf_counter()
     step = 0
     while (elapsed := time.perf_counter() - start) < budget:
-        runtime.set_learning_rate(learning_rate(step + 1, tc.max_steps or 100_000, tc, elapsed, budget))
+        runtime.set_lr_scale(lr_scale(step + 1, tc.max_steps or 100_000, tc, elapsed, budget))
         runtime.train_step([loader.next_batch()], tc.max_grad_norm)
         step += 1
     elapsed = time.perf_counter() - start
@@ -145,7 +146,7 @@ def main() -> None:
 def _ours(config, cfg):
     runtime = make_runtime("torch", build_model(config, "torch"), "cpu")
     tc = cfg.training
-    runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
+    runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2), tc.muon_settings())
     return runtime
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jobs.errors import first_problem
 from model_zoo.config import ModelConfig
 from model_zoo.errors import ConfigError
+from model_zoo.optimizer import MuonSettings
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -82,8 +83,15 @@ class TrainingConfig(_Section):
     min_learning_rate: float = Field(3e-5, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)  # share of max_steps spent warming up linearly from 0...
     warmup_steps: int | None = Field(None, ge=0)  # ...or this many optimizer steps (wins over warmup_ratio)
-    lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
+    lr_decay: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # wsd: warmup, stable, linear cool-down
+    cooldown_ratio: float = Field(0.2, gt=0, le=1)  # wsd: the last share of the run (steps or budget) cooling down
     weight_decay: float = Field(0.1, ge=0)
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' weight matrices (the muon_*
+    # settings), AdamW (learning_rate, weight_decay, betas) for embeddings, norms and biases; model_zoo/optimizer.py
+    muon_learning_rate: float = Field(0.02, gt=0, le=1)  # Muon's peak, before sqrt(max(1, out/in))
+    muon_weight_decay: float = Field(0.0, ge=0, lt=1)  # decoupled, like AdamW's: W -= lr * wd * W
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    muon_ns_steps: int = Field(5, gt=0, le=20)  # Newton-Schulz iterations per update
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)  # null: no clipping
@@ -108,6 +116,13 @@ class TrainingConfig(_Section):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    def muon_settings(self) -> MuonSettings | None:
+        """What model_zoo.optimizer needs of Muon, or None when training.optimizer is adamw."""
+        if self.optimizer != "muon":
+            return None
+        return MuonSettings(self.muon_learning_rate, self.muon_weight_decay, self.muon_momentum,
+                            ns_steps=self.muon_ns_steps)
 
     @model_validator(mode="after")
     def _lr_order(self) -> "TrainingConfig":

@@ -1,8 +1,8 @@
 """How the jobs train and score a model of either type: one protocol, two small adapters.
 
 The two model types differ in how a training step gets its gradients and in what their optimizers look like:
-autograd (`loss.backward()`, torch.optim.AdamW, DDP) for the torch twins, the hand-written `model.backward()`
-and AdamW for the custom ones. `ModelRuntime` holds what both share (the step over micro-batches, the
+autograd (`loss.backward()`, torch.optim's AdamW and Muon, DDP) for the torch twins, the hand-written
+`model.backward()`, AdamW and Muon for the custom ones. `ModelRuntime` holds what both share (the step over micro-batches, the
 validation loss); `TorchRuntime` and `CustomRuntime` fill in the rest. `make_runtime` picks one.
 """
 
@@ -16,7 +16,7 @@ import torch
 from jobs.data.windows import Batch
 from jobs.training.distributed import Distributed, average_gradients
 from jobs.training.objectives import NextTokenLoss
-from model_zoo.optimizer import clip_grad_norm, configure_optimizer
+from model_zoo.optimizer import MuonSettings, Optimizers, clip_grad_norm, configure_optimizer, set_lr_scale
 
 
 class ModelRuntime:
@@ -31,8 +31,14 @@ class ModelRuntime:
         self.config = model.config
         self.optimizer = None
 
-    def configure_optimizer(self, learning_rate: float, weight_decay: float, betas: tuple[float, float]) -> None:
-        self.optimizer = configure_optimizer(self.model, learning_rate, weight_decay, betas)
+    def configure_optimizer(self, learning_rate: float, weight_decay: float, betas: tuple[float, float],
+                            muon: MuonSettings | None = None) -> None:
+        """AdamW for every parameter, or (muon) Muon for the blocks' matrices and AdamW for the rest."""
+        self.optimizer = configure_optimizer(self.model, learning_rate, weight_decay, betas, muon=muon)
+
+    def set_lr_scale(self, scale: float) -> None:
+        """The schedule's multiplier of every group's peak learning rate (AdamW's and Muon's alike)."""
+        set_lr_scale(self.optimizer, scale)
 
     def train_step(self, batches: list[Batch], max_grad_norm: float | None) -> tuple[float, float]:
         """One optimizer step over micro-batches; returns (mean loss, grad norm before clipping).
@@ -88,9 +94,6 @@ class ModelRuntime:
     def zero_grad(self) -> None:
         raise NotImplementedError
 
-    def set_learning_rate(self, lr: float) -> None:
-        raise NotImplementedError
-
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, json-able scalars) of the optimizer, so it saves without pickle."""
         raise NotImplementedError
@@ -128,22 +131,33 @@ class TorchRuntime(ModelRuntime):
     def zero_grad(self):
         self.optimizer.zero_grad(set_to_none=True)
 
-    def set_learning_rate(self, lr):
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def torch_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """torch's optimizers by the prefix their state is saved under: AdamW's unprefixed, Muon's "muon."."""
+        if isinstance(self.optimizer, Optimizers):
+            return {"": self.optimizer.adamw, "muon.": self.optimizer.muon}
+        return {"": self.optimizer}
 
     def optimizer_state(self):
-        state = self.optimizer.state_dict()  # {"state": {index: {key: tensor}}, "param_groups": [...]}
-        tensors = {f"{index}.{key}": value for index, per_param in state["state"].items()
-                   for key, value in per_param.items()}
-        return tensors, {"param_groups": state["param_groups"]}
+        tensors, scalars = {}, {}
+        for prefix, optimizer in self.torch_optimizers().items():
+            state = optimizer.state_dict()  # {"state": {index: {key: tensor}}, "param_groups": [...]}
+            tensors |= {f"{prefix}{index}.{key}": value for index, per_param in state["state"].items()
+                        for key, value in per_param.items()}
+            scalars[f"{prefix}param_groups"] = state["param_groups"]
+        return tensors, scalars
 
     def load_optimizer_state(self, tensors, scalars):
-        per_param: dict[int, dict[str, torch.Tensor]] = {}
-        for name, value in tensors.items():
-            index, key = name.split(".", 1)
-            per_param.setdefault(int(index), {})[key] = value.to(self.device) if key != "step" else value
-        self.optimizer.load_state_dict({"state": per_param, "param_groups": scalars["param_groups"]})
+        for prefix, optimizer in self.torch_optimizers().items():
+            per_param: dict[int, dict[str, torch.Tensor]] = {}
+            for name, value in tensors.items():
+                if prefix and not name.startswith(prefix) or not prefix and not name[0].isdigit():
+                    continue  # another optimizer's
+                index, key = name.removeprefix(prefix).split(".", 1)
+                per_param.setdefault(int(index), {})[key] = value.to(self.device) if key != "step" else value
+            configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+            optimizer.load_state_dict({"state": per_param, "param_groups": scalars[f"{prefix}param_groups"]})
+            for group, settings in zip(optimizer.param_groups, configured):  # the moments come from the checkpoint,
+                group.update(settings)  # the settings (peak learning rates, decay) from this session's config
 
 
 class CustomRuntime(ModelRuntime):
@@ -166,11 +180,8 @@ class CustomRuntime(ModelRuntime):
     def zero_grad(self):
         self.model.zero_grad()
 
-    def set_learning_rate(self, lr):
-        self.optimizer.lr = lr
-
     def optimizer_state(self):
-        return self.optimizer.state_dict(), {}  # already tensors only: m.<name>, v.<name>, step_count
+        return self.optimizer.state_dict(), {}  # already tensors only: m.<name>, v.<name>, step_count (muon_momentum.)
 
     def load_optimizer_state(self, tensors, scalars):
         self.optimizer.load_state_dict({k: v.to(self.device) for k, v in tensors.items()})

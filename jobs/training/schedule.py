@@ -1,5 +1,11 @@
 """The learning-rate schedule: linear warmup from 0 over a number of optimizer steps, then cosine or linear
-decay to the minimum.
+decay to the minimum, or warmup-stable-decay ("wsd": the peak held, then a linear cool-down to the minimum over
+the last training.cooldown_ratio of the run, the schedule of the modded-nanoGPT speed records: no need to know
+the length of the run when the plateau starts, and the cool-down is where the loss drops).
+
+The schedule is a multiplier (lr_scale) of every parameter group's peak learning rate: AdamW's
+training.learning_rate and, with training.optimizer muon, Muon's training.muon_learning_rate follow the same
+curve; training.min_learning_rate / training.learning_rate is the multiplier at the end.
 
 Warmup counts optimizer steps (training.warmup_steps, or training.warmup_ratio of the planned steps), never
 seconds: on a busy machine the first steps are slow, and a warmup measured in time would reach the peak
@@ -25,18 +31,29 @@ def warmup_steps(total_steps: int, config: TrainingConfig) -> int:
 
 def learning_rate(step: int, total_steps: int, config: TrainingConfig, elapsed_seconds: float = 0.0,
                   budget_seconds: float | None = None) -> float:
-    """LR for optimizer step `step` (1 for the first) of `total_steps`, `elapsed_seconds` into the run."""
+    """AdamW's LR for optimizer step `step` (1 for the first) of `total_steps`, `elapsed_seconds` into the run."""
+    return config.learning_rate * lr_scale(step, total_steps, config, elapsed_seconds, budget_seconds)
+
+
+def lr_scale(step: int, total_steps: int, config: TrainingConfig, elapsed_seconds: float = 0.0,
+             budget_seconds: float | None = None) -> float:
+    """The multiplier of every peak learning rate at optimizer step `step` (1 for the first) of `total_steps`."""
     warmup = warmup_steps(total_steps, config)
     if step < warmup:
-        return config.learning_rate * step / warmup
+        return step / warmup
     if config.lr_decay == "constant":
-        return config.learning_rate
-    decay_progress = decay_fraction(step - warmup, total_steps - warmup, elapsed_seconds, budget_seconds)
-    if config.lr_decay == "cosine":
-        factor = 0.5 * (1.0 + math.cos(math.pi * decay_progress))
+        return 1.0
+    floor = config.min_learning_rate / config.learning_rate
+    if config.lr_decay == "wsd":  # the cool-down is a share of the whole run (warmup included), by steps or time
+        progress = decay_fraction(step, total_steps, elapsed_seconds, budget_seconds)
+        factor = min(1.0, (1.0 - progress) / config.cooldown_ratio)
     else:
-        factor = 1.0 - decay_progress
-    return config.min_learning_rate + factor * (config.learning_rate - config.min_learning_rate)
+        decay_progress = decay_fraction(step - warmup, total_steps - warmup, elapsed_seconds, budget_seconds)
+        if config.lr_decay == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * decay_progress))
+        else:
+            factor = 1.0 - decay_progress
+    return floor + factor * (1.0 - floor)
 
 
 def decay_fraction(steps_done: int, decay_steps: int, elapsed_seconds: float = 0.0,

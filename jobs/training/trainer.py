@@ -39,7 +39,7 @@ from jobs.training.validation import validation_loss
 from jobs.training.run_folders import (RunLock, checkpoint_to_resume, mark_latest, new_run_folder, newest_checkpoint,
                                        resume_changes)
 from jobs.training.runtime import make_runtime
-from jobs.training.schedule import learning_rate
+from jobs.training.schedule import lr_scale
 from model_zoo.build import build_model, resolve_device
 from model_zoo.config import count_parameters, flops_per_token
 from model_zoo.generation import generate_tokens
@@ -169,7 +169,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         model = self.initial_model(checkpoint is not None)
         self.runtime = make_runtime(tc.model_type, model, device, tc.dtype, tc.compile, distributed, data.objective)
-        self.runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2))
+        self.runtime.configure_optimizer(tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2), tc.muon_settings())
         self.loader = self.data.loader(tc.batch_size, T, tc.seed, distributed)
 
         self.tokens_per_step = tc.batch_size * T * tc.gradient_accumulation_steps * distributed.world_size  # all ranks
@@ -300,8 +300,8 @@ class Trainer:
     def optimizer_step(self, clock_start: float, signals: "StopOnSignal") -> tuple[float, bool]:
         """One step of the global batch; returns (its loss, whether any rank was signalled to stop)."""
         tc, step_start = self.tc, time.perf_counter()
-        lr = learning_rate(self.progress.step + 1, self.total_steps, tc, self.progress.train_seconds, self.budget)
-        self.runtime.set_learning_rate(lr)
+        scale = lr_scale(self.progress.step + 1, self.total_steps, tc, self.progress.train_seconds, self.budget)
+        self.runtime.set_lr_scale(scale)
         windows = [self.loader.next_batch() for _ in range(tc.gradient_accumulation_steps)]
 
         def step() -> tuple[float, float]:
@@ -323,16 +323,18 @@ class Trainer:
             torch.cuda.synchronize()
         self.progress.step += 1
         self.progress.train_seconds = seconds
-        self.log_step(loss, lr, grad_norm, tokens_per_sec=self.tokens_per_step / (time.perf_counter() - step_start))
+        self.log_step(loss, scale, grad_norm, tokens_per_sec=self.tokens_per_step / (time.perf_counter() - step_start))
         return loss, bool(signalled)
 
-    def log_step(self, loss: float, lr: float, grad_norm: float, tokens_per_sec: float) -> None:
-        step = self.progress.step
+    def log_step(self, loss: float, scale: float, grad_norm: float, tokens_per_sec: float) -> None:
+        step, lr = self.progress.step, self.tc.learning_rate * scale  # AdamW's learning rate now
         if step % self.tc.log_every == 0 or step == self.total_steps:
             tokens_seen = step * self.tokens_per_step
             metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
                        "train/tokens_per_sec": tokens_per_sec, "train/tokens_seen": tokens_seen,
                        "train/flops_seen": tokens_seen * self.flops_per_token}
+            if self.tc.optimizer == "muon":
+                metrics["train/muon_lr"] = self.tc.muon_learning_rate * scale
             if self.peak_flops:
                 metrics["train/mfu"] = tokens_per_sec * self.flops_per_token / self.peak_flops
             self.tracked.log_metrics(metrics, step)

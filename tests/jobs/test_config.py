@@ -15,6 +15,13 @@ CASES = [
     (["train", "--config", "{config}", "--data.assets_dir={root}/a-file"], ["data.assets_dir", "not a folder"]),
     (["train", "--config", "{config}", "--training.learning_rat=1"], ["training.learning_rat", "unknown key"]),
     (["train", "--config", "{config}", "--training.final_evals={root}/empty.txt"], ["empty.txt", "empty"]),
+    (["train", "--config", "{config}", "--training.optimizer=sgd"], ["training.optimizer", "'adamw' or 'muon'"]),
+    (["train", "--config", "{config}", "--training.muon_learning_rate=nan"], ["training.muon_learning_rate", "finite"]),
+    (["train", "--config", "{config}", "--training.muon_learning_rate=-0.02"], ["training.muon_learning_rate"]),
+    (["train", "--config", "{config}", "--training.muon_momentum=1.0"], ["training.muon_momentum", "less than 1"]),
+    (["train", "--config", "{config}", "--training.muon_ns_steps=0"], ["training.muon_ns_steps"]),
+    (["train", "--config", "{config}", "--training.cooldown_ratio=0"], ["training.cooldown_ratio"]),
+    (["train", "--config", "{config}", "--training.lr_decay=step"], ["training.lr_decay", "'wsd'"]),
     (["train", "--config", "{config}", "--training.final_evals=[{root}/nowhere]"],
      ["training.final_evals: not found", "/nowhere"]),
 ]

@@ -95,10 +95,13 @@ def test_champion_moves_only_between_losses_on_the_same_validation_data(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, model_type):
-    whole = run_training(tiny(tmp_path / "a", model_type))
-    cfg = tiny(tmp_path / "b", model_type)
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, store, model_type, optimizer):
+    """The checkpoint holds the whole optimizer (AdamW's moments; Muon's momentum too), so a resumed run goes on
+    exactly: the same losses as one that was never stopped."""
+    whole = run_training(tiny(tmp_path / "a", model_type, optimizer=optimizer))
+    cfg = tiny(tmp_path / "b", model_type, optimizer=optimizer)
     first = run_training(cfg, step_hook=signal_during_step(5))
     assert first.stopped_by == "SIGTERM" and first.steps == 5
     second = run_training(cfg, resume=True)

@@ -29,15 +29,18 @@ def torchrun_two_ranks(job: str, cfg, tmp_path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
-@pytest.mark.parametrize("model_type", ["torch", "custom"])
+@pytest.mark.parametrize("model_type, architecture, optimizer", [
+    ("torch", "gpt2", "adamw"), ("torch", "llama", "adamw"), ("custom", "gpt2", "adamw"), ("custom", "llama", "adamw"),
+    ("torch", "llama", "muon"), ("custom", "gpt2", "muon"),  # Muon orthogonalises the gradient all ranks averaged
+])
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path, store, model_type, architecture,
-                                                                      monkeypatch):
+                                                                      optimizer, monkeypatch):
     model = {"architecture": "llama", "n_heads": 4, "n_kv_heads": 2, "d_ffn": 48} if architecture == "llama" else {}
     single = run_training(tiny(tmp_path / "single", model_type, model=model, batch_size=4, max_steps=8,
-                               gradient_accumulation_steps=2))
+                               gradient_accumulation_steps=2, optimizer=optimizer))
 
-    cfg = tiny(tmp_path / "ddp", model_type, model=model, batch_size=2, max_steps=8, gradient_accumulation_steps=2)
+    cfg = tiny(tmp_path / "ddp", model_type, model=model, batch_size=2, max_steps=8, gradient_accumulation_steps=2,
+               optimizer=optimizer)
     ddp_store = torchrun_two_ranks("train", cfg, tmp_path)
 
     client = MlflowClient(tracking_uri=ddp_store)

@@ -1,9 +1,10 @@
-"""The learning-rate schedule: warmup counted in optimizer steps, decay by steps or by the time budget."""
+"""The learning-rate schedule: warmup counted in optimizer steps, decay by steps or by the time budget; the
+multiplier every group's peak follows (AdamW's and Muon's)."""
 
 import pytest
 
 from jobs.config import TrainingConfig
-from jobs.training.schedule import decay_fraction, learning_rate
+from jobs.training.schedule import decay_fraction, learning_rate, lr_scale
 
 
 @pytest.mark.parametrize("decay", ["cosine", "linear"])
@@ -42,3 +43,28 @@ def test_warmup_steps_win_over_the_ratio_and_the_decay_follows_the_budget():
 def test_constant():
     config = TrainingConfig(learning_rate=2e-3, min_learning_rate=0.0, warmup_ratio=0.0, lr_decay="constant")
     assert learning_rate(70, 100, config) == 2e-3
+
+
+def test_warmup_stable_decay_holds_the_peak_then_cools_down_linearly_over_the_last_share():
+    config = TrainingConfig(learning_rate=2e-3, min_learning_rate=2e-4, warmup_steps=10, lr_decay="wsd",
+                            cooldown_ratio=0.2)
+    lrs = [learning_rate(step, 100, config) for step in range(1, 101)]
+    assert lrs[4] == pytest.approx(1e-3)  # warming up
+    assert all(lr == pytest.approx(2e-3) for lr in lrs[9:80]), "stable at the peak until 80% of the run"
+    assert learning_rate(90, 100, config) == pytest.approx(2e-4 + 0.5 * 1.8e-3)  # halfway down the cool-down
+    assert all(a > b for a, b in zip(lrs[80:], lrs[81:])) and lrs[-1] == pytest.approx(2e-4)
+    # with a time budget the cool-down starts when 80% of the budget is spent, however few steps that was
+    budgeted = TrainingConfig(learning_rate=2e-3, min_learning_rate=0.0, warmup_steps=10, lr_decay="wsd",
+                              cooldown_ratio=0.25, max_time_minutes=10)
+    assert learning_rate(200, 100_000, budgeted, elapsed_seconds=400, budget_seconds=600) == 2e-3
+    assert learning_rate(300, 100_000, budgeted, elapsed_seconds=525, budget_seconds=600) == pytest.approx(1e-3)
+    assert learning_rate(400, 100_000, budgeted, elapsed_seconds=600, budget_seconds=600) == pytest.approx(0.0)
+
+
+def test_the_multiplier_is_the_learning_rate_over_its_peak():
+    """Muon's peak follows AdamW's curve: lr_scale is AdamW's learning rate divided by its peak, at every step."""
+    for decay in ("cosine", "linear", "constant", "wsd"):
+        config = TrainingConfig(learning_rate=4e-3, min_learning_rate=4e-4, warmup_steps=5, lr_decay=decay)
+        for step in (1, 5, 37, 90, 100):
+            assert lr_scale(step, 100, config) == pytest.approx(learning_rate(step, 100, config) / 4e-3)
+        assert lr_scale(100, 100, config) == pytest.approx(0.1 if decay != "constant" else 1.0)
