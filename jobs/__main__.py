@@ -18,7 +18,7 @@ JOBS = {"prepare-data": ("jobs.prepare_data", "prepare_data"), "train": ("jobs.t
         "evaluate": ("jobs.evaluate", "evaluate"), "generate": ("jobs.generate", "generate"),
         "chat": ("jobs.generate", "chat"), "compare": ("jobs.compare", "compare"),
         "finetune": ("jobs.finetune", "finetune"), "serve": ("jobs.serve", "serve"),
-        "export": ("jobs.export", "export"), "prefer": ("jobs.prefer", "prefer")}
+        "export": ("jobs.export", "export"), "prefer": ("jobs.prefer", "prefer"), "sweep": ("jobs.sweep", "sweep")}
 
 
 def job_function(name: str):

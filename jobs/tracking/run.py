@@ -36,8 +36,9 @@ class TrackedRun:
     """
 
     def __init__(self, experiment_name: str, run_name: str, journal_file: Path, run_id: str | None = None,
-                 resume_step: int | None = None, branch: bool = False):
-        self.experiment_name, self.run_name, self.run_id = experiment_name, run_name, run_id
+                 resume_step: int | None = None, branch: bool = False, tags: dict[str, str] | None = None):
+        """tags: added to a new run's (a sweep's trial: its parent run and trial number, jobs/tracking/sweeps.py)."""
+        self.experiment_name, self.run_name, self.run_id, self.tags = experiment_name, run_name, run_id, tags or {}
         self.journal_file, self.resume_step, self.branch = journal_file, resume_step, branch
         self.branched_from: tuple[str, int] | None = None  # (run id, step) when this run branched from another
         self.status = "FINISHED"
@@ -56,7 +57,8 @@ class TrackedRun:
         elif continued:
             self.client.update_run(self.run_id, status="RUNNING")
         else:  # with the tags MLflow's start_run would add: user, source file, git commit
-            self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=resolve_tags()).info.run_id
+            self.run_id = self.client.create_run(experiment_id, run_name=self.run_name,
+                                                 tags=resolve_tags() | self.tags).info.run_id
         self.system_metrics = SystemMetricsMonitor(self.run_id, resume_logging=continued)  # CPU, memory, GPU
         safely("start system metrics", self.system_metrics.start)
         self.logger = RunLogger(self.run_id, self.journal_file, self.resume_step)

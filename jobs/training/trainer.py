@@ -60,6 +60,7 @@ class StopReason(str, enum.Enum):
     SIGTERM = "SIGTERM"
     OTHER_RANK = "signal on another rank"  # under torchrun: this rank stops because another was signalled
     NOTHING_TO_DO = "nothing to do"  # a resumed run that had already reached its end
+    PRUNED = "pruned"  # a sweep's trial stopped early: its validation loss was no match for the other trials'
 
     @property
     def reached_the_end(self) -> bool:
@@ -89,12 +90,25 @@ class TrainResult:
 StepHook = Callable[[int, Callable[[], tuple[float, float]]], tuple[float, float]]
 
 
+@dataclass(frozen=True)
+class Trial:
+    """What a sweep (jobs/sweep.py) asks of a run it starts: MLflow tags (its parent run, its trial number), a
+    judge of each validation loss (on_validation(step, loss) -> True stops the run: pruned), and no registration
+    (a trial is a measurement; its winner is trained again at the full budget, and that run registers)."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    on_validation: Callable[[int, float], bool] | None = None
+    register: bool = False
+    run_name: str | None = None  # the MLflow run's name (default: the run folder's)
+
+
 def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, step_hook: StepHook | None = None,
                  progress: Callable | None = None, load_data: Callable = text_data.load,
-                 start: StartingPoint = StartingPoint()) -> TrainResult:
+                 start: StartingPoint = StartingPoint(), trial: Trial | None = None) -> TrainResult:
     """Train as the config says (on every rank, under torchrun). load_data(cfg, distributed, start) gives the
     TrainingData (text by default; jobs/data/chat_data.py: load for fine-tuning); start: where the weights start.
-    step_hook: the tests' seam, see Trainer.step_hook; progress: what shows the steps (see Trainer.progress_view)."""
+    step_hook: the tests' seam, see Trainer.step_hook; progress: what shows the steps (see Trainer.progress_view);
+    trial: set when a sweep runs this as one of its trials."""
     device = resolve_device(cfg.training.device)
     distributed = Distributed.from_env(device)
     try:
@@ -104,7 +118,8 @@ def run_training(cfg: ExperimentConfig, resume: str | bool | None = None, step_h
                   for path in cfg.training.final_evals] if distributed.is_main else []
         data = load_data(cfg, distributed, start)
         cfg = settle_config(cfg, data, start)
-        run = Trainer(cfg, data, start, suites, resume, distributed.device(device), distributed, step_hook, progress)
+        run = Trainer(cfg, data, start, suites, resume, distributed.device(device), distributed, step_hook, progress,
+                      trial)
         # one process continues a run at a time (rank 0 holds the lock for all ranks; the others never write there)
         with RunLock(run.root) if distributed.is_main else contextlib.nullcontext():
             return run.run()
@@ -127,7 +142,7 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, data: TrainingData, start: StartingPoint, suites: list,
                  resume: str | bool | None, device: str, distributed: Distributed, step_hook: StepHook | None = None,
-                 progress_view: Callable | None = None):
+                 progress_view: Callable | None = None, trial: Trial | None = None):
         """cfg: settled (settle_config); data: what this run learns from; start: where new weights start; suites:
         minimal-pair suites to score at the end (training.final_evals, read by rank 0).
         step_hook(n, step): the tests' seam, runs optimizer step n by calling step() (the real one) and returns its
@@ -139,7 +154,7 @@ class Trainer:
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         self.suites, self.data, self.tokenizer, self.start = suites, data, data.tokenizer, start
-        self.step_hook, self.progress_view = step_hook, progress_view
+        self.step_hook, self.progress_view, self.trial = step_hook, progress_view, trial
         self.cfg, self.tc, self.model_config = cfg, tc, cfg.model_config_
         T = self.model_config.max_seq_len
         for suite in suites:  # scored after training: every sentence must fit the context, known now
@@ -242,22 +257,25 @@ class Trainer:
                 losses.append(loss)
                 last = self.progress.step == self.total_steps
                 out_of_time = self.budget is not None and self.progress.train_seconds > self.budget
+                pruned = False
                 if self.progress.step % self.tc.eval_every == 0 or last or out_of_time:
                     val_loss = self.validate()
                     if val_loss < self.progress.best_val_loss:  # the best so far is kept: it is what gets registered
                         self.progress.best_val_loss = val_loss
                         self.save("best")
+                    pruned = bool(self.trial and self.trial.on_validation
+                                  and self.trial.on_validation(self.progress.step, val_loss) and not last)
                 if self.sample_due(last or out_of_time):
                     self.log_sample()
                 if self.progress.step % self.tc.checkpoint_every == 0 and not last:
                     self.save_periodic()
-                if signalled or out_of_time:
+                if signalled or out_of_time or pruned:
                     stopped_by = (StopReason(signals.caught or StopReason.OTHER_RANK) if signalled
-                                  else StopReason.TIME_LIMIT)
+                                  else StopReason.TIME_LIMIT if out_of_time else StopReason.PRUNED)
                     break
             self.save("latest")
-            if stopped_by.reached_the_end:  # register the best checkpoint, and score it
-                model_version = self.register_and_score()
+            if stopped_by.reached_the_end and (self.trial is None or self.trial.register):  # register the best
+                model_version = self.register_and_score()  # checkpoint, and score it
             if self.progress.best_val_loss == math.inf:  # stopped before its first validation
                 self.progress.best_val_loss = self.validation_loss()
             if stopped_by.exit_status:  # a signal stopped training (one that comes during registration does not:
@@ -422,9 +440,11 @@ class Trainer:
         """The MLflow run (rank 0 only): a new one, or the resumed run continued."""
         if not self.main:
             return tracking.NullRun()
-        return tracking.TrackedRun(self.cfg.experiment_name, self.root.name, self.journal_file, self.run_id,
+        run_name = self.trial.run_name if self.trial and self.trial.run_name else self.root.name
+        return tracking.TrackedRun(self.cfg.experiment_name, run_name, self.journal_file, self.run_id,
                                    resume_step=self.progress.step if self.resumed else None,
-                                   branch=bool(self.resume_changes))  # new settings: steps trained again differ
+                                   branch=bool(self.resume_changes),  # new settings: steps trained again differ
+                                   tags=self.trial.tags if self.trial else None)
 
     def log_run_params(self) -> None:
         """What a run is: its config (flattened, and whole as config.yaml), sizes, data, code and versions."""
