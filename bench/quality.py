@@ -3,10 +3,12 @@ same data, same time budget, in one process.
 
     python -m bench.quality                      # configs/tinystories_cpu.yaml and tinystories_llama_cpu.yaml, 12 min each
     python -m bench.quality --configs configs/tinystories_cpu.yaml --minutes 2
+    python -m bench.quality --seeds 3 --only-ours  # each of our models 3 times: the median and spread
 
 For each config, ours (the torch twin) and transformers' model of the same architecture get the same
-dimensions, dropout, tokenizer, data windows, AdamW settings (decay on matrices only), warmup + cosine
-schedule, gradient clipping and validation batches, one after the other. Each trains until the budget is spent
+dimensions, dropout, tokenizer, data windows, optimizer settings (AdamW with decay on matrices only, or with
+training.optimizer muon, Muon for the blocks' matrices: model_zoo/optimizer.py), schedule, gradient clipping and
+validation batches, one after the other. Each trains until the budget is spent
 (warmup in steps, decay following elapsed time, as the train job does with training.max_time_minutes), so a
 faster model gets more steps: that is the point. Then each is evaluated on the whole validation split and on
 the Zorro grammar minimal pairs (--suite; jobs/minimal_pairs.py, the same scorer for all four). Prints losses in
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 
 import torch
 
 from jobs.config import load_config
+from jobs.errors import InputError
 from jobs.data import pipeline
 from jobs.data.windows import TokenStream, TrainWindows, validation_batches
 from jobs.training.objectives import NextTokenLoss
@@ -111,36 +115,56 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--suite", default="../shared/data/zorro", help="minimal-pair suite scored after training")
+    parser.add_argument("--seeds", type=int, default=1, help="runs of each model, with training.seed + 0, 1, ...: the "
+                        "table shows each model's median and spread (Zorro moves several points between seeds)")
+    parser.add_argument("--only-ours", action="store_true", help="skip transformers' models")
     args = parser.parse_args()
+    if not 1 <= args.seeds <= 100 or not 0 < args.minutes <= 24 * 60 or not 1 <= args.threads <= 1024:
+        raise InputError("--seeds must be 1..100, --minutes above 0 and at most a day, --threads 1..1024")
     torch.set_num_threads(args.threads)
     suite = read_suite(args.suite)
     configs = {config_file: load_config(config_file) for config_file in args.configs}
     for cfg in configs.values():  # every config's data files exist, before the first 12 minutes of training
         pipeline.DataLayout.of(cfg.data)
-    rows = []
+    runs: dict[str, list[tuple]] = {}  # model name: (params, loss, bits/byte, steps, tokens/s, score) per seed
     for cfg in configs.values():
         prepared = pipeline.prepare(cfg.data)
         cfg = cfg.model_copy(update={"model": {**cfg.model, "vocab_size": prepared.tokenizer.vocab_size}})
         config, T = cfg.model_config_, cfg.model_config_.max_seq_len
         tokens, val_tokens = prepared.open("train"), prepared.open("validation")
         baseline = "LlamaForCausalLM" if config.architecture == "llama" else "GPT2LMHeadModel"
-        for name, make in ((f"transformers {baseline}", lambda: HFRuntime(config, cfg.training)),
-                           (f"ours: {config.architecture} torch twin", lambda: _ours(config, cfg))):
-            loss, steps, tps, runtime = train_for(make, tokens, val_tokens, cfg, T, args.minutes)
-            model = AsOurs(runtime.model, config) if isinstance(runtime, HFRuntime) else runtime.model
-            score = score_suite(model, prepared.tokenizer, suite)
-            rows.append((name, count_parameters(config), loss, prepared.bits_per_byte(loss), steps, tps, score))
-            print(f"{name}: val loss {loss:.4f} after {steps} steps ({tps:,.0f} tokens/s); {suite.name} "
-                  f"{score.accuracy:.1%} (scored in {score.seconds:.0f} s, {score.tokens / score.seconds:,.0f} tokens/s)",
-                  flush=True)
-            print(score.table(), flush=True)
-    print(f"\n{args.minutes:g} minutes each, {args.threads} threads, {', '.join(args.configs)}; {suite.name}: "
-          f"{suite.n_pairs:,} pairs")
-    print(f"{'model':<36}{'params':>11}{'val loss':>10}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}"
-          f"{suite.name[:8]:>9}{'scoring s':>11}")
-    for name, n_params, loss, bpb, steps, tps, score in rows:
-        print(f"{name:<36}{n_params:>11,}{loss:>10.4f}{bpb:>11.4f}{steps:>8}{tps:>10,.0f}{score.accuracy:>9.1%}"
-              f"{score.seconds:>11.0f}")
+        models = [(f"ours: {config.architecture} torch twin", _ours)]
+        if not args.only_ours:
+            models.insert(0, (f"transformers {baseline}", lambda config, cfg: HFRuntime(config, cfg.training)))
+        for seed in range(args.seeds):
+            seeded = cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": cfg.training.seed + seed})})
+            for name, make in models:
+                loss, steps, tps, runtime = train_for(lambda: make(config, seeded), tokens, val_tokens, seeded, T,
+                                                      args.minutes)
+                model = AsOurs(runtime.model, config) if isinstance(runtime, HFRuntime) else runtime.model
+                score = score_suite(model, prepared.tokenizer, suite)
+                runs.setdefault(name, []).append((count_parameters(config), loss, prepared.bits_per_byte(loss), steps,
+                                                  tps, score))
+                print(f"{name} (seed +{seed}): val loss {loss:.4f} after {steps} steps ({tps:,.0f} tokens/s); "
+                      f"{suite.name} {score.accuracy:.1%} (scored in {score.seconds:.0f} s, "
+                      f"{score.tokens / score.seconds:,.0f} tokens/s)", flush=True)
+                print(score.table(), flush=True)
+    print(f"\n{args.minutes:g} minutes each, {args.threads} threads, {args.seeds} seed(s) each, "
+          f"{', '.join(args.configs)}; {suite.name}: {suite.n_pairs:,} pairs"
+          + ("; median (min-max) over the seeds" if args.seeds > 1 else ""))
+    print(f"{'model':<36}{'params':>11}{'val loss':>22}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}"
+          f"{suite.name[:8]:>20}")
+    for name, rows in runs.items():
+        params, losses, bpbs, steps, tps, scores = zip(*rows)
+        accuracies = [score.accuracy for score in scores]
+        print(f"{name:<36}{params[0]:>11,}{_spread(losses, '.4f'):>22}{statistics.median(bpbs):>11.4f}"
+              f"{statistics.median(steps):>8.0f}{statistics.median(tps):>10,.0f}{_spread(accuracies, '.1%'):>20}")
+
+
+def _spread(values, spec: str) -> str:
+    """The median, and (min-max) when there is more than one value."""
+    median = format(statistics.median(values), spec)
+    return median if len(values) == 1 else f"{median} ({min(values):{spec}}-{max(values):{spec}})"
 
 
 def _ours(config, cfg):

@@ -77,3 +77,21 @@ def test_serving_prints_batching_against_one_at_a_time(tmp_path, tokenizer_folde
     out = run_bench("serving", ["--model", checkpoint, "--clients", 1, 2, "--requests", 1, "--max-tokens", 4,
                                 "--rounds", 1, "--port", port, "--burst-budgets", 64], monkeypatch, capsys)
     assert "batching" in out and "one at a time" in out and "worst gap" in out, out
+
+
+@pytest.mark.slow
+def test_quality_trains_each_model_per_seed_and_prints_median_and_spread(tmp_path, monkeypatch, capsys):
+    """bench.quality at toy size (2 seconds a model): ours and transformers' of a Muon config, 2 seeds each."""
+    from conftest import tiny, write_zorro
+
+    cfg = tiny(tmp_path, optimizer="muon", max_steps=100_000).to_dict()
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    write_zorro(tmp_path / "zorro")
+    out = run_bench("quality", ["--configs", config_file, "--minutes", 0.03, "--seeds", 2, "--suite",
+                                tmp_path / "zorro"], monkeypatch, capsys)
+    assert out.count("(seed +0)") == 2 and out.count("(seed +1)") == 2
+    table = out.split("median (min-max) over the seeds")[1].splitlines()
+    rows = [line for line in table if line.startswith(("transformers GPT2LMHeadModel", "ours: gpt2 torch twin"))]
+    assert len(rows) == 2 and all(row.count("(") == 2 for row in rows), "median (min-max) of loss and accuracy"

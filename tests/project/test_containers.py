@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, dry_run
 
-JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat", "finetune", "prefer", "serve", "export"}
+JOB_SERVICES = {"prepare-data", "train", "evaluate", "generate", "chat", "finetune", "prefer", "serve", "export", "sweep"}
 
 
 def compose_binary() -> str:
