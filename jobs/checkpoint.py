@@ -2,7 +2,7 @@
 training, serving and evaluation share).
 
     model.safetensors      the weights (same keys for both model types)
-    optimizer.safetensors  the optimizer's tensors (AdamW moments)
+    optimizer.safetensors  the optimizer's tensors (AdamW moments; Muon's momentum)
     state.json             step, model type, configs, best validation loss, data position, optimizer scalars,
                            MLflow run id, RNG states (as lists of bytes)
     tokenizer.json         the tokenizer, so a checkpoint folder alone is enough to generate text

@@ -6,6 +6,7 @@
     records.py    runs that record an evaluation or a comparison
     reading.py    training runs read back (curves, scores) for figures and `compare`
     registry.py   the model registry: versions, the champion alias, exports
+    sweeps.py     a sweep's parent run, and the tags that nest its trials' training runs under it
 
 Embedded default: a sqlite store `mlflow.db` (jobs.config.TRACKING_STORE) and artifacts under `mlruns/` beside
 it, in the working folder: nothing to start, model registry included (`mlflow ui --backend-store-uri
@@ -16,9 +17,11 @@ experiment name; its alias `champion` is the version with the best validation lo
 `models:/<name>/latest` the newest version (MLflow reserves `latest`, so it cannot be an alias).
 
 Metric names (step = optimizer step), the ones to compare runs by in the UI:
-    train/loss, train/lr, train/grad_norm, train/tokens_per_sec, train/mfu
+    train/loss, train/lr, train/grad_norm, train/tokens_per_sec, train/mfu     (train/lr is AdamW's)
+    train/muon_lr                            with training.optimizer muon: Muon's learning rate
     train/tokens_seen, train/flops_seen      cumulative; plot loss against these for loss per FLOP
     val/loss, val/perplexity, val/bits_per_byte
+    sweep/trial_val_loss, sweep/best_val_loss    a sweep run's, by trial number
 """
 
 from jobs.tracking.reading import load_runs
