@@ -3,7 +3,8 @@
 Search a config's settings with Optuna (TPE sampling, median pruning): each trial is a normal training run of the
 config with the trial's settings (jobs/training/search.py reads the space), logged to MLflow as a child of one
 sweep run (jobs/tracking/sweeps.py), so the MLflow UI's parallel-coordinates and contour views compare the
-trials. Trials are short: --steps S trains each for S optimizer steps (comparable however busy the machine is;
+trials. The first trial is the config as written (when its values lie inside the space): the reference the
+others are judged against. Trials are short: --steps S trains each for S optimizer steps (comparable however busy the machine is;
 note that a fixed step count favours bigger models, which a time budget would not), --minutes M for M minutes
 each; without either, the config's own budget. A trial whose validation loss is worse than the median of the
 earlier trials at the same step is stopped early (pruned; --prune false turns that off). Trials do not register
@@ -114,6 +115,7 @@ def run_sweep(base: dict[str, Any], space_file: str, trials: int, steps: int | N
                               f"give --name a new name to start another sweep, or delete that folder")
         study.set_user_attr("fingerprint", fingerprint)
         _fail_stale(study)  # trials a killed process left RUNNING: the lock says no one is running them
+        _enqueue_baseline(study, space, cfg)
         parent = SweepRun(study_name, storage, study.user_attrs.get("mlflow_run_id"))
         study.set_user_attr("mlflow_run_id", parent.run_id)
         parent.log_setup({d.key: d.describe() for d in space},
@@ -179,6 +181,24 @@ def run_trial(study, space, base: dict, fixed: dict, parent: SweepRun, count: in
         log.info(f"trial {trial.number}: val loss {result.best_val_loss:.4f} after {result.steps} steps")
     parent.log_trial(trial.number, state, value, _best_value(study))
     return result.stopped_by
+
+
+def _enqueue_baseline(study, space, cfg) -> None:
+    """The config as written is the next trial, once per study, when its values lie inside the space: every
+    sweep then holds the reference its other trials are judged against (marked `baseline` in its user attrs)."""
+    if any(trial.user_attrs.get("baseline") for trial in study.get_trials(deepcopy=False)):
+        return
+    values = {d.key: _config_value(cfg.to_dict(), d.key) for d in space}
+    if all(d.contains(values[d.key]) for d in space):
+        study.enqueue_trial(values, user_attrs={"baseline": True})
+    else:
+        log.info("the config's own settings lie outside the space: no baseline trial")
+
+
+def _config_value(values: dict, dotted: str) -> Any:
+    for key in dotted.replace("-", "_").split("."):
+        values = values.get(key) if isinstance(values, dict) else None
+    return values
 
 
 def _finished(study) -> int:
@@ -258,7 +278,8 @@ def _print_summary(study, best_file: Path | None, out_file: Path | None) -> None
     for trial in study.get_trials(deepcopy=False):
         value = f"{trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name.lower()
         shown = ", ".join(f"{key}={_short(v)}" for key, v in trial.params.items())
-        print(f"  {trial.number:>4}  {value:>9}  {shown}")
+        print(f"  {trial.number:>4}  {value:>9}  {shown}" + ("  (the config as written)"
+                                                         if trial.user_attrs.get("baseline") else ""))
     if best_file is not None:
         print(f"best: trial {study.best_trial.number}, val loss {study.best_value:.4f}; its config: {best_file}"
               + (f" and {out_file}" if out_file else ""))

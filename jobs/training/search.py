@@ -45,6 +45,14 @@ class Dimension:
         """The values to check the config with before any trial: each end of a range, each choice."""
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
+    def contains(self, value: Any) -> bool:
+        """Whether the space holds this value (the config's own, for the baseline trial)."""
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        return self.step is None or abs((value - self.low) / self.step - round((value - self.low) / self.step)) < 1e-9
+
     def suggest(self, trial) -> Any:
         """This dimension's value for an Optuna trial."""
         if self.choices is not None:

@@ -88,6 +88,9 @@ def test_a_sweep_nests_its_trials_writes_the_best_config_and_goes_on_after_a_sto
     assert first.stopped_by == StopReason.END
     study = first.study
     assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
+    baseline = study.trials[0]  # the config as written comes first: the reference
+    assert baseline.user_attrs["baseline"] and baseline.params == {"training.learning_rate": 3e-3,
+                                                                    "training.optimizer": "adamw"}
 
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tiny_torch-sweep")
@@ -122,6 +125,7 @@ def test_a_sweep_nests_its_trials_writes_the_best_config_and_goes_on_after_a_sto
     assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1
     rates = [t.params["training.learning_rate"] for t in again.study.trials if t.state.name == "COMPLETE"]
     assert len(set(rates)) == 4, "a sweep that goes on does not repeat its first settings"
+    assert sum(bool(t.user_attrs.get("baseline")) for t in again.study.trials) == 1, "one baseline a study"
     assert len([r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "sweep"]) == 1
 
     # the same name with another space is refused, naming the way out
@@ -149,3 +153,15 @@ def test_the_shipped_spaces_fit_their_configs(space, config):
     dimensions = read_space(path)
     check_space(dimensions, base, trial_settings(base, 100, None, f"{config}-sweep"), path)
     assert {d.key for d in dimensions} >= {"training.optimizer", "training.learning_rate"}
+
+
+def test_a_space_holds_the_configs_own_values_or_says_it_does_not():
+    """Dimension.contains decides whether the config as written can be the baseline trial."""
+    from jobs.training.search import Dimension
+
+    rate = Dimension("training.learning_rate", 1e-3, 1e-2, log=True)
+    assert rate.contains(3e-3) and not rate.contains(2e-2) and not rate.contains("3e-3") and not rate.contains(True)
+    batch = Dimension("training.batch_size", 16, 64, step=16)
+    assert batch.contains(32) and not batch.contains(40) and batch.is_int
+    assert Dimension("training.optimizer", choices=("adamw", "muon")).contains("muon")
+    assert not Dimension("training.optimizer", choices=("muon",)).contains("adamw")
