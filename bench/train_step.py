@@ -2,8 +2,10 @@
 
     python -m bench.train_step                      # the issue's CPU setting (fp32, 2 threads)
     python -m bench.train_step --device cuda --dtype bfloat16 --batch-size 32
+    python -m bench.train_step --architecture llama --d-model 128 --batch-size 32 --seq-len 128 --muon   # + Muon rows
 
-Every row runs a full training step (forward, backward, clipping, AdamW update) on the same batches with the
+Every row runs a full training step (forward, backward, clipping, AdamW update; with --muon also rows whose
+update is Muon's for the blocks' matrices, to price the Newton-Schulz iterations) on the same batches with the
 same dimensions; our rows run the step the train job runs (`make_runtime(...).train_step`), not a copy of it. Rows are measured in rounds (each row one step per round by default, rows interleaved in a new
 seeded random order every round) so a slow moment of a noisy machine is spread over all rows instead of landing
 on one, and no row always runs right after the same other row; the median round is reported. Also prints
@@ -26,7 +28,7 @@ import torch
 
 from model_zoo.config import ModelConfig, count_parameters, flops_per_token
 from model_zoo.build import build_hf_model, build_model
-from model_zoo.optimizer import configure_optimizer
+from model_zoo.optimizer import MuonSettings, configure_optimizer
 from jobs.data.windows import Batch
 from jobs.training.runtime import make_runtime
 from jobs.training.throughput import measure_matmul_flops, sync
@@ -61,7 +63,7 @@ class PeakMemory:
 
 
 def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bool, lr: float = 3e-4,
-              custom_files: tuple[str, ...] = ()):
+              custom_files: tuple[str, ...] = (), muon: bool = False):
     """name -> a function doing one training step on a (B, T+1) window."""
     rows = {}
     try:
@@ -76,6 +78,11 @@ def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bo
         rows["torch twin, torch.compile"] = job_step("torch", build_model(config, "torch"), device, dtype_name, True, lr)
     rows["custom (hand-written backward)"] = job_step("custom", build_model(config, "custom"), device, dtype_name,
                                                       False, lr)
+    if muon:  # the same steps with Muon (torch.optim.Muon for the twin, ours for the custom model)
+        rows["torch twin, eager, Muon"] = job_step("torch", build_model(config, "torch"), device, dtype_name, False,
+                                                   lr, MuonSettings())
+        rows["custom, Muon"] = job_step("custom", build_model(config, "custom"), device, dtype_name, False, lr,
+                                        MuonSettings())
     for path in custom_files:  # another copy of a custom model's file, e.g. an earlier revision, timed in the same rounds
         spec = importlib.util.spec_from_file_location(f"custom_from_{Path(path).stem}", path)
         module = importlib.util.module_from_spec(spec)
@@ -85,10 +92,11 @@ def make_rows(config: ModelConfig, device: str, dtype: torch.dtype, compile_: bo
     return rows
 
 
-def job_step(model_type: str, model, device: str, dtype: str, compile_model: bool, lr: float):
+def job_step(model_type: str, model, device: str, dtype: str, compile_model: bool, lr: float,
+             muon: MuonSettings | None = None):
     """The train job's step: make_runtime's train_step on one micro-batch, clipping at 1.0."""
     runtime = make_runtime(model_type, model, device, dtype, compile_model)
-    runtime.configure_optimizer(lr, 0.1, (0.9, 0.95))
+    runtime.configure_optimizer(lr, 0.1, (0.9, 0.95), muon)
     return lambda window: runtime.train_step([Batch(window, torch.ones_like(window, dtype=torch.bool))], 1.0)
 
 
@@ -124,6 +132,7 @@ def main() -> None:
                         help="also time the CustomTransformer (CustomLlama with --architecture llama) of these "
                              "copies of a custom model's file (before/after a change: git show "
                              "REV:model_zoo/custom_transformer.py > before.py)")
+    parser.add_argument("--muon", action="store_true", help="also the twin's and the custom model's steps with Muon")
     parser.add_argument("--architecture", default="gpt2", choices=["gpt2", "llama"],
                         help="llama: n_kv_heads = n_heads / 2, d_ffn = 8/3 d_model (rounded to 8), no biases")
     args = parser.parse_args()
@@ -146,7 +155,8 @@ def main() -> None:
     print(f"model: {count_parameters(config):,} parameters, {flops_per_token(config):,} training FLOPs/token; "
           f"batch {B} x {T}\n")
 
-    rows = make_rows(config, args.device, dtype, compile_=not args.no_compile, custom_files=tuple(args.custom_from))
+    rows = make_rows(config, args.device, dtype, compile_=not args.no_compile, custom_files=tuple(args.custom_from),
+                     muon=args.muon)
     round_seconds = {name: [] for name in rows}
     peak_memory = {}
     for name, step in rows.items():  # warm-up (and compilation) outside the timed rounds

@@ -3,8 +3,8 @@
 Search a config's settings with Optuna (TPE sampling, median pruning): each trial is a normal training run of the
 config with the trial's settings (jobs/training/search.py reads the space), logged to MLflow as a child of one
 sweep run (jobs/tracking/sweeps.py), so the MLflow UI's parallel-coordinates and contour views compare the
-trials. The first trial is the config as written (when its values lie inside the space): the reference the
-others are judged against. Trials are short: --steps S trains each for S optimizer steps (comparable however busy the machine is;
+trials. The first trial is the config as written (when its values lie inside the space, and never pruned): the
+reference the others are judged against. Trials are short: --steps S trains each for S optimizer steps (comparable however busy the machine is;
 note that a fixed step count favours bigger models, which a time budget would not), --minutes M for M minutes
 each; without either, the config's own budget. A trial whose validation loss is worse than the median of the
 earlier trials at the same step is stopped early (pruned; --prune false turns that off). Trials do not register
@@ -155,9 +155,11 @@ def run_trial(study, space, base: dict, fixed: dict, parent: SweepRun, count: in
         parent.log_trial(trial.number, "FAIL", None, _best_value(study))
         return StopReason.END
 
+    baseline = bool(trial.user_attrs.get("baseline"))
+
     def judge(step: int, val_loss: float) -> bool:
         trial.report(val_loss, step)
-        return trial.should_prune()
+        return not baseline and trial.should_prune()  # the reference runs whole
 
     try:
         result = run_training(cfg, step_hook=step_hook, progress=ProgressBar,

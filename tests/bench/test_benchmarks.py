@@ -28,8 +28,9 @@ def test_generation_prints_cache_against_recompute_with_the_same_tokens(monkeypa
 def test_train_step_prints_each_row_against_transformers(monkeypatch, capsys):
     out = run_bench("train_step", ["--batch-size", 2, "--seq-len", 16, "--d-model", 32, "--n-blocks", 1,
                                    "--n-heads", 2, "--vocab-size", 64, "--rounds", 1, "--no-compile",
-                                   "--threads", 1], monkeypatch, capsys)
+                                   "--threads", 1, "--muon"], monkeypatch, capsys)
     assert "transformers" in out.lower() and "custom" in out.lower(), out
+    assert "torch twin, eager, Muon" in out and "custom, Muon" in out
 
 
 def test_tracking_prints_the_overhead_of_logging(monkeypatch, capsys):
