@@ -7,8 +7,9 @@ same data, same time budget, in one process.
 
 For each config, ours (the torch twin) and transformers' model of the same architecture get the same
 dimensions, dropout, tokenizer, data windows, optimizer settings (AdamW with decay on matrices only, or with
-training.optimizer muon, Muon for the blocks' matrices: model_zoo/optimizer.py), schedule, gradient clipping and
-validation batches, one after the other. Each trains until the budget is spent
+training.optimizer muon, Muon for the blocks' matrices: model_zoo/optimizer.py; transformers' GPT-2 stores its
+matrices as (in, out), so there Muon's shape scale sqrt(max(1, rows/cols)) falls on the other MLP matrix),
+schedule, gradient clipping and validation batches, one after the other. Each trains until the budget is spent
 (warmup in steps, decay following elapsed time, as the train job does with training.max_time_minutes), so a
 faster model gets more steps: that is the point. Then each is evaluated on the whole validation split and on
 the Zorro grammar minimal pairs (--suite; jobs/minimal_pairs.py, the same scorer for all four). Prints losses in
@@ -152,13 +153,13 @@ def main() -> None:
     print(f"\n{args.minutes:g} minutes each, {args.threads} threads, {args.seeds} seed(s) each, "
           f"{', '.join(args.configs)}; {suite.name}: {suite.n_pairs:,} pairs"
           + ("; median (min-max) over the seeds" if args.seeds > 1 else ""))
-    print(f"{'model':<36}{'params':>11}{'val loss':>22}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}"
-          f"{suite.name[:8]:>20}")
+    print(f"{'model':<36}{'params':>11}{'val loss':>26}{'bits/byte':>11}{'steps':>8}{'tokens/s':>10}"
+          f"{suite.name[:8]:>22}")
     for name, rows in runs.items():
         params, losses, bpbs, steps, tps, scores = zip(*rows)
         accuracies = [score.accuracy for score in scores]
-        print(f"{name:<36}{params[0]:>11,}{_spread(losses, '.4f'):>22}{statistics.median(bpbs):>11.4f}"
-              f"{statistics.median(steps):>8.0f}{statistics.median(tps):>10,.0f}{_spread(accuracies, '.1%'):>20}")
+        print(f"{name:<36}{params[0]:>11,}{_spread(losses, '.4f'):>26}{statistics.median(bpbs):>11.4f}"
+              f"{statistics.median(steps):>8.0f}{statistics.median(tps):>10,.0f}{_spread(accuracies, '.1%'):>22}")
 
 
 def _spread(values, spec: str) -> str:
