@@ -4,7 +4,8 @@ model side by side, in one process.
     python -m bench.chat --base models:/tinystories_cpu@champion --chat models:/tinystories_cpu-chat@champion \
                          [--pref models:/tinystories_cpu-pref@champion] --config configs/chat_cpu.yaml
 
-On the config's validation conversations (made from stories neither model trained on), each model gets the same
+On the config's validation conversations (made from stories held out of the chat training; with
+configs/chat_cpu.yaml the base tinystories_cpu did train on those stories, more/stories-1..2), each model gets the same
 user text: the chat model as a conversation rendered with the chat template, the base model as plain text to
 continue (what `chat` does with a base model). Measured:
   - words: for "Write a story that uses the words a, b and c.", the share of the three words in the reply;
