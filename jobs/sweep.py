@@ -37,6 +37,7 @@ from jobs.data import pipeline
 from jobs.config import NAME_PATTERN, apply_overrides, load_config, read_yaml, validate_config
 from jobs.errors import ConfigError
 from jobs.terminal import ProgressBar
+from jobs.tracking import flatten
 from jobs.tracking.sweeps import SweepRun, trial_tags
 from jobs.training.run_folders import RunLock
 from jobs.training.search import check_space, read_space, sample
@@ -104,11 +105,10 @@ def run_sweep(base: dict[str, Any], space_file: str, trials: int, steps: int | N
         storage = f"sqlite:///{(folder / 'study.db').resolve()}"
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=(steps or 0) // 3) if prune \
             else optuna.pruners.NopPruner()
-        earlier = len(optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
-                                          load_if_exists=True).trials)
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize", pruner=pruner,
+                                    load_if_exists=True)
         # seeded past the trials already asked for: a sweep that goes on draws new settings, not the first ones again
-        study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner,
-                                  sampler=optuna.samplers.TPESampler(seed=seed + earlier))
+        study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
         known = study.user_attrs.get("fingerprint")
         if known not in (None, fingerprint):
             raise ConfigError(f"sweep {study_name} ({folder}) was started with another config, space or trial length; "
@@ -190,17 +190,12 @@ def _enqueue_baseline(study, space, cfg) -> None:
     sweep then holds the reference its other trials are judged against (marked `baseline` in its user attrs)."""
     if any(trial.user_attrs.get("baseline") for trial in study.get_trials(deepcopy=False)):
         return
-    values = {d.key: _config_value(cfg.to_dict(), d.key) for d in space}
+    config_values = flatten("", cfg.to_dict())  # {"training.learning_rate": ..., ...}
+    values = {d.key: config_values.get(d.key.replace("-", "_")) for d in space}
     if all(d.contains(values[d.key]) for d in space):
         study.enqueue_trial(values, user_attrs={"baseline": True})
     else:
         log.info("the config's own settings lie outside the space: no baseline trial")
-
-
-def _config_value(values: dict, dotted: str) -> Any:
-    for key in dotted.replace("-", "_").split("."):
-        values = values.get(key) if isinstance(values, dict) else None
-    return values
 
 
 def _finished(study) -> int:

@@ -31,7 +31,7 @@ def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
 @dataclass(frozen=True)
 class MuonSettings:
     """Muon's part of the optimizer (training.muon_* in the config). learning_rate: the peak, before the
-    shape's scale (muon_scale); the schedule multiplies it like AdamW's."""
+    shape's scale sqrt(max(1, out/in)) (Muon.step); the schedule multiplies it like AdamW's."""
 
     learning_rate: float = 0.02
     weight_decay: float = 0.0
@@ -53,9 +53,9 @@ def is_muon_matrix(name: str, parameter) -> bool:
 
 def muon_groups(named_parameters, weight_decay: float, muon: MuonSettings) -> tuple[list[dict], list[dict]]:
     """(AdamW's groups, Muon's groups): the block matrices for Muon, everything else in decay_groups' layout."""
-    named_parameters = list(named_parameters)
-    matrices = [(n, p) for n, p in named_parameters if is_muon_matrix(n, p)]
-    rest = [(n, p) for n, p in named_parameters if not is_muon_matrix(n, p)]
+    matrices, rest = [], []
+    for name, parameter in named_parameters:
+        (matrices if is_muon_matrix(name, parameter) else rest).append((name, parameter))
     return decay_groups(rest, weight_decay), [{"params": matrices, "weight_decay": muon.weight_decay}]
 
 

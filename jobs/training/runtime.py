@@ -150,8 +150,8 @@ class TorchRuntime(ModelRuntime):
         for prefix, optimizer in self.torch_optimizers().items():
             per_param: dict[int, dict[str, torch.Tensor]] = {}
             for name, value in tensors.items():
-                if prefix and not name.startswith(prefix) or not prefix and not name[0].isdigit():
-                    continue  # another optimizer's
+                if ("muon." if name.startswith("muon.") else "") != prefix:
+                    continue  # the other optimizer's
                 index, key = name.removeprefix(prefix).split(".", 1)
                 per_param.setdefault(int(index), {})[key] = value.to(self.device) if key != "step" else value
             configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
