@@ -4,9 +4,9 @@ model side by side, in one process.
     python -m bench.chat --base models:/tinystories_cpu@champion --chat models:/tinystories_cpu-chat@champion \
                          [--pref models:/tinystories_cpu-pref@champion] --config configs/chat_cpu.yaml
 
-On the config's validation conversations (made from stories held out of the chat training; with
-configs/chat_cpu.yaml the base tinystories_cpu did train on those stories, more/stories-1..2), each model gets the same
-user text: the chat model as a conversation rendered with the chat template, the base model as plain text to
+On the config's validation conversations (with configs/chat_cpu.yaml made from the first paragraphs of valid.txt,
+which no model of the chain trains on: tinystories_cpu validates on it, prefer_cpu.yaml skips them), each model gets
+the same user text: the chat model as a conversation rendered with the chat template, the base model as plain text to
 continue (what `chat` does with a base model). Measured:
   - words: for "Write a story that uses the words a, b and c.", the share of the three words in the reply;
   - names: for "What was the dog's name?" (asked after the story), the share of replies holding the right name;
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import threading
 
 import torch
 
@@ -27,30 +26,15 @@ from jobs.config import load_config
 from jobs.data import chat_template, conversations
 from jobs.data.chat_data import load_conversations
 from jobs.data.windows import validation_batches
-from jobs.serving.engine import Engine, Request
+from jobs.serving.engine import greedy_replies
 from jobs.training.runtime import make_runtime
 from jobs.training.validation import validation_loss
 
 
 def replies(loaded, prompts: list[list[int]], max_tokens: int) -> list[str]:
-    """Greedy replies to every prompt, decoded, generated together by an Engine."""
-    engine = Engine(loaded.model, max_batch=32, threads=None)
-    results: list[list[int]] = [[] for _ in prompts]
-    done = [threading.Event() for _ in prompts]
-    try:
-        for i, prompt in enumerate(prompts):
-            def emit(event, i=i):
-                if event[0] == "token":
-                    results[i].append(event[1])
-                else:
-                    done[i].set()
-            engine.submit(Request(prompt[-loaded.config.max_seq_len:], max_tokens, emit, temperature=0.0,
-                                  stop_ids=frozenset(loaded.stop_ids)))
-        for event in done:
-            event.wait()
-    finally:
-        engine.close()
-    return [loaded.tokenizer.decode(ids) for ids in results]
+    """Greedy replies to every prompt, decoded, generated together by the server's engine."""
+    ids = greedy_replies(loaded.model, prompts, max_tokens, frozenset(loaded.stop_ids))
+    return [loaded.tokenizer.decode(reply) for reply in ids]
 
 
 def prompt_ids(loaded, messages: list[dict], chat: bool) -> list[int]:
@@ -78,11 +62,8 @@ def main() -> None:
     for label, (loaded, chat) in models.items():
         word_replies = replies(loaded, [prompt_ids(loaded, c.messages[:1], chat) for c in word_cases], args.max_tokens)
         name_replies = replies(loaded, [prompt_ids(loaded, c.messages[:3], chat) for c in name_cases], args.max_tokens)
-        word_share = []
-        for case, reply in zip(word_cases, word_replies):
-            asked = re.findall(r"[a-z]+", case.messages[0]["content"].split("words", 1)[1].replace(" and ", " "))
-            said = set(re.findall(r"[a-z]+", reply.lower()))
-            word_share.append(sum(w in said for w in asked) / len(asked))
+        word_share = [conversations.words_used(reply, conversations.asked_words(case.messages[0]["content"]))
+                      for case, reply in zip(word_cases, word_replies)]
         names = [re.search(r"was (\w+)\.$", c.messages[3]["content"]).group(1) for c in name_cases]
         correct = [name in reply for name, reply in zip(names, name_replies)]
         # "Tell me a story about Lily." then "What was the girl's name?": the question itself gives the name away

@@ -4,6 +4,7 @@ same data, same time budget, in one process.
     python -m bench.quality                      # configs/tinystories_cpu.yaml and tinystories_llama_cpu.yaml, 12 min each
     python -m bench.quality --configs configs/tinystories_cpu.yaml --minutes 2
     python -m bench.quality --seeds 3 --only-ours  # each of our models 3 times: the median and spread
+    python -m bench.quality --seeds 3 --only-transformers  # the same for transformers' two models
 
 For each config, ours (the torch twin) and transformers' model of the same architecture get the same
 dimensions, dropout, tokenizer, data windows, optimizer settings (AdamW with decay on matrices only, or with
@@ -118,7 +119,9 @@ def main() -> None:
     parser.add_argument("--suite", default="../shared/data/zorro", help="minimal-pair suite scored after training")
     parser.add_argument("--seeds", type=int, default=1, help="runs of each model, with training.seed + 0, 1, ...: the "
                         "table shows each model's median and spread (Zorro moves several points between seeds)")
-    parser.add_argument("--only-ours", action="store_true", help="skip transformers' models")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--only-ours", action="store_true", help="skip transformers' models")
+    which.add_argument("--only-transformers", action="store_true", help="skip our models")
     args = parser.parse_args()
     if not 1 <= args.seeds <= 100 or not 0 < args.minutes <= 24 * 60 or not 1 <= args.threads <= 1024:
         raise InputError("--seeds must be 1..100, --minutes above 0 and at most a day, --threads 1..1024")
@@ -134,9 +137,9 @@ def main() -> None:
         config, T = cfg.model_config_, cfg.model_config_.max_seq_len
         tokens, val_tokens = prepared.open("train"), prepared.open("validation")
         baseline = "LlamaForCausalLM" if config.architecture == "llama" else "GPT2LMHeadModel"
-        models = [(f"ours: {config.architecture} torch twin", _ours)]
-        if not args.only_ours:
-            models.insert(0, (f"transformers {baseline}", lambda config, cfg: HFRuntime(config, cfg.training)))
+        models = [(f"transformers {baseline}", lambda config, cfg: HFRuntime(config, cfg.training)),
+                  (f"ours: {config.architecture} torch twin", _ours)]
+        models = models[1:] if args.only_ours else models[:1] if args.only_transformers else models
         for seed in range(args.seeds):
             seeded = cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": cfg.training.seed + seed})})
             for name, make in models:

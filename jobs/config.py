@@ -42,8 +42,12 @@ class DataConfig(_Section):
     text_field: str = "text"  # the column holding text in .jsonl / .parquet
     separator: str | None = END_OF_TEXT  # .txt: a line holding this separates documents (a file with none is
     # one document, as written); null: blank lines separate documents
+    val_separator: str | None = END_OF_TEXT  # the same for val_files, where they are written another way (unset:
+    # data.separator's value; e.g. more/ stories separated by <|endoftext|> lines, valid.txt's by blank lines)
     val_fraction: float = Field(0.05, gt=0.0, lt=0.5)  # hold-out share where a dataset has no validation split
     subset_size: int | None = Field(None, gt=0)  # use at most this many training documents
+    skip_documents: int = Field(0, ge=0)  # leave out the first N training documents (before subset_size and the
+    # hold-out split): e.g. the stories another config validates on (configs/prefer_cpu.yaml)
     tokenizer: str = "bpe"  # "bpe": train a byte-level BPE here; "gpt2" (from the local HF cache) or a path
     vocab_size: int = Field(4096, gt=0, le=1 << 20)  # for tokenizer: bpe
     seed: int = 1337  # for the hold-out split
@@ -54,6 +58,14 @@ class DataConfig(_Section):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _val_files_written_like_train_files(cls, values: Any) -> Any:
+        """An unset val_separator is data.separator's value (stored so: a saved config reads back the same)."""
+        if isinstance(values, dict) and "val_separator" not in values:
+            values = {**values, "val_separator": values.get("separator", END_OF_TEXT)}
+        return values
 
     @model_validator(mode="after")
     def _local_needs_files(self) -> "DataConfig":
@@ -184,6 +196,8 @@ class PreferenceConfig(_Section):
     val_pair_files: list[str] | None = None  # and for validation
     skip_bad: bool = False  # skip bad JSONL records (and count them) instead of refusing the file
     seed: int = 1337  # the words asked for, the rejected story and the wrong name
+    rejected: Literal["story", "greedy"] = "story"  # the rejected reply of pairs made from stories: "story", another
+    # story (words) or name (names); "greedy", the tuned model's own greedy reply where it gets the request wrong
 
     @field_validator("pair_files", "val_pair_files", mode="before")
     @classmethod

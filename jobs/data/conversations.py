@@ -129,6 +129,17 @@ def conversations_from_stories(stories, seed: int, limit: int | None = None, max
     return conversations[:limit]
 
 
+def asked_words(request: str) -> list[str]:
+    """The words a "Write a story that uses the words a, b and c." request asks for."""
+    return re.findall(r"[a-z]+", request.split("words", 1)[1].replace(" and ", " "))
+
+
+def words_used(reply: str, words: list[str]) -> float:
+    """The share of the words that the reply uses (as whole words, in any case)."""
+    said = set(re.findall(r"[a-z]+", reply.lower()))
+    return sum(w in said for w in words) / len(words)
+
+
 def common_words(stories: list[str]) -> frozenset[str]:
     """Words found in at least COMMON_SHARE of the stories (never asked for: any story would use them)."""
     seen = Counter(w for story in stories for w in set(re.findall(r"\b[a-z]{4,}\b", story)))

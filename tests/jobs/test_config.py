@@ -22,6 +22,8 @@ CASES = [
     (["train", "--config", "{config}", "--training.muon_ns_steps=0"], ["training.muon_ns_steps"]),
     (["train", "--config", "{config}", "--training.cooldown_ratio=0"], ["training.cooldown_ratio"]),
     (["train", "--config", "{config}", "--training.lr_decay=step"], ["training.lr_decay", "'wsd'"]),
+    (["train", "--config", "{config}", "--data.skip_documents=-1"], ["data.skip_documents", "greater than or equal"]),
+    (["prefer", "--config", "{config}", "--preference.rejected=worst"], ["preference.rejected", "'story' or 'greedy'"]),
     (["train", "--config", "{config}", "--training.final_evals=[{root}/nowhere]"],
      ["training.final_evals: not found", "/nowhere"]),
 ]

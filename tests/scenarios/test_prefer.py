@@ -49,6 +49,45 @@ def test_pairs_from_stories_ask_for_the_storys_words_and_the_right_name():
         assert right != wrong and right in pair.prompt[1]["content"] and wrong in pair.prompt[1]["content"]
 
 
+def test_the_models_own_greedy_reply_is_rejected_where_it_gets_the_request_wrong(tmp_path, tokenizer_folder,
+                                                                                 monkeypatch):
+    """preference.rejected: greedy. Each rejected reply that changes is the model's greedy reply, generated here again
+    on its own (model_zoo.generation, one prompt at a time); a reply that is right keeps the pair's rejected one;
+    pairs from files are never touched."""
+    from conftest import make_checkpoint
+    from jobs.data import chat_template
+    from jobs.models import load_model
+    from jobs.serving import engine
+    from model_zoo.generation import generate_tokens
+
+    loaded = load_model(str(make_checkpoint(tmp_path / "chat", tokenizer_folder, max_seq_len=256)), "cpu")
+    tokenizer, stop = loaded.tokenizer, frozenset(loaded.stop_ids)
+    file_pair = preference_data.Pair([{"role": "user", "content": "Say hi."}], "Hi!", "No.", "file")
+    made = preference_data.pairs_from_stories(STORIES, seed=1)
+    pairs = [p for p in made if p.kind == "uses_words"][:4] + [p for p in made if p.kind == "name"][:4] + [file_pair]
+    assert [p.kind for p in pairs] == ["uses_words"] * 4 + ["name"] * 4 + ["file"]
+    got, changed = preference_data.with_own_misses(pairs, loaded.model, tokenizer, stop)
+    assert got[-1] == file_pair and len(got) == len(pairs)
+    assert 0 < changed == sum(new.rejected != old.rejected for new, old in zip(got, pairs))
+    for new, old in zip(got[:-1], pairs):
+        prompt = chat_template.render(tokenizer, old.prompt, add_generation_prompt=True)[0]
+        assert len(prompt) <= loaded.config.max_seq_len
+        room = loaded.config.max_seq_len - len(prompt) + 1  # the engine stops where the context is full
+        alone = list(generate_tokens(loaded.model, prompt, min(preference_data.GREEDY_REPLY_TOKENS, room),
+                                     temperature=0.0, top_k=None, stop_ids=stop))
+        reply = tokenizer.decode([t for t in alone if t not in stop]).strip()
+        assert (new.prompt, new.chosen, new.kind) == (old.prompt, old.chosen, old.kind)
+        assert new.rejected in (reply, old.rejected)
+        if new.rejected != old.rejected:
+            assert new.rejected == reply
+
+    def right_replies(model, prompts, max_tokens, stop_ids):  # a model that always does what it is asked
+        return [tokenizer.encode(p.chosen) for p in pairs if p.kind != "file"]
+
+    monkeypatch.setattr(engine, "greedy_replies", right_replies)
+    assert preference_data.with_own_misses(pairs, loaded.model, tokenizer, stop) == (pairs, 0)
+
+
 def test_trl_pairs_are_read_in_both_forms_and_a_bad_line_is_named(tmp_path):
     path = tmp_path / "pairs.jsonl"
     lines = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},

@@ -1,6 +1,7 @@
 """prepare-data: sources, tokenizer, token files, windows, interruption safety and bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +52,54 @@ def test_txt_without_separator_lines_is_one_document_as_written(tmp_path):
     valid_ids = prepared.open("validation").tolist()
     assert valid_ids.count(tokenizer.eot_id) == 1 and valid_ids[-1] == tokenizer.eot_id
     assert tokenizer.decode(valid_ids[:-1]) == plain.read_text().strip("\n")
+
+
+def test_validation_files_written_another_way_and_skipped_documents(tmp_path):
+    """val_separator reads val_files split on blank lines beside train files split on separator lines; skip_documents
+    leaves out the first training documents (before the hold-out split). Neither changes an existing dataset's id."""
+    stories = write_stories(tmp_path, n=10)
+    plain = write_stories(tmp_path, n=6, separator=None, seed=1)
+    config = local_config(tmp_path, train_files=[str(stories)], val_files=[str(plain)], val_separator=None,
+                          skip_documents=3)
+    docs = sources.load_documents(config, pipeline.DataLayout.of(config).cache_dir)
+    assert len(docs["validation"]) == 6
+    whole = local_config(tmp_path, train_files=[str(stories)], val_files=[str(plain)])
+    every = sources.load_documents(whole, pipeline.DataLayout.of(whole).cache_dir)
+    assert len(every["validation"]) == 1, "unset, val_separator is data.separator: the blank-line file is one text"
+    assert list(docs["train"]["text"]) == list(every["train"]["text"])[3:]
+
+    assert whole.val_separator == whole.separator
+    assert DataConfig(**whole.model_dump()).model_dump() == whole.model_dump(), "a saved config reads back the same"
+    assert local_config(tmp_path, train_files=[str(stories)], separator=None).val_separator is None
+    ids = {pipeline.DataLayout.of(c).dataset_id for c in (config, whole, local_config(
+        tmp_path, train_files=[str(stories)], val_files=[str(plain)], val_separator="<|endoftext|>"))}
+    assert len(ids) == 2, "setting val_separator to separator's value is the same dataset; the others are not"
+
+    with pytest.raises(DataError, match=r"data.skip_documents \(10\) leaves none of the 10 training documents"):
+        too_many = local_config(tmp_path, train_files=[str(stories)], skip_documents=10)
+        sources.load_documents(too_many, pipeline.DataLayout.of(too_many).cache_dir)
+
+
+def test_chat_validation_text_is_read_by_no_model_in_the_chain(tinystories):
+    """configs/chat_cpu.yaml validates (and bench.chat measures) on valid.txt's first paragraphs: the base only
+    validates on valid.txt, and prefer_cpu.yaml, which trains on valid.txt, skips them."""
+    from jobs.config import load_config
+    from jobs.data.chat_data import load_conversations
+    from jobs.data.preference_data import load_pairs
+
+    chat, prefer, base = (load_config(f"configs/{name}.yaml") for name in ("chat_cpu", "prefer_cpu", "tinystories_cpu"))
+    valid = str(tinystories / "valid.txt")
+    assert [str(Path(f).resolve()) for f in chat.data.val_files] == [str(Path(valid).resolve())]
+    assert all(Path(f).resolve() != Path(valid).resolve() for f in base.data.train_files + chat.data.train_files)
+    _, validation = load_conversations(chat)
+    paragraphs = [p.strip() for p in (tinystories / "valid.txt").read_text().split("\n\n") if p.strip()]
+    skipped = paragraphs[:prefer.data.skip_documents]
+    answers = [c.messages[1]["content"] for c in validation]
+    assert len(validation) == chat.chat.val_conversations
+    assert all(any(answer in p for p in skipped) for answer in answers), "every answer is from a skipped paragraph"
+    train_pairs, val_pairs = load_pairs(prefer)
+    preferred = {text for pair in train_pairs + val_pairs for text in (pair.chosen, pair.rejected)}
+    assert not any(answer in text for answer in answers[:50] for text in preferred)
 
 
 def test_single_document_without_validation_files_names_the_ways_out(tmp_path):
