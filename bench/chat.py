@@ -17,7 +17,6 @@ Replies are greedy (temperature 0), at most --max-tokens tokens, generated in ba
 from __future__ import annotations
 
 import argparse
-import re
 
 import torch
 
@@ -64,7 +63,7 @@ def main() -> None:
         name_replies = replies(loaded, [prompt_ids(loaded, c.messages[:3], chat) for c in name_cases], args.max_tokens)
         word_share = [conversations.words_used(reply, conversations.asked_words(case.messages[0]["content"]))
                       for case, reply in zip(word_cases, word_replies)]
-        names = [re.search(r"was (\w+)\.$", c.messages[3]["content"]).group(1) for c in name_cases]
+        names = [conversations.told_name(c.messages[3]["content"]) for c in name_cases]
         correct = [name in reply for name, reply in zip(names, name_replies)]
         # "Tell me a story about Lily." then "What was the girl's name?": the question itself gives the name away
         unprompted = [ok for ok, name, c in zip(correct, names, name_cases) if name not in c.messages[0]["content"]]
@@ -80,7 +79,7 @@ def main() -> None:
         for case, reply, name in list(zip(name_cases, name_replies, names))[:args.show]:
             print(f"  user: {case.messages[2]['content']} (answer: {name})\n  reply: {reply[:200]!r}")
 
-    n_unprompted = sum(re.search(r"was (\w+)\.$", c.messages[3]["content"]).group(1) not in c.messages[0]["content"]
+    n_unprompted = sum(conversations.told_name(c.messages[3]["content"]) not in c.messages[0]["content"]
                        for c in name_cases)
     print(f"\n{len(validation)} validation conversations ({len(word_cases)} ask for words, {len(name_cases)} ask a "
           f"name, {n_unprompted} of them a name not in the first question), greedy replies of at most "

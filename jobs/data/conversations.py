@@ -140,6 +140,11 @@ def words_used(reply: str, words: list[str]) -> float:
     return sum(w in said for w in words) / len(words)
 
 
+def told_name(answer: str) -> str:
+    """The name in a name question's answer, "The dog's name was Max." (as conversations_from_story writes it)."""
+    return re.search(r"was (\w+)\.$", answer).group(1)
+
+
 def common_words(stories: list[str]) -> frozenset[str]:
     """Words found in at least COMMON_SHARE of the stories (never asked for: any story would use them)."""
     seen = Counter(w for story in stories for w in set(re.findall(r"\b[a-z]{4,}\b", story)))

@@ -120,7 +120,7 @@ def with_own_misses(pairs: list[Pair], model, tokenizer, stop_ids: frozenset[int
         if pair.kind == "uses_words":
             wrong = convs.words_used(reply, convs.asked_words(pair.prompt[0]["content"])) < 1
         else:
-            wrong = re.search(r"was (\w+)\.$", pair.chosen).group(1) not in reply
+            wrong = convs.told_name(pair.chosen) not in reply
         if wrong and reply:
             pairs[i] = Pair(pair.prompt, pair.chosen, reply, pair.kind)
             changed += 1
