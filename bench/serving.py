@@ -2,8 +2,9 @@
 
     python -m bench.serving --model models:/tinystories_cpu@champion     # needs a trained model (README)
 
-Starts two `python -m jobs serve` processes on this machine over the same model: one batching (--max-batch 16),
-one serving a request at a time (--max-batch 1, the others wait). Each client sends its requests one after
+Starts `python -m jobs serve` processes on this machine over the same model: batching (--max-batch 16) with the
+engine in a process of its own (the default) and, as the baseline, in a thread of the server's process
+(--engine thread); and one serving a request at a time (--max-batch 1, the others wait). Each client sends its requests one after
 another, streamed, exactly `max_tokens` each (`ignore_eos`), sampled with a per-request seed: both servers
 generate the same tokens (a batched request gets what it would get alone), so they do the same work. Reported per server and number of
 clients: aggregate tokens/s (all clients' tokens over the wall time), and p50/p95 of the time to first token
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import queue
 import random
 import subprocess
 import sys
@@ -30,6 +33,7 @@ PROMPTS = ["Once upon a time", "Lily had a red ball.", "Tom and his dog", "One d
 
 
 def start_server(model: str, port: int, max_batch: int, *flags: str) -> subprocess.Popen:
+    """A `serve` process over `model`; flags such as ("--engine", "thread") go on its command line."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("SERVE_API_KEY", None)
     return subprocess.Popen([sys.executable, "-m", "jobs", "serve", "--model", model, "--port", str(port),
@@ -121,29 +125,52 @@ def burst(base: str, model: str, running: int, arriving: int, max_tokens: int) -
                     if len(arrivals[i]) == 1:
                         started.wait()
 
-    prompt_tokens = []
-
     context = httpx.get(f"{base}/v1/models").json()["data"][0]["context_length"]
     words = LONG_PROMPT.split()[:int((context - 8) / 1.5)]  # about 100 tokens, or what a short context holds
-
-    def arrive(j: int) -> None:
-        body = {"model": model, "prompt": " ".join(words), "max_tokens": 4, "seed": j, "ignore_eos": True}
-        prompt_tokens.append(httpx.post(f"{base}/v1/completions", json=body, timeout=600).json()["usage"]["prompt_tokens"])
-
+    # The burst comes from a process of its own, as it would from other machines: 16 senders in this process would
+    # hold its interpreter lock while the running streams' readers wait to stamp their chunks' arrival.
+    spawn = multiprocessing.get_context("spawn")
+    ready, go, results = spawn.Event(), spawn.Event(), spawn.Queue()
+    sender = spawn.Process(target=send_burst, args=(base, model, " ".join(words), arriving, ready, go, results))
+    sender.start()
+    ready.wait(timeout=120)  # its imports done, before the streams start
     streams = [threading.Thread(target=stream, args=(i,)) for i in range(running)]
     [t.start() for t in streams]
     started.wait()
     time.sleep(0.05)
     burst_start = time.perf_counter()
-    arrivers = [threading.Thread(target=arrive, args=(j,)) for j in range(arriving)]
-    [t.start() for t in arrivers]
-    [t.join() for t in arrivers]
+    go.set()
+    while True:
+        try:
+            prompt_tokens = results.get(timeout=1)
+            break
+        except queue.Empty:
+            if not sender.is_alive():
+                raise SystemExit(f"the burst's sending process failed (exit code {sender.exitcode})") from None
     burst_seconds = time.perf_counter() - burst_start
+    sender.join()
     [t.join() for t in streams]
     gaps = [b - a for times in arrivals for a, b in zip(times, times[1:])]
     per_token = [(times[-1] - times[0]) / (n - 1) for times, n in zip(arrivals, tokens) if n > 1]
     return {"worst_gap": max(gaps, default=0.0), "median_per_token": percentile(per_token, 0.5), "burst_seconds": burst_seconds,
             "prompt_tokens": percentile(prompt_tokens, 0.5)}
+
+
+def send_burst(base: str, model: str, prompt: str, arriving: int, ready, go, results) -> None:
+    """In a process of its own: says it is `ready`, then, once `go` is set, `arriving` requests of `prompt` at once; their prompt sizes go back
+    through `results`."""
+    prompt_tokens: list[int] = []
+
+    def arrive(j: int) -> None:
+        body = {"model": model, "prompt": prompt, "max_tokens": 4, "seed": j, "ignore_eos": True}
+        prompt_tokens.append(httpx.post(f"{base}/v1/completions", json=body, timeout=600).json()["usage"]["prompt_tokens"])
+
+    arrivers = [threading.Thread(target=arrive, args=(j,)) for j in range(arriving)]
+    ready.set()
+    go.wait()
+    [t.start() for t in arrivers]
+    [t.join() for t in arrivers]
+    results.put(prompt_tokens)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -158,11 +185,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="requests per client per round")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--port", type=int, default=8301, help="the batching server; the other gets port + 1")
+    parser.add_argument("--port", type=int, default=8301, help="the first server; the others take the ports after it")
     parser.add_argument("--burst-budgets", type=int, nargs="*", default=[1_000_000, 512, 256],
                         help="--prefill-budget of the batching servers of the burst scenario (a million: no limit, "
                              "every waiting prompt prefilled in one step); none: skip it")
     parser.add_argument("--skip-clients", action="store_true", help="only the burst scenario")
+    parser.add_argument("--engines", nargs="+", choices=["process", "thread"], default=["process", "thread"],
+                        help="where the batching servers run their engine (serve --engine): each is measured")
     args = parser.parse_args()
     if not args.skip_clients:
         clients_scenario(args)
@@ -171,10 +200,11 @@ def main() -> None:
 
 
 def burst_scenario(args) -> None:
-    """8 streams running, 16 long prompts arriving: one batching server per prefill budget, one at a time."""
+    """8 streams running, 16 long prompts arriving: one batching server per engine and prefill budget, one at a
+    time."""
     rows = []
-    for budget in args.burst_budgets:
-        process = start_server(args.model, args.port, 16, "--prefill-budget", str(budget))
+    for engine, budget in [(engine, budget) for engine in args.engines for budget in args.burst_budgets]:
+        process = start_server(args.model, args.port, 16, "--prefill-budget", str(budget), "--engine", engine)
         try:
             base = f"http://127.0.0.1:{args.port}"
             name = wait_ready(base, process)
@@ -184,23 +214,25 @@ def burst_scenario(args) -> None:
             process.terminate()
             process.wait(timeout=30)
         median = sorted(results, key=lambda r: r["worst_gap"])[len(results) // 2]
-        rows.append((budget, median))
-        print(f"budget {budget}: worst gaps {[round(1e3 * r['worst_gap']) for r in results]} ms", file=sys.stderr)
+        rows.append((engine, budget, median))
+        print(f"{engine} engine, budget {budget}: worst gaps {[round(1e3 * r['worst_gap']) for r in results]} ms", file=sys.stderr)
     print(f"\n{args.model}: burst: 8 streams of {args.max_tokens} tokens running, 16 prompts of "
-          f"{rows[0][1]['prompt_tokens']:.0f} tokens arriving at once; median of {args.rounds} rounds (by worst gap)")
-    print(f"{'prefill budget':>15}{'worst gap (ms)':>16}{'median ms/token':>17}{'gap / token':>13}{'burst served (s)':>18}")
-    for budget, r in rows:
+          f"{rows[0][2]['prompt_tokens']:.0f} tokens arriving at once; median of {args.rounds} rounds (by worst gap)")
+    print(f"{'engine':<9}{'prefill budget':>15}{'worst gap (ms)':>16}{'median ms/token':>17}{'gap / token':>13}{'burst served (s)':>18}")
+    for engine, budget, r in rows:
         ratio = r["worst_gap"] / r["median_per_token"] if r["median_per_token"] > 0 else float("nan")
-        print(f"{budget:>15,}{1e3 * r['worst_gap']:>16.1f}{1e3 * r['median_per_token']:>17.1f}"
+        print(f"{engine:<9}{budget:>15,}{1e3 * r['worst_gap']:>16.1f}{1e3 * r['median_per_token']:>17.1f}"
               f"{ratio:>12.1f}x{r['burst_seconds']:>18.2f}")
 
 
 def clients_scenario(args) -> None:
-    """1, 4 and 8 clients against a batching server and a one-at-a-time one."""
-    servers = {"batching": (args.port, 16), "one at a time": (args.port + 1, 1)}
-    processes = {name: start_server(args.model, port, max_batch) for name, (port, max_batch) in servers.items()}
+    """1, 4 and 8 clients against batching servers (one per engine placement) and a one-at-a-time one."""
+    servers = {f"batching, {engine}": (args.port + 1 + i, 16, engine) for i, engine in enumerate(args.engines)}
+    servers["one at a time"] = (args.port, 1, args.engines[0])
+    processes = {name: start_server(args.model, port, max_batch, "--engine", engine)
+                 for name, (port, max_batch, engine) in servers.items()}
     try:
-        names = {name: wait_ready(f"http://127.0.0.1:{port}", processes[name]) for name, (port, _) in servers.items()}
+        names = {name: wait_ready(f"http://127.0.0.1:{port}", processes[name]) for name, (port, *_) in servers.items()}
         rows = [(name, clients) for name in servers for clients in args.clients]
         measured: dict[tuple[str, int], list[dict]] = {row: [] for row in rows}
         order = random.Random(0)
@@ -220,7 +252,7 @@ def clients_scenario(args) -> None:
 
     print(f"\n{args.model}: {args.requests} streamed requests per client, max_tokens {args.max_tokens}, temperature 1 "
           f"(seeded), median of {args.rounds} rounds; {os.cpu_count()} CPUs")
-    print(f"{'server':<15}{'clients':>8}{'tokens/s':>10}{'vs 1 client':>12}{'TTFT p50':>10}{'TTFT p95':>10}"
+    print(f"{'server':<19}{'clients':>8}{'tokens/s':>10}{'vs 1 client':>12}{'TTFT p50':>10}{'TTFT p95':>10}"
           f"{'ms/token p50':>14}{'ms/token p95':>14}")
     for name in servers:
         single = None
@@ -230,7 +262,7 @@ def clients_scenario(args) -> None:
             single = single or median["tokens_per_s"]
             ttft = [t for r in results for t in r["ttft"]]
             per_token = [t for r in results for t in r["per_token"]]
-            print(f"{name:<15}{clients:>8}{median['tokens_per_s']:>10.1f}{median['tokens_per_s'] / single:>11.2f}x"
+            print(f"{name:<19}{clients:>8}{median['tokens_per_s']:>10.1f}{median['tokens_per_s'] / single:>11.2f}x"
                   f"{percentile(ttft, 0.5):>9.3f}s{percentile(ttft, 0.95):>9.3f}s"
                   f"{1e3 * percentile(per_token, 0.5):>14.1f}{1e3 * percentile(per_token, 0.95):>14.1f}")
 

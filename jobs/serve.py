@@ -6,7 +6,9 @@ An OpenAI-compatible HTTP server over registered models (REF: `models:/<name>@ch
 (jobs/serving/engine.py). It binds 127.0.0.1 unless --host says otherwise; with --api-key (or the SERVE_API_KEY
 environment variable) every /v1 request must send `Authorization: Bearer <key>`.
 Options: --max-batch N (sequences decoded together; 1 serves one request at a time), --threads N (CPU threads of
-each model's engine, default 1), --device auto|cpu|cuda, --prefill-budget N (prompt tokens, padded, prefilled
+each model's engine, default 1), --engine process|thread (where each model's engine runs: a process of its own,
+the default, so that the model's loop and the HTTP side do not share Python's interpreter lock; or a thread of the
+server's process), --device auto|cpu|cuda, --prefill-budget N (prompt tokens, padded, prefilled
 together in one step before the running streams' next token: a burst of long prompts is taken a few at a time;
 default 512), --grace-seconds S (on SIGTERM: /health turns 503, new requests are refused, running ones get S
 seconds to finish, default 20, then end with finish_reason "abort"; the process exits 0), --allowed-host NAME
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -42,7 +44,7 @@ def allowed_hosts(host: str, extra: list[str]) -> frozenset[str]:
 def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key: str | None = None,
           max_batch: Count = 16, threads: Count = 1, device: Device = "auto",
           allowed_host: list[str] | None = None, grace_seconds: GraceSeconds = 20.0,
-          prefill_budget: PrefillBudget = 512) -> None:
+          prefill_budget: PrefillBudget = 512, engine: Literal["process", "thread"] = "process") -> None:
     # the command line (the module docstring is what --help shows)
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
     if api_key is not None and (len(api_key) < 8 or not api_key.isprintable()):
@@ -53,20 +55,23 @@ def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key:
     import uvicorn
 
     from jobs.serving.engine import Engine
+    from jobs.serving.engine_process import EngineProcess
     from jobs.models import load_model
     from jobs.serving.openai_api import ServedModel, ServerState, create_app
     from jobs.serving.shutdown import DrainingServer
 
     listening = bind(host, port)  # first: a port in use is said before any model loads
     served = []
-    for ref, name in zip(model, names):
-        loaded = load_model(ref, device)
-        served.append(ServedModel(name, loaded, Engine(loaded.model, max_batch, threads, prefill_budget)))
-        print(f"serving {name} ({loaded.model_type} {loaded.config.architecture}, context {loaded.config.max_seq_len}"
-              f"{', chat' if served[-1].chat else ''}) on {loaded.device}", file=sys.stderr)
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        print(f"warning: listening on {host} with no API key: anyone who reaches it can use it", file=sys.stderr)
-    try:
+    try:  # (the finally closes the engines started, also when a later model fails to load)
+        for ref, name in zip(model, names):
+            loaded = load_model(ref, device)
+            engine_class = EngineProcess if engine == "process" else Engine
+            served.append(ServedModel(name, loaded, engine_class(loaded.model, max_batch, threads, prefill_budget)))
+            print(f"serving {name} ({loaded.model_type} {loaded.config.architecture}, context "
+                  f"{loaded.config.max_seq_len}{', chat' if served[-1].chat else ''}) on {loaded.device}, engine in a "
+                  f"{engine}", file=sys.stderr)
+        if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+            print(f"warning: listening on {host} with no API key: anyone who reaches it can use it", file=sys.stderr)
         port = listening.getsockname()[1]  # bound here, so that --port 0 says which port it got
         shown = f"[{host}]" if ":" in host else host
         print(f"chat page: http://{shown}:{port}/   API: http://{shown}:{port}/v1", file=sys.stderr)

@@ -36,6 +36,8 @@ def sample_rows(logits: torch.Tensor, temperatures: Sequence[float], top_ks: Seq
     most_likely = logits.argmax(dim=-1)  # (B,): what a greedy row takes
     temperature = torch.tensor(temperatures, dtype=torch.float32, device=logits.device)[:, None]  # (B, 1)
     greedy = (temperature < GREEDY_BELOW).squeeze(1)  # (B,): 0, or so small that dividing would overflow
+    if bool(greedy.all()):  # nothing to draw (greedy decoding, the benchmarks' and the measurements' case)
+        return most_likely.tolist()
     logits = logits / temperature.clamp_min(GREEDY_BELOW)
     ks = [k if k is not None and 0 < k < V else V for k in top_ks]
     if min(ks) < V:  # top-k: each row's k-th largest logit is its threshold

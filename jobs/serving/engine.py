@@ -72,8 +72,18 @@ class _Sequence:
     generated: int = 0
 
 
+def check_group(requests, max_seq_len: int, max_batch: int) -> None:
+    """What an engine takes: 1 to max_batch choices of one prompt of 1 to max_seq_len tokens (a ValueError if not)."""
+    prompt = requests[0].prompt_ids
+    if not prompt or len(prompt) > max_seq_len:
+        raise ValueError(f"a prompt holds 1 to {max_seq_len} tokens, got {len(prompt)}")
+    if any(r.prompt_ids != prompt for r in requests) or len(requests) > max_batch:
+        raise ValueError(f"choices share one prompt and fit in the batch ({max_batch}), got {len(requests)}")
+
+
 class Engine:
-    def __init__(self, model, max_batch: int = 16, threads: int | None = 1, prefill_budget: int = 512):
+    def __init__(self, model, max_batch: int = 16, threads: int | None = 1, prefill_budget: int = 512,
+                 after_step: Callable[[], None] | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         # Tokens (padded) that one step may prefill before the running sequences get their next token: a burst of
@@ -83,6 +93,7 @@ class Engine:
         # thread costs more in synchronisation than it gives (measured: 2.3x the tokens/s at 1 thread than at 2
         # on 2 cores for the CPU demo model), and it leaves a core to the HTTP side. None: torch's default.
         self.threads = threads
+        self.after_step = after_step  # called on the engine's thread after each step, once its events are emitted
         self.model = model.eval() if hasattr(model, "eval") else model
         self.max_batch = max_batch  # 1: one request at a time, the others wait (the benchmark's baseline)
         self.device = model_device(model)
@@ -100,11 +111,7 @@ class Engine:
     def submit(self, *requests: Request) -> None:
         """Queue one request, or several choices of one prompt (the API's n): they share its prefill, then decode
         as rows of the batch, each with its own settings and generator."""
-        prompt = requests[0].prompt_ids
-        if not prompt or len(prompt) > self.max_seq_len:
-            raise ValueError(f"a prompt holds 1 to {self.max_seq_len} tokens, got {len(prompt)}")
-        if any(r.prompt_ids != prompt for r in requests) or len(requests) > self.max_batch:
-            raise ValueError(f"choices share one prompt and fit in the batch ({self.max_batch}), got {len(requests)}")
+        check_group(requests, self.max_seq_len, self.max_batch)
         with self._wake:
             self._waiting.append(list(requests))
             self._wake.notify()
@@ -180,10 +187,14 @@ class Engine:
                 except Exception as error:  # a bug in the batch's forward pass: the requests in the batch hear of
                     self._fail([s.request for s in self._active], error, "engine step failed")  # it, and the
                     self._active, self._cache = [], self._new_cache()  # engine serves the next ones
+            if self.after_step is not None:
+                self.after_step()
         with self._wake:
             left = self._every_request()
         for request in left:
             request.emit(("error", "the server is shutting down"))
+        if self.after_step is not None:
+            self.after_step()
 
     def _every_request(self) -> list[Request]:
         """The requests running and waiting (under self._wake)."""

@@ -145,6 +145,98 @@ def test_what_one_request_raises_ends_that_request_alone(monkeypatch):
         engine.close()
 
 
+# --- the engine in a process of its own (serve's default) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_type, architecture", [("torch", "gpt2"), ("custom", "llama")])
+def test_engine_process_gives_the_tokens_and_logprobs_of_the_engine_in_process(model_type, architecture):
+    """The same requests (greedy, seeded, with log-probabilities and stops) through an EngineProcess and an Engine:
+    the same tokens, the same log-probabilities, the same finish reasons. The model crosses to the child once."""
+    from jobs.serving.engine_process import EngineProcess
+
+    torch.manual_seed(0)
+    config = ModelConfig(architecture=architecture, vocab_size=80, d_model=32, n_heads=4, n_blocks=2, d_ffn=64,
+                         max_seq_len=40, init_std=0.2, **({"n_kv_heads": 2} if architecture == "llama" else {}))
+    model = build_model(config, model_type)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 80, (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5)]
+    settings = [{"temperature": 0.0, "stop_ids": frozenset({5})}, {"temperature": 1.0, "seed": 3, "logprobs": 2},
+                {"temperature": 0.8, "seed": 4, "top_k": 5}, {"temperature": 1.0, "seed": 5, "top_p": 0.9},
+                {"temperature": 0.0, "logprobs": 0}]
+
+    def everything(engine):
+        events = [[] for _ in prompts]
+        done = [threading.Event() for _ in prompts]
+
+        def emitter(i):
+            def emit(event):
+                events[i].append(event)
+                if event[0] != "token":
+                    done[i].set()
+            return emit
+        for i, (prompt, more) in enumerate(zip(prompts, settings)):
+            engine.submit(Request(prompt, max_tokens=12, emit=emitter(i), **more))
+        assert all(event.wait(60) for event in done), "the engine did not finish a request"
+        return [[(kind, *(vars(item) if hasattr(item, "logprob") else item for item in rest)) for kind, *rest in e]
+                for e in events]
+
+    in_process, in_child = Engine(model, max_batch=3), EngineProcess(model, max_batch=3)
+    try:
+        assert everything(in_child) == everything(in_process)
+        assert in_child.unfinished == 0 and in_child.active == 0
+    finally:
+        in_process.close(), in_child.close()
+    assert not in_child._process.is_alive()
+
+
+def test_engine_process_cancels_ends_and_reports_a_dead_child():
+    """A cancelled request leaves the child's batch; end_all ends the rest with its reason; when the child dies,
+    what it held gets an error and the next submit is refused."""
+    from jobs.serving.engine_process import EngineProcess
+
+    config = ModelConfig(vocab_size=50, d_model=16, n_heads=2, n_blocks=1, d_ffn=32, max_seq_len=4096)
+    engine = EngineProcess(build_model(config, "torch"), max_batch=4)
+    try:
+        ends, tokens = {}, {}
+
+        def emitter(name):
+            def emit(event):
+                tokens[name] = tokens.get(name, 0) + (event[0] == "token")
+                if event[0] != "token":
+                    ends[name] = event[1]
+            return emit
+        cancelled = Request([1, 2, 3], max_tokens=100_000, emit=emitter("cancelled"), temperature=1.0)
+        ended = Request([4, 5], max_tokens=100_000, emit=emitter("ended"), temperature=1.0)
+        engine.submit(cancelled)
+        engine.submit(ended)
+        deadline = time.time() + 30
+        while (engine.active < 2 or len(tokens) < 2) and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.active == 2 and engine.unfinished == 2
+        cancelled.cancel()
+        while engine.active != 1 and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.active == 1 and "cancelled" not in ends, "a cancelled request still holds its place"
+        engine.end_all("abort")
+        while "ended" not in ends and time.time() < deadline:
+            time.sleep(0.01)
+        assert ends["ended"] == "abort"
+        assert engine.unfinished == 0 and "cancelled" not in ends  # a cancelled request is answered no more
+
+        last = Request([6], max_tokens=100_000, emit=emitter("last"), temperature=1.0)
+        engine.submit(last)
+        while tokens.get("last", 0) == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        engine._process.kill()
+        while "last" not in ends and time.time() < deadline:
+            time.sleep(0.01)
+        assert "engine process stopped" in ends["last"] and engine.unfinished == 0
+        with pytest.raises(RuntimeError, match="stopped"):
+            engine.submit(Request([1], max_tokens=1, emit=lambda event: None))
+    finally:
+        engine.close()
+
+
 # --- the HTTP edge, in-process: what is checked before a request reaches a model ------------------------------
 
 
