@@ -9,9 +9,10 @@ Options: --max-batch N (sequences decoded together; 1 serves one request at a ti
 each model's engine, default 1), --engine process|thread (where each model's engine runs: a process of its own,
 the default, so that the model's loop and the HTTP side do not share Python's interpreter lock; or a thread of the
 server's process), --device auto|cpu|cuda, --prefill-budget N (prompt tokens, padded, prefilled
-together in one step before the running streams' next token: a burst of long prompts is taken a few at a time;
-default 512), --grace-seconds S (on SIGTERM: /health turns 503, new requests are refused, running ones get S
-seconds to finish, default 20, then end with finish_reason "abort"; the process exits 0), --allowed-host NAME
+together in one step before the running streams' next token: a burst of long prompts is taken a few at a time,
+and a longer prompt N tokens a step; default 128), --grace-seconds S (on SIGTERM: /health turns 503, new requests
+are refused, running ones get S seconds to finish, default 20, then end with finish_reason "abort"; the process
+exits 0), --allowed-host NAME
 (repeatable: without an API key, also answer requests for this host name, '*' for any; by default only 127.0.0.1,
 localhost, ::1 and --host, so that no web page can make a browser drive the server through a DNS name of its own).
 """
@@ -44,7 +45,7 @@ def allowed_hosts(host: str, extra: list[str]) -> frozenset[str]:
 def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key: str | None = None,
           max_batch: Count = 16, threads: Count = 1, device: Device = "auto",
           allowed_host: list[str] | None = None, grace_seconds: GraceSeconds = 20.0,
-          prefill_budget: PrefillBudget = 512, engine: Literal["process", "thread"] = "process") -> None:
+          prefill_budget: PrefillBudget = 128, engine: Literal["process", "thread"] = "process") -> None:
     # the command line (the module docstring is what --help shows)
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
     if api_key is not None and (len(api_key) < 8 or not api_key.isprintable()):

@@ -4,7 +4,9 @@ The idea of vLLM's scheduler, written plainly. One thread owns the model and loo
 
     1. admit waiting requests, as many prompts as the prefill budget allows: run them through the model together
        (prefill: one right-padded forward, filling a cache of their own) and sample each one's first token; the
-       sequences then join the running batch (BatchedKVCache.add);
+       sequences then join the running batch (BatchedKVCache.add). A prompt longer than the budget is prefilled
+       alone, a budget's worth of tokens per step (chunked prefill, as vLLM does), so that no step stalls the
+       running streams for much longer than the budget's forward;
     2. decode: one forward pass of (B, 1) tokens, the last token of each active sequence, over the batch's
        cache; each sequence samples its next token with its own settings and random generator;
     3. finished or abandoned sequences leave the batch at once (BatchedKVCache.remove), freeing their row.
@@ -81,8 +83,18 @@ def check_group(requests, max_seq_len: int, max_batch: int) -> None:
         raise ValueError(f"choices share one prompt and fit in the batch ({max_batch}), got {len(requests)}")
 
 
+@dataclass
+class _ChunkedPrefill:
+    """A prompt longer than the prefill budget, prefilled a chunk per step into a cache of its own."""
+
+    prompt: list[int]
+    sequences: list[_Sequence]  # its choices
+    cache: BatchedKVCache
+    done: int = 0  # prompt tokens already in the cache
+
+
 class Engine:
-    def __init__(self, model, max_batch: int = 16, threads: int | None = 1, prefill_budget: int = 512,
+    def __init__(self, model, max_batch: int = 16, threads: int | None = 1, prefill_budget: int = 128,
                  after_step: Callable[[], None] | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -105,6 +117,7 @@ class Engine:
         self._closing = False
         self._end_reason: str | None = None  # set by end_all: the loop ends every request with this reason
         self._admitting = 0  # requests taken from the queue and being prefilled (not yet in self._active)
+        self._chunked: _ChunkedPrefill | None = None  # a long prompt being prefilled a chunk per step
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
 
@@ -160,26 +173,32 @@ class Engine:
                 if reason is not None:
                     ended = self._every_request()
                     self._active, self._cache, self._end_reason = [], self._new_cache(), None
+                    self._chunked = None
                     self._waiting.clear()
                 admitted, places, longest = [], self.max_batch - len(self._active), 0
-                while self._waiting and len(self._waiting[0]) <= places:
+                while self._chunked is None and self._waiting and len(self._waiting[0]) <= places:
                     length = max(longest, len(self._waiting[0][0].prompt_ids))
                     if admitted and (len(admitted) + 1) * length > self.prefill_budget:
                         break  # the rest waits for the next step (the first prompt is always taken)
                     places -= len(self._waiting[0])
                     admitted.append(self._waiting.popleft())
                     longest = length
-                self._admitting = sum(len(group) for group in admitted)
+                self._admitting = sum(len(group) for group in admitted) + (len(self._chunked.sequences)
+                                                                           if self._chunked else 0)
             for request in ended:
                 request.emit(("done", reason))
             with torch.inference_mode():
                 try:
                     if admitted:
                         self._prefill(admitted)
+                    elif self._chunked is not None:
+                        self._prefill_chunk()
                 except Exception as error:  # what the prefill's forward raises ends these prompts' requests alone
-                    self._fail([r for group in admitted for r in group], error, "prefill failed")
+                    failed = [r for group in admitted for r in group] or [s.request for s in self._chunked.sequences]
+                    self._chunked = None
+                    self._fail(failed, error, "prefill failed")
                 with self._wake:
-                    self._admitting = 0
+                    self._admitting = len(self._chunked.sequences) if self._chunked else 0
                 try:
                     self._leave({i for i, s in enumerate(self._active) if s.request.cancelled.is_set()})
                     if self._active:
@@ -197,8 +216,9 @@ class Engine:
             self.after_step()
 
     def _every_request(self) -> list[Request]:
-        """The requests running and waiting (under self._wake)."""
-        return [s.request for s in self._active] + [r for group in self._waiting for r in group]
+        """The requests running, being prefilled in chunks, and waiting (under self._wake)."""
+        chunked = [s.request for s in self._chunked.sequences] if self._chunked else []
+        return [s.request for s in self._active] + chunked + [r for group in self._waiting for r in group]
 
     def _new_cache(self) -> BatchedKVCache:
         return BatchedKVCache(self.model.config.n_blocks, self.max_seq_len, self.max_batch)
@@ -219,6 +239,12 @@ class Engine:
                 live.append((group[0].prompt_ids, sequences))
         if not live:
             return
+        if len(live) == 1 and len(live[0][0]) > self.prefill_budget:  # too long for one step: a chunk per step
+            prompt, sequences = live[0]
+            self._chunked = _ChunkedPrefill(prompt, sequences, BatchedKVCache.for_prompts(self.model.config.n_blocks,
+                                                                                          [len(prompt)]))
+            self._prefill_chunk()
+            return
         lengths = [len(prompt) for prompt, _ in live]
         longest = max(lengths)
         cache = BatchedKVCache.for_prompts(self.model.config.n_blocks, lengths)
@@ -226,16 +252,38 @@ class Engine:
         logits, _ = self.model(tokens, kv_cache=cache)  # (G, longest, V); a row's pad positions are never read
         cache.trim(lengths)
         for row, ((prompt, sequences), length) in enumerate(zip(live, lengths)):
-            last = logits[row, length - 1].expand(len(sequences), -1)  # (n, V): the same for every choice
-            try:
-                chosen = self._next(sequences, last)
-            except Exception as error:
-                self._fail([s.request for s in sequences], error, "sampling failed for one prompt")
-                continue
-            for sequence, (token, logprob) in zip(sequences, chosen):
-                if not self._send(sequence, token, logprob):
-                    self._cache.add(cache, row)
-                    self._active.append(sequence)
+            self._join(sequences, logits[row, length - 1], cache, row)
+
+    def _prefill_chunk(self) -> None:
+        """The next prefill_budget tokens of the long prompt being prefilled, after its earlier chunks in its cache
+        (each chunk's tokens see the cached ones and each other, causally: what one forward of the whole prompt
+        computes). After the last chunk its choices sample their first token and join the batch."""
+        chunked = self._chunked
+        chunked.sequences = [s for s in chunked.sequences if not s.request.cancelled.is_set()]
+        if not chunked.sequences:
+            self._chunked = None
+            return
+        start, end = chunked.done, min(chunked.done + self.prefill_budget, len(chunked.prompt))
+        tokens = torch.tensor([chunked.prompt[start:end]], device=self.device)  # (1, chunk)
+        logits, _ = self.model(tokens, kv_cache=chunked.cache)  # (1, chunk, V); the cache now holds 0 .. end - 1
+        chunked.done = end
+        if end == len(chunked.prompt):
+            self._chunked = None
+            self._join(chunked.sequences, logits[0, -1], chunked.cache, 0)
+
+    def _join(self, sequences: list[_Sequence], last_logits: torch.Tensor, cache: BatchedKVCache, row: int) -> None:
+        """A prefilled prompt's choices sample their first token from its last position's (V,) logits (the same for
+        every choice), each with its own generator, then join the batch as rows holding a copy of row `row` of the
+        prompt's cache."""
+        try:
+            chosen = self._next(sequences, last_logits.expand(len(sequences), -1))
+        except Exception as error:
+            self._fail([s.request for s in sequences], error, "sampling failed for one prompt")
+            return
+        for sequence, (token, logprob) in zip(sequences, chosen):
+            if not self._send(sequence, token, logprob):
+                self._cache.add(cache, row)
+                self._active.append(sequence)
 
     def _generator(self, seed: int | None) -> torch.Generator:
         generator = torch.Generator(device=self.device)

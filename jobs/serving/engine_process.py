@@ -37,7 +37,7 @@ _FIELDS = ("prompt_ids", "max_tokens", "temperature", "top_p", "seed", "stop_ids
 class EngineProcess:
     """An Engine running in a child process, with the Engine's interface: submit, end_all, close, and the counts."""
 
-    def __init__(self, model, max_batch: int = 16, threads: int | None = 1, prefill_budget: int = 512,
+    def __init__(self, model, max_batch: int = 16, threads: int | None = 1, prefill_budget: int = 128,
                  start_timeout: float = 300):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")

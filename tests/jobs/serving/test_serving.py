@@ -61,8 +61,11 @@ def test_engine_batched_requests_get_the_tokens_they_get_alone(architecture, mod
     prompts = [torch.randint(0, 80, (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5, 9)]
     batched = Engine(model, max_batch=4)  # 6 requests, 4 places: two join when others finish
     alone = Engine(model, max_batch=1)
+    chunked = Engine(model, max_batch=4, prefill_budget=5)  # prompts of 7, 9 and 12 tokens: prefilled in chunks
     try:
         together = run_engine(batched, prompts, max_tokens=15, temperature=0.0, stop_ids=frozenset({5}))
+        in_chunks = run_engine(chunked, prompts, max_tokens=15, temperature=0.0, stop_ids=frozenset({5}))
+        seeded_in_chunks = run_engine(chunked, prompts, max_tokens=10, temperature=1.0, seed=7)
         one_by_one = [run_engine(alone, [p], max_tokens=15, temperature=0.0, stop_ids=frozenset({5}))[0]
                       for p in prompts]
         # sampled with a seed: the same tokens too (each request has its own generator)
@@ -72,9 +75,9 @@ def test_engine_batched_requests_get_the_tokens_they_get_alone(architecture, mod
         top_k = [{"top_k": k, "top_p": p} for k, p in zip((3, None, 5, 1, None, 8), (None, 0.9, None, None, None, 0.8))]
         filtered = run_engine(batched, prompts, top_k, max_tokens=10, temperature=1.0, seed=7)
     finally:
-        batched.close(), alone.close()
-    assert together == one_by_one
-    assert seeded == seeded_alone
+        batched.close(), alone.close(), chunked.close()
+    assert together == one_by_one == in_chunks
+    assert seeded == seeded_alone == seeded_in_chunks
     from model_zoo.generation import generate_tokens
 
     by_generate = [list(generate_tokens(model, p, max_new_tokens=10, temperature=1.0, seed=7, **settings))
