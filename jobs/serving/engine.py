@@ -194,7 +194,8 @@ class Engine:
                     elif self._chunked is not None:
                         self._prefill_chunk()
                 except Exception as error:  # what the prefill's forward raises ends these prompts' requests alone
-                    failed = [r for group in admitted for r in group] or [s.request for s in self._chunked.sequences]
+                    failed = [r for group in admitted for r in group] or (
+                        [s.request for s in self._chunked.sequences] if self._chunked else [])
                     self._chunked = None
                     self._fail(failed, error, "prefill failed")
                 with self._wake:

@@ -49,9 +49,14 @@ class EngineProcess:
                                         args=(model, max_batch, threads, prefill_budget, child_commands, child_events))
         self._process.start()
         child_commands.close(), child_events.close()  # the child's ends: our copies would keep the pipes open
-        if not self._events.poll(start_timeout) or self._events.recv() != "ready":
+        try:
+            started = self._events.poll(start_timeout) and self._events.recv() == "ready"
+        except EOFError:  # it died first (its traceback is on stderr)
+            started = False
+        if not started:
             self._process.kill()
-            raise RuntimeError(f"the engine process did not start in {start_timeout:.0f} s")
+            raise RuntimeError(f"the engine process did not start (exit code {self._process.exitcode}, "
+                               f"waited up to {start_timeout:.0f} s)")
         self._send_lock = threading.Lock()  # submit (event loop) and cancellations (reader thread) share the pipe
         self._requests: dict[int, Request] = {}  # id -> request, until its last event
         self._ids = itertools.count()
@@ -62,12 +67,16 @@ class EngineProcess:
 
     def submit(self, *requests: Request) -> None:
         check_group(requests, self.max_seq_len, self.max_batch)  # here, so that the caller hears of it at once
-        if self._dead:
-            raise RuntimeError("the engine process has stopped")
         ids = [next(self._ids) for _ in requests]
-        with self._send_lock:
+        with self._send_lock:  # (the reader's last act, ending what a dead child held, takes it too)
+            if self._dead:
+                raise RuntimeError("the engine process has stopped")
             self._requests.update(zip(ids, requests))
-            self._commands.send(("submit", [(i, [getattr(r, name) for name in _FIELDS]) for i, r in zip(ids, requests)]))
+            try:
+                self._commands.send(("submit", [(i, [getattr(r, name) for name in _FIELDS])
+                                                for i, r in zip(ids, requests)]))
+            except OSError:  # the child has just died: the reader is about to end these with an error
+                pass
 
     def end_all(self, reason: str = "abort") -> None:
         self._send(("end_all", reason))
@@ -118,13 +127,13 @@ class EngineProcess:
                 for request_id in cancelled:
                     del self._requests[request_id]
                 self._send(("cancel", cancelled))
-        self._dead = True
-        if self._requests:
-            log.error("the engine process ended with %d requests unanswered (exit code %s)", len(self._requests),
-                      self._process.exitcode)
-        for request in list(self._requests.values()):
+        with self._send_lock:
+            self._dead = True
+            left, self._requests = list(self._requests.values()), {}
+        if left:
+            log.error("the engine process ended with %d requests unanswered", len(left))
+        for request in left:
             request.emit(("error", "the engine process stopped"))
-        self._requests.clear()
 
 
 def _run(model, max_batch: int, threads: int | None, prefill_budget: int, commands: Connection,
