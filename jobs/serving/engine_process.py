@@ -104,7 +104,7 @@ class EngineProcess:
         with self._send_lock:
             try:
                 self._commands.send(message)
-            except (BrokenPipeError, OSError):  # the child has gone: the reader ends what it held
+            except OSError:  # the child has gone (a broken pipe): the reader ends what it held
                 pass
 
     def _read(self) -> None:
@@ -143,15 +143,15 @@ def _run(model, max_batch: int, threads: int | None, prefill_budget: int, comman
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     outgoing: list[tuple[int, tuple]] = []  # (request id, event) of the step in progress
     requests: dict[int, Request] = {}
-
-    sent_counts = [(0, 0)]
+    sent_counts = (0, 0)  # (active, waiting) as last sent
 
     def flush() -> None:  # after each step, on the engine's thread (where every emit happens too)
+        nonlocal sent_counts
         counts = (engine.active, engine.waiting)
-        if outgoing or counts != sent_counts[0]:  # (a cancelled request leaves with no event: its count still goes)
+        if outgoing or counts != sent_counts:  # (a cancelled request leaves with no event: its count still goes)
             events.send((outgoing.copy(), counts))
             outgoing.clear()
-            sent_counts[0] = counts
+            sent_counts = counts
 
     engine = Engine(model, max_batch, threads, prefill_budget, after_step=flush)
 

@@ -194,8 +194,9 @@ def test_engine_process_gives_the_tokens_and_logprobs_of_the_engine_in_process(m
         assert [[e[:2] for e in request] for request in there] == [[e[:2] for e in request] for request in here]
         assert len(logprobs(here)) == 12 + 12 and [(t, ids) for t, _, ids, _ in logprobs(there)] == [
             (t, ids) for t, _, ids, _ in logprobs(here)]
-        assert torch.allclose(torch.tensor([v for _, lp, _, values in logprobs(there) for v in (lp, *values)]),
-                              torch.tensor([v for _, lp, _, values in logprobs(here) for v in (lp, *values)]), atol=1e-5)
+        def values(events):
+            return torch.tensor([v for _, logprob, _, top in logprobs(events) for v in (logprob, *top)])
+        assert torch.allclose(values(there), values(here), atol=1e-5)
         assert in_child.unfinished == 0 and in_child.active == 0
     finally:
         in_process.close(), in_child.close()
