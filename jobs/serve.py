@@ -63,10 +63,10 @@ def serve(model: list[str], host: str = "127.0.0.1", port: Port = 8000, api_key:
 
     listening = bind(host, port)  # first: a port in use is said before any model loads
     served = []
+    engine_class = EngineProcess if engine == "process" else Engine
     try:  # (the finally closes the engines started, also when a later model fails to load)
         for ref, name in zip(model, names):
             loaded = load_model(ref, device)
-            engine_class = EngineProcess if engine == "process" else Engine
             served.append(ServedModel(name, loaded, engine_class(loaded.model, max_batch, threads, prefill_budget)))
             print(f"serving {name} ({loaded.model_type} {loaded.config.architecture}, context "
                   f"{loaded.config.max_seq_len}{', chat' if served[-1].chat else ''}) on {loaded.device}, engine in a "

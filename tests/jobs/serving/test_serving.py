@@ -27,19 +27,16 @@ LLAMA = {"architecture": "llama", "n_kv_heads": 1}
 # --- the engine, in-process --------------------------------------------------------------------------------
 
 
-def run_engine(engine: Engine, prompts: list[list[int]], per_request: list[dict] | None = None,
-               **settings) -> list[tuple[list[int], str]]:
-    """Submit every prompt at once (with `settings`, and each its own `per_request` ones); wait for all; each
-    request's tokens and finish reason (or error message)."""
-    results, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
-    reasons = [None] * len(prompts)
+def engine_events(engine, prompts: list[list[int]], per_request: list[dict] | None = None,
+                  **settings) -> list[list[tuple]]:
+    """Submit every prompt at once (with `settings`, and each its own `per_request` ones); wait for all; every event
+    each request got, in order (its tokens, then its end)."""
+    events, done = [[] for _ in prompts], [threading.Event() for _ in prompts]
 
     def emitter(i):
         def emit(event):
-            if event[0] == "token":
-                results[i].append(event[1])
-            else:
-                reasons[i] = event[1]
+            events[i].append(event)
+            if event[0] != "token":
                 done[i].set()
         return emit
 
@@ -47,7 +44,14 @@ def run_engine(engine: Engine, prompts: list[list[int]], per_request: list[dict]
         engine.submit(Request(prompt, emit=emitter(i), **settings, **(per_request[i] if per_request else {})))
     for event in done:
         assert event.wait(60), "the engine did not finish a request"
-    return list(zip(results, reasons))
+    return events
+
+
+def run_engine(engine: Engine, prompts: list[list[int]], per_request: list[dict] | None = None,
+               **settings) -> list[tuple[list[int], str]]:
+    """As engine_events: each request's tokens and finish reason (or error message)."""
+    return [([event[1] for event in got if event[0] == "token"], got[-1][1])
+            for got in engine_events(engine, prompts, per_request, **settings)]
 
 
 @pytest.mark.parametrize("model_type", ["torch", "custom"])
@@ -167,28 +171,14 @@ def test_engine_process_gives_the_tokens_and_logprobs_of_the_engine_in_process(m
                 {"temperature": 0.8, "seed": 4, "top_k": 5}, {"temperature": 1.0, "seed": 5, "top_p": 0.9},
                 {"temperature": 0.0, "logprobs": 0}]
 
-    def everything(engine):
-        events = [[] for _ in prompts]
-        done = [threading.Event() for _ in prompts]
-
-        def emitter(i):
-            def emit(event):
-                events[i].append(event)
-                if event[0] != "token":
-                    done[i].set()
-            return emit
-        for i, (prompt, more) in enumerate(zip(prompts, settings)):
-            engine.submit(Request(prompt, max_tokens=12, emit=emitter(i), **more))
-        assert all(event.wait(60) for event in done), "the engine did not finish a request"
-        return events
-
     def logprobs(events):  # every (token, log-probability, top ids, top values) of every request, in order
         return [(e[1], e[2].logprob, tuple(i for i, _ in e[2].top), tuple(v for _, v in e[2].top))
                 for request in events for e in request if len(e) > 2 and e[2]]
 
     in_process, in_child = Engine(model, max_batch=3), EngineProcess(model, max_batch=3)
     try:
-        here, there = everything(in_process), everything(in_child)
+        here = engine_events(in_process, prompts, settings, max_tokens=12)
+        there = engine_events(in_child, prompts, settings, max_tokens=12)
         # the same tokens and ends; the log-probabilities to float rounding (a row's logits may come from batches of
         # other sizes, whose matrix kernels add in another order, as requests join at other steps)
         assert [[e[:2] for e in request] for request in there] == [[e[:2] for e in request] for request in here]
