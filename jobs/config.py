@@ -192,6 +192,9 @@ class PreferenceConfig(_Section):
     max_pairs: int | None = Field(None, gt=0)  # at most this many training pairs
     val_pairs: int = Field(200, gt=0)  # validation pairs (the first made from validation stories)
     max_answer_words: int | None = Field(None, gt=0)  # stories cut after the last whole sentence within this many
+    words_per_story: int = Field(1, ge=1, le=10)  # word requests made from each training story (different words)
+    name_repeats: int = Field(1, ge=1, le=100)  # each name question made from stories is trained on this many times
+    # (stories name few characters: the word requests can outnumber them 80 to 1)
     pair_files: list[str] | None = None  # JSONL pairs in TRL's format, for training
     val_pair_files: list[str] | None = None  # and for validation
     skip_bad: bool = False  # skip bad JSONL records (and count them) instead of refusing the file

@@ -90,15 +90,7 @@ def conversations_from_story(story: str, rng: random.Random, max_words: int | No
     name = story_name(story)
     if name:
         options.append(("story_about", f"Tell me a story about {name}.", story))
-    # The words asked for are the story's own, and uncommon (in fewer than COMMON_SHARE of the stories: "little",
-    # "girl", "named" would be in any story), from its opening where it has three (a small model learns sooner to
-    # open with the words it was given than to work them in anywhere), else from the whole story.
-    def distinctive(text: str) -> list[str]:
-        return sorted({w for w in re.findall(r"\b[a-z]{4,}\b", text) if w not in STOP_WORDS and w not in common})
-
-    words = distinctive(" ".join(parts[:2]))
-    if len(words) < 3:
-        words = distinctive(story)
+    words = words_to_ask(story, common)
     if len(words) >= 3:
         a, b, c = rng.sample(words, 3)
         options.append(("uses_words", f"Write a story that uses the words {a}, {b} and {c}.", story))
@@ -114,6 +106,18 @@ def conversations_from_story(story: str, rng: random.Random, max_words: int | No
                          {"role": "assistant", "content": f"The {animal}'s name was {animal_name}."}]
         made.append(Conversation(messages, kind))
     return made
+
+
+def words_to_ask(story: str, common: frozenset[str]) -> list[str]:
+    """The words a "Write a story that uses the words a, b and c." request may ask for, sorted: the story's own, and
+    uncommon (in fewer than COMMON_SHARE of the stories: "little", "girl", "named" would be in any story), from its
+    opening where it has three (a small model learns sooner to open with the words it was given than to work them
+    in anywhere), else from the whole story."""
+    def distinctive(text: str) -> list[str]:
+        return sorted({w for w in re.findall(r"\b[a-z]{4,}\b", text) if w not in STOP_WORDS and w not in common})
+
+    words = distinctive(" ".join(sentences(story)[:2]))
+    return words if len(words) >= 3 else distinctive(story)
 
 
 def conversations_from_stories(stories, seed: int, limit: int | None = None, max_words: int | None = None,

@@ -10,7 +10,7 @@ Made from stories, aimed at what the chat model gets wrong (README, "Teach it to
     uses_words   "Write a story that uses the words a, b and c.": chosen the story the words come from, rejected
                  a story of similar length that uses none of them
     name         a story told, then "What was the dog's name?": chosen the right name, rejected another name that
-                 appears in the same story
+                 appears in the same story (a question for each character named so)
 With `preference.rejected: greedy`, the rejected reply is the tuned model's own greedy reply wherever that reply gets
 the request wrong (misses a word asked for, or the name): DPO then pushes down what the model does now, not a
 stranger's story. Where its reply is right, the pair keeps the rejected reply above.
@@ -56,36 +56,61 @@ class Pair:
 # --- pairs made from stories ----------------------------------------------------------------------------------------
 
 
-def pairs_from_stories(stories, seed: int, limit: int | None = None, max_words: int | None = None) -> list[Pair]:
-    """Deterministic pairs (from seed) of the two kinds, from a list of stories."""
+# Name questions per answer at most: TinyStories names most girls Lily and most boys Timmy (151 and 71 of the 276
+# named characters in valid.txt after its first 200 paragraphs); more would teach "a girl is Lily", not reading.
+NAME_PAIRS_PER_ANSWER = 2
+
+
+def pairs_from_stories(stories, seed: int, limit: int | None = None, max_words: int | None = None,
+                       words_per_story: int = 1) -> list[Pair]:
+    """Deterministic pairs (from seed) of the two kinds, from a list of stories: up to words_per_story word requests
+    (each a different three of its words) and a name question for each character the story names (a pair for each
+    other name in the story; where there is none, against the name most often given to that kind of character)."""
     rng = random.Random(seed)
     stories = [convs.shorten(s.strip(), max_words) for s in stories]
     common = convs.common_words(stories)
     lengths = [len(s.split()) for s in stories]
     words_in = [set(re.findall(r"\b[a-z]+\b", s.lower())) for s in stories]  # each story's words, once
+    # The name most often given to each kind of character ("girl": Lily): what a model that did not read the story
+    # would say, and the wrong name where a story names nobody else
+    usual = Counter(found.groups() for story in stories for found in convs.ANIMAL_NAME.finditer(story))
+    asked_names = Counter()  # name questions made per answer, (animal, name)
     pairs: list[Pair] = []
     for i, story in enumerate(stories):
         if len(convs.sentences(story)) < 3:
             continue
-        words = sorted({w for w in re.findall(r"\b[a-z]{4,}\b", story) if w not in convs.STOP_WORDS and w not in common})
-        if len(words) >= 3:
+        words = convs.words_to_ask(story, common)  # as the chat data asks (conversations.py)
+        asked_before, word_requests = set(), []
+        for _ in range(words_per_story if len(words) >= 3 else 0):
             asked = rng.sample(words, 3)
+            if frozenset(asked) in asked_before:  # few words: this three again
+                continue
+            asked_before.add(frozenset(asked))
             other = _similar_story_without(stories, lengths, words_in, i, asked, rng)
             if other is not None:
                 prompt = f"Write a story that uses the words {asked[0]}, {asked[1]} and {asked[2]}."
-                pairs.append(Pair([{"role": "user", "content": prompt}], story, other, "uses_words"))
-        found = convs.ANIMAL_NAME.search(story)
-        if found:
-            animal, name = found.group(1), found.group(2)
-            others = sorted({w for w in re.findall(r"\b[A-Z][a-z]{2,}\b", story)
-                             if w != name and w not in convs.NOT_NAMES} - {animal.title()})
-            if others:
-                wrong = rng.choice(others)
-                prompt = [{"role": "user", "content": f"Tell me a story about a {animal}."},
-                          {"role": "assistant", "content": story},
-                          {"role": "user", "content": f"What was the {animal}'s name?"}]
-                pairs.append(Pair(prompt, f"The {animal}'s name was {name}.", f"The {animal}'s name was {wrong}.",
-                                  "name"))
+                word_requests.append((prompt, story, other))
+        pairs += [Pair([{"role": "user", "content": prompt}], story, other, "uses_words")
+                  for prompt, story, other in word_requests]
+        named = [(found.group(1), found.group(2)) for found in convs.ANIMAL_NAME.finditer(story)]
+        in_story = set(re.findall(r"\b[A-Z][a-z]{2,}\b", story)) - convs.NOT_NAMES
+        main = convs.story_name(story)
+        for animal, name in dict(named).items():  # each character named ("a dog named Max", "a girl named Lily")
+            if [a for a, _ in named].count(animal) > 1 or asked_names[animal, name] == NAME_PAIRS_PER_ANSWER:
+                continue  # two dogs: which one? Or this answer asked enough
+            wrong = sorted(in_story - {name, animal.title()})  # each other name in the story, else the usual one
+            wrong = wrong or [n for (a, n), _ in usual.most_common() if a == animal and n != name][:1]
+            if not wrong:
+                continue
+            # The story is told after one of the requests the chat data makes (the question after "Tell me a story
+            # about Tim." may be about Sue, as in the validation conversations)
+            told = [f"Tell me a story about a {animal}."] + ([f"Tell me a story about {main}."] if main else []) \
+                + [request for request, *_ in word_requests]
+            prompt = [{"role": "user", "content": rng.choice(told)}, {"role": "assistant", "content": story},
+                      {"role": "user", "content": f"What was the {animal}'s name?"}]
+            asked_names[animal, name] += 1
+            pairs += [Pair(prompt, f"The {animal}'s name was {name}.", f"The {animal}'s name was {other}.", "name")
+                      for other in wrong]
         if limit is not None and len(pairs) >= limit:
             break
     return pairs[:limit]
@@ -322,7 +347,9 @@ def load_pairs(cfg: ExperimentConfig) -> tuple[list[Pair], list[Pair]]:
         from jobs.data.sources import load_documents
 
         stories = load_documents(cfg.data, DataLayout.of(cfg.data).cache_dir)
-        train += pairs_from_stories(stories["train"]["text"], pc.seed, pc.max_pairs, pc.max_answer_words)
+        made = pairs_from_stories(stories["train"]["text"], pc.seed, pc.max_pairs, pc.max_answer_words,
+                                  pc.words_per_story)
+        train += made + [pair for pair in made if pair.kind == "name"] * (pc.name_repeats - 1)
         validation += pairs_from_stories(stories["validation"]["text"], pc.seed + 1, pc.val_pairs, pc.max_answer_words)
     if not train:
         raise ConfigError("no training pairs: set preference.from_stories or preference.pair_files")

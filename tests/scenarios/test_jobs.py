@@ -203,6 +203,8 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run(tmp_path, store):
         ({"training": {"max_time_minutes": float("inf")}}, "training.max_time_minutes: Input should be a finite"),
         ({"training": {"batch_size": 10**12}}, "training.batch_size: Input should be less than or equal to 65536"),
         ({"data": {"vocab_size": 2 * 10**9}}, "data.vocab_size: Input should be less than or equal to 1048576"),
+        ({"preference": {"words_per_story": 0}}, "preference.words_per_story: Input should be greater than or equal"),
+        ({"preference": {"beta": float("nan")}}, "preference.beta: Input should be a finite number"),
     ],
 )
 def test_config_errors_name_the_key(change, message):

@@ -9,23 +9,26 @@ import pytest
 from jobs.data import preference_data
 from jobs.errors import InputError
 
-def made_up_stories(n: int = 80) -> list[str]:
-    """n stories with a named animal, another character, and things of their own (made-up words, so that no word
-    but the common ones is in 5% of the stories, which the pair maker needs to ask for a story's words)."""
+def made_up_stories(n: int = 80, friend_named: bool = True) -> list[str]:
+    """n stories with a named animal, another character (named, or just "the girl"), and things of their own
+    (made-up words, so that no word but the common ones is in 5% of the stories, which the pair maker needs to ask
+    for a story's words)."""
     import itertools
     import random
 
     rng = random.Random(0)
     syllables = ["ba", "ko", "mi", "tu", "re", "sa", "lo", "pe", "ni", "da"]
-    words = ["".join(parts) for parts in itertools.product(syllables, repeat=3)]
+    words = ["".join(parts) for parts in itertools.product(syllables, repeat=4)]
     rng.shuffle(words)
-    names, animals = ["Max", "Lily", "Tom", "Mia", "Ben", "Sue", "Sam", "Zoe"], ["dog", "cat", "bird", "frog"]
+    names, animals = ["Max", "Lily", "Tom", "Mia", "Ben", "Ann", "Sam", "Zoe"], ["dog", "cat", "bird", "frog"]
     stories = []
     for i in range(n):
-        a, b, c = words[3 * i: 3 * i + 3]
+        a, b, c, d = words[4 * i: 4 * i + 4]
         name, other = rng.sample(names, 2)
-        stories.append(f"Once upon a time, there was a {rng.choice(animals)} named {name}. {name} lived with a girl "
-                       f"called {other}. One day they found a {a} near the {b}. {other} used the {a} to make a {c}. "
+        girl = f"a girl called {other}" if friend_named else "a girl"
+        other = other if friend_named else "The girl"
+        stories.append(f"Once upon a time, there was a {rng.choice(animals)} named {name}. {name} lived with {girl}. "
+                       f"One day they found a {a} near the {b}. {other} used the {a} to make a {c} and a {d}. "
                        f"At the end of the day {name} and {other} were happy.")
     return stories
 
@@ -47,6 +50,59 @@ def test_pairs_from_stories_ask_for_the_storys_words_and_the_right_name():
         assert pair.prompt[1]["role"] == "assistant" and pair.prompt[-1]["content"].startswith("What was the")
         right, wrong = pair.chosen.split()[-1].rstrip("."), pair.rejected.split()[-1].rstrip(".")
         assert right != wrong and right in pair.prompt[1]["content"] and wrong in pair.prompt[1]["content"]
+
+
+def test_a_story_naming_nobody_else_is_asked_against_the_usual_name_and_a_story_can_ask_for_more_words():
+    """The wrong name, where the story names nobody else, is the one most often given to that kind of character in the
+    stories (what a model that did not read the story would say); no answer is asked more than
+    NAME_PAIRS_PER_ANSWER times; words_per_story asks for other words of the same story."""
+    import re
+    from collections import Counter
+
+    stories = made_up_stories(friend_named=False)
+    given = Counter(re.search(r"a (\w+) named (\w+)", story).groups() for story in stories)
+    names = [p for p in preference_data.pairs_from_stories(stories, seed=1) if p.kind == "name"]
+    asked = Counter()
+    for pair in names:
+        animal = re.search(r"What was the (\w+)'s name", pair.prompt[-1]["content"]).group(1)
+        right, wrong = pair.chosen.split()[-1].rstrip("."), pair.rejected.split()[-1].rstrip(".")
+        most = max(given[a, n] for a, n in given if a == animal and n != right)
+        assert right != wrong and given[animal, wrong] == most and wrong not in pair.prompt[1]["content"]
+        asked[animal, right] += 1
+    assert set(asked) == set(given), "every answer is asked"
+    assert max(asked.values()) == preference_data.NAME_PAIRS_PER_ANSWER < max(given.values())
+
+    once = [p for p in preference_data.pairs_from_stories(STORIES, seed=1) if p.kind == "uses_words"]
+    thrice = [p for p in preference_data.pairs_from_stories(STORIES, seed=1, words_per_story=3)
+              if p.kind == "uses_words"]
+    assert len(once) < len(thrice) <= 3 * len(once)
+    requests = {}
+    for pair in thrice:
+        asked = frozenset(pair.prompt[0]["content"].removeprefix("Write a story that uses the words ").rstrip(".")
+                          .replace(" and ", ", ").split(", "))
+        assert all(w in pair.chosen for w in asked) and not any(w in pair.rejected for w in asked)
+        requests.setdefault(pair.chosen, []).append(asked)
+    assert all(len(set(asked)) == len(asked) for asked in requests.values()), "a story asks for other words each time"
+    assert max(len(asked) for asked in requests.values()) > 1
+
+
+def test_name_repeats_trains_on_each_name_question_that_many_times(tmp_path):
+    from collections import Counter
+
+    from conftest import tiny
+    from jobs.config import validate_config
+
+    stories = tmp_path / "stories.txt"
+    stories.write_text("\n<|endoftext|>\n".join(made_up_stories(100)) + "\n")
+    values = tiny(tmp_path).to_dict()
+    values["data"]["train_files"] = [str(stories)]
+    values |= {"experiment_name": "tiny_pref", "model": {}, "preference": {"base": "x", "val_pairs": 6}}
+    once, validation = preference_data.load_pairs(validate_config(values))
+    values["preference"]["name_repeats"] = 3
+    thrice, validation_again = preference_data.load_pairs(validate_config(values))
+    kinds, kinds_thrice = Counter(p.kind for p in once), Counter(p.kind for p in thrice)
+    assert kinds["name"] > 0 and kinds_thrice == kinds + Counter(name=2 * kinds["name"])
+    assert validation == validation_again, "validation pairs are not repeated"
 
 
 def test_the_models_own_greedy_reply_is_rejected_where_it_gets_the_request_wrong(tmp_path, tokenizer_folder,
