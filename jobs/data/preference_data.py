@@ -9,8 +9,9 @@ JSONL files in the format Hugging Face TRL uses, one pair a line:
 Made from stories, aimed at what the chat model gets wrong (README, "Teach it to chat"):
     uses_words   "Write a story that uses the words a, b and c.": chosen the story the words come from, rejected
                  a story of similar length that uses none of them
-    name         a story told, then "What was the dog's name?": chosen the right name, rejected another name that
-                 appears in the same story (a question for each character named so)
+    name         a story told, then "What was the dog's name?" for each character it names: chosen the right name,
+                 rejected each other name in the story (or, where it names nobody else, the name most often given
+                 to that kind of character); at most NAME_PAIRS_PER_ANSWER questions per answer
 With `preference.rejected: greedy`, the rejected reply is the tuned model's own greedy reply wherever that reply gets
 the request wrong (misses a word asked for, or the name): DPO then pushes down what the model does now, not a
 stranger's story. Where its reply is right, the pair keeps the rejected reply above.
@@ -90,8 +91,8 @@ def pairs_from_stories(stories, seed: int, limit: int | None = None, max_words: 
             if other is not None:
                 prompt = f"Write a story that uses the words {asked[0]}, {asked[1]} and {asked[2]}."
                 word_requests.append((prompt, story, other))
-        pairs += [Pair([{"role": "user", "content": prompt}], story, other, "uses_words")
-                  for prompt, story, other in word_requests]
+        pairs += [Pair([{"role": "user", "content": request}], chosen, rejected, "uses_words")
+                  for request, chosen, rejected in word_requests]
         named = [(found.group(1), found.group(2)) for found in convs.ANIMAL_NAME.finditer(story)]
         in_story = set(re.findall(r"\b[A-Z][a-z]{2,}\b", story)) - convs.NOT_NAMES
         main = convs.story_name(story)
