@@ -74,7 +74,10 @@ def pairs_from_stories(stories, seed: int, limit: int | None = None, max_words: 
     words_in = [set(re.findall(r"\b[a-z]+\b", s.lower())) for s in stories]  # each story's words, once
     # The name most often given to each kind of character ("girl": Lily): what a model that did not read the story
     # would say, and the wrong name where a story names nobody else
-    usual = Counter(found.groups() for story in stories for found in convs.ANIMAL_NAME.finditer(story))
+    usual: dict[str, list[str]] = {}  # kind of character -> the names given to it, most often first
+    for (animal, name), _ in Counter(found.groups() for story in stories
+                                     for found in convs.ANIMAL_NAME.finditer(story)).most_common():
+        usual.setdefault(animal, []).append(name)
     asked_names = Counter()  # name questions made per answer, (animal, name)
     pairs: list[Pair] = []
     for i, story in enumerate(stories):
@@ -96,11 +99,12 @@ def pairs_from_stories(stories, seed: int, limit: int | None = None, max_words: 
         named = [(found.group(1), found.group(2)) for found in convs.ANIMAL_NAME.finditer(story)]
         in_story = set(re.findall(r"\b[A-Z][a-z]{2,}\b", story)) - convs.NOT_NAMES
         main = convs.story_name(story)
+        kinds_named = Counter(animal for animal, _ in named)
         for animal, name in dict(named).items():  # each character named ("a dog named Max", "a girl named Lily")
-            if [a for a, _ in named].count(animal) > 1 or asked_names[animal, name] == NAME_PAIRS_PER_ANSWER:
+            if kinds_named[animal] > 1 or asked_names[animal, name] == NAME_PAIRS_PER_ANSWER:
                 continue  # two dogs: which one? Or this answer asked enough
             wrong = sorted(in_story - {name, animal.title()})  # each other name in the story, else the usual one
-            wrong = wrong or [n for (a, n), _ in usual.most_common() if a == animal and n != name][:1]
+            wrong = wrong or [n for n in usual[animal] if n != name][:1]
             if not wrong:
                 continue
             # The story is told after one of the requests the chat data makes (the question after "Tell me a story

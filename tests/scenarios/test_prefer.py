@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from jobs.data import preference_data
+from jobs.data import conversations as convs, preference_data
 from jobs.errors import InputError
 
 def made_up_stories(n: int = 80, friend_named: bool = True) -> list[str]:
@@ -65,7 +65,7 @@ def test_a_story_naming_nobody_else_is_asked_against_the_usual_name_and_a_story_
     asked = Counter()
     for pair in names:
         animal = re.search(r"What was the (\w+)'s name", pair.prompt[-1]["content"]).group(1)
-        right, wrong = pair.chosen.split()[-1].rstrip("."), pair.rejected.split()[-1].rstrip(".")
+        right, wrong = convs.told_name(pair.chosen), convs.told_name(pair.rejected)
         most = max(given[a, n] for a, n in given if a == animal and n != right)
         assert right != wrong and given[animal, wrong] == most and wrong not in pair.prompt[1]["content"]
         asked[animal, right] += 1
@@ -78,8 +78,7 @@ def test_a_story_naming_nobody_else_is_asked_against_the_usual_name_and_a_story_
     assert len(once) < len(thrice) <= 3 * len(once)
     requests = {}
     for pair in thrice:
-        asked = frozenset(pair.prompt[0]["content"].removeprefix("Write a story that uses the words ").rstrip(".")
-                          .replace(" and ", ", ").split(", "))
+        asked = frozenset(convs.asked_words(pair.prompt[0]["content"]))
         assert all(w in pair.chosen for w in asked) and not any(w in pair.rejected for w in asked)
         requests.setdefault(pair.chosen, []).append(asked)
     assert all(len(set(asked)) == len(asked) for asked in requests.values()), "a story asks for other words each time"
